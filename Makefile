@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# miglock top-level targets. The two that matter (see README.md):
+#   make demo    the end-to-end demo in QEMU
+#   make test    every test: workspace, module lint, guest scenarios, KUnit
+#
+# Others: deps, kernel, module, clippy, rustfmt, tools, clean.
+
+TOP      := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+KMAKE    := $(shell $(TOP)/scripts/toolchain.sh)
+# The cached test kernel; any kernel build dir with Rust metadata works too.
+KDIR     ?= $(shell $(TOP)/scripts/kernel.sh kdir)
+CARGO    ?= cargo
+HARNESS  := $(TOP)/tools/target/release/miglock-harness
+
+.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools demo test clean
+
+all: module
+
+deps:
+	@$(TOP)/scripts/deps.sh
+
+kernel: deps
+	@$(TOP)/scripts/kernel.sh build >/dev/null
+
+# Builds rust/miglock.ko. V=1 for the full kbuild output.
+module:
+	@test -f $(KDIR)/rust/kernel.o || { \
+		echo "module: no Rust-enabled kernel at KDIR=$(KDIR); run 'make kernel' or set KDIR" >&2; exit 1; }
+	$(MAKE) -C $(KDIR) $(KMAKE) M=$(TOP) modules
+
+# Lints the module with clippy as kbuild does (rust/Kbuild makes warnings errors).
+clippy:
+	$(MAKE) -C $(KDIR) $(KMAKE) M=$(TOP) CLIPPY=1 modules
+
+rustfmt:
+	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml rust/*.rs
+
+rustfmtcheck:
+	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml --check rust/*.rs
+
+tools:
+	cd tools && $(CARGO) build --release --locked -p miglock-harness
+
+demo: kernel tools
+	$(HARNESS) demo
+
+test: kernel tools
+	$(TOP)/tests/run-all.sh
+
+clean:
+	-$(MAKE) -C $(KDIR) $(KMAKE) M=$(TOP) clean 2>/dev/null
+	rm -rf out

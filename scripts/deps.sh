@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Install (as root) and check everything the build and the tests need.
+# Idempotent and silent when everything is present; names what is missing
+# or too old otherwise.
+set -euo pipefail
+
+BINDGEN_VERSION=0.73.2
+RUSTC_MIN=1.78.0          # Linux 6.12's minimum (scripts/min-tool-version.sh)
+LLVM_MAJOR=19
+
+DEB_PKGS=(
+	linux-source-6.12 rustc-web rust-web-src rust-web-clippy
+	clang-$LLVM_MAJOR lld-$LLVM_MAJOR llvm-$LLVM_MAJOR libclang-$LLVM_MAJOR-dev
+	qemu-system-x86 busybox-static
+	bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc libc6-dev
+)
+
+say() { printf 'deps: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+	[ "$(id -u)" = 0 ] ||
+		die "missing Debian packages: ${missing[*]} (run 'make deps' as root)"
+	say "installing Debian packages: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >/dev/null
+	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+		die "apt-get install failed for: ${missing[*]}"
+fi
+
+# Version checks: fail with what was found, not with a kbuild error later.
+ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+rustc_ver=$(/usr/bin/rustc --version 2>/dev/null | awk '{print $2}')
+[ -n "$rustc_ver" ] || die "/usr/bin/rustc (Debian rustc-web) does not run"
+ver_ge "$rustc_ver" "$RUSTC_MIN" || die "/usr/bin/rustc is $rustc_ver; need >= $RUSTC_MIN"
+[ -d "$(/usr/bin/rustc --print sysroot)/lib/rustlib/src/rust/library/core" ] ||
+	die "Rust library sources missing (package rust-web-src)"
+clippy_ver=$(/usr/bin/clippy-driver --rustc --version 2>/dev/null | awk '{print $2}')
+[ "$clippy_ver" = "$rustc_ver" ] ||
+	die "/usr/bin/clippy-driver is '$clippy_ver', rustc is $rustc_ver: install matching rust-web-clippy"
+command -v clang-$LLVM_MAJOR >/dev/null || die "clang-$LLVM_MAJOR not found"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found"
+[ -x /bin/busybox ] || die "/bin/busybox (busybox-static) not found"
+ls /usr/src/linux-source-6.12.tar.* >/dev/null 2>&1 ||
+	die "/usr/src/linux-source-6.12.tar.* not found (package linux-source-6.12)"
+
+# bindgen, pinned: the kernel's generated bindings depend on its version.
+cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+bindgen_ver=$("$cargo_bin/bindgen" --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$bindgen_ver" != "$BINDGEN_VERSION" ]; then
+	command -v cargo >/dev/null || die "cargo not found: needed to install bindgen-cli $BINDGEN_VERSION"
+	say "installing bindgen-cli $BINDGEN_VERSION with cargo (about a minute)"
+	cargo install --quiet --locked --force bindgen-cli --version "$BINDGEN_VERSION" ||
+		die "cargo install bindgen-cli $BINDGEN_VERSION failed"
+fi
+exit 0

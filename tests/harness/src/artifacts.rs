@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What a guest boots with: the test kernel, module builds (the normal one
+//! and harness-only fault-injection variants), static guest binaries from the
+//! workspace, and the initramfs that carries them.
+
+use crate::initramfs::{self, Cpio};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Module builds a scenario can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The module as shipped.
+    Normal,
+    /// Built with a deliberately failing KUnit case.
+    KunitFail,
+    /// Built so that its init fails.
+    InitFail,
+}
+
+impl Variant {
+    /// Value of `MIGLOCK_SELFTEST` for this build.
+    fn selftest(self) -> Option<&'static str> {
+        match self {
+            Variant::Normal => None,
+            Variant::KunitFail => Some("kunit_fail"),
+            Variant::InitFail => Some("init_fail"),
+        }
+    }
+
+    /// Short name for file names.
+    pub fn name(self) -> &'static str {
+        self.selftest().unwrap_or("normal")
+    }
+}
+
+/// Where things are.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The repository.
+    pub top: PathBuf,
+    /// The kernel build directory.
+    pub kdir: PathBuf,
+    /// Output: logs, initramfs images, variant builds.
+    pub out: PathBuf,
+}
+
+impl Paths {
+    /// The kernel image.
+    pub fn bzimage(&self) -> PathBuf {
+        self.kdir.join("arch/x86/boot/bzImage")
+    }
+
+    fn toolchain(&self) -> Result<Vec<String>> {
+        let out = Command::new(self.top.join("scripts/toolchain.sh")).output()?;
+        if !out.status.success() {
+            bail!("scripts/toolchain.sh failed");
+        }
+        Ok(String::from_utf8(out.stdout)?
+            .split_whitespace()
+            .map(String::from)
+            .collect())
+    }
+}
+
+fn run(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let mut text = out.stdout;
+    text.extend_from_slice(&out.stderr);
+    fs::write(log, &text)?;
+    if !out.status.success() {
+        let s = String::from_utf8_lossy(&text);
+        let tail: Vec<&str> = s
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "{what} failed (log: {}):\n{}",
+            log.display(),
+            tail.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Builds the module `variant` and returns the path of its `.ko`.
+///
+/// The normal build is the repository's own (`make module`); variants are
+/// built from a copy of the sources, since kbuild builds in the source tree.
+pub fn module(p: &Paths, variant: Variant) -> Result<PathBuf> {
+    let logs = p.out.join("build");
+    fs::create_dir_all(&logs)?;
+    let log = logs.join(format!("module-{}.log", variant.name()));
+    let Some(flag) = variant.selftest() else {
+        run(
+            Command::new("make")
+                .arg("-C")
+                .arg(&p.top)
+                .arg(format!("KDIR={}", p.kdir.display()))
+                .arg("module"),
+            "module build (make module)",
+            &log,
+        )?;
+        return Ok(p.top.join("rust/miglock.ko"));
+    };
+    let src = logs.join(format!("src-{flag}"));
+    let _ = fs::remove_dir_all(&src);
+    copy_tree(&p.top.join("rust"), &src.join("rust"), &|f| {
+        f.ends_with(".rs") || f == "Kbuild"
+    })?;
+    copy_tree(
+        &p.top.join("tools/miglock-abi/src"),
+        &src.join("tools/miglock-abi/src"),
+        &|f| f.ends_with(".rs"),
+    )?;
+    fs::copy(p.top.join("Kbuild"), src.join("Kbuild"))?;
+    run(
+        Command::new("make")
+            .arg("-C")
+            .arg(&p.kdir)
+            .args(p.toolchain()?)
+            .arg(format!("M={}", src.display()))
+            .arg(format!("MIGLOCK_SELFTEST={flag}"))
+            .arg("modules"),
+        &format!("module build with MIGLOCK_SELFTEST={flag}"),
+        &log,
+    )?;
+    Ok(src.join("rust/miglock.ko"))
+}
+
+fn copy_tree(from: &Path, to: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &to.join(&name), keep)?;
+        } else if keep(&name) {
+            fs::copy(e.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Static guest binaries built from the workspace: (name in the guest, path).
+pub fn guest_binaries(p: &Paths) -> Result<Vec<(String, PathBuf)>> {
+    const BINS: &[(&str, &str)] = &[("miglock-workload", "mlworkload")];
+    let target_dir = p.top.join("tools/target/guest");
+    let log = p.out.join("build/guest-binaries.log");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(p.top.join("tools"))
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Static glibc binaries: the initramfs has no dynamic loader.
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    for (pkg, _) in BINS {
+        cmd.args(["-p", pkg]);
+    }
+    run(&mut cmd, "static guest binaries (cargo build)", &log)?;
+    Ok(BINS
+        .iter()
+        .map(|(_, bin)| {
+            (
+                bin.to_string(),
+                target_dir
+                    .join("x86_64-unknown-linux-gnu/release")
+                    .join(bin),
+            )
+        })
+        .collect())
+}
+
+/// Builds the initramfs for `variant` and returns its path.
+pub fn initramfs(
+    p: &Paths,
+    module: &Path,
+    bins: &[(String, PathBuf)],
+    variant: Variant,
+) -> Result<PathBuf> {
+    let mut c = Cpio::default();
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "proc",
+        "root",
+        "scenarios",
+        "sys",
+        "tmp",
+    ] {
+        c.dir(d);
+    }
+    // The kernel opens /dev/console for init before devtmpfs is mounted.
+    c.chardev("dev/console", 0o600, 5, 1);
+    c.host_file("bin/busybox", Path::new("/bin/busybox"))
+        .context("busybox-static is needed ('make deps')")?;
+    c.symlink("bin/sh", "busybox");
+    c.file("init", 0o755, &fs::read(p.top.join("tests/guest/init"))?);
+    c.host_file("lib/miglock.sh", &p.top.join("tests/guest/miglock.sh"))?;
+    c.host_file("lib/modules/miglock.ko", module)?;
+    for (name, path) in bins {
+        c.host_file(&format!("bin/{name}"), path)?;
+    }
+    let dir = p.top.join("tests/scenarios");
+    let mut scripts: Vec<_> = fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+    scripts.sort_by_key(|e| e.file_name());
+    for e in scripts {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".sh") {
+            c.host_file(&format!("scenarios/{name}"), &e.path())?;
+        }
+    }
+    let path = p.out.join(format!("initramfs-{}.cpio", variant.name()));
+    initramfs::write(&path, &c.finish())?;
+    Ok(path)
+}

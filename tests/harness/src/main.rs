@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `miglock-harness`: runs miglock's guest scenarios in QEMU.
+//!
+//! It builds what the guest needs (module variants, static guest binaries,
+//! initramfs), boots each scenario under a deadline, keeps every log under
+//! `out/scenarios/<name>/`, and ends with `harness: N passed, N failed`.
+
+mod accel;
+mod artifacts;
+mod initramfs;
+mod ktap;
+mod migrate;
+mod scenario;
+mod vm;
+
+use anyhow::{bail, Context, Result};
+use artifacts::{Paths, Variant};
+use clap::{Parser, Subcommand};
+use scenario::{Env, Expect, SCENARIOS};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(version, about = "Run miglock's guest scenarios in QEMU")]
+struct Cli {
+    /// Kernel build directory (default: the cached test kernel).
+    #[arg(long, env = "KDIR", global = true)]
+    kdir: Option<PathBuf>,
+    /// Where logs and images go.
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    accel: accel::Choice,
+    /// Echo guest serial output while it runs.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the scenarios.
+    List,
+    /// Run scenarios (all of them when none is named).
+    Run {
+        /// Scenario names.
+        names: Vec<String>,
+    },
+    /// The demo: load the module in a guest, then live-migrate a running guest.
+    Demo,
+}
+
+fn top() -> PathBuf {
+    // tests/harness -> repository root.
+    std::env::var_os("MIGLOCK_TOP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+fn paths(cli: &Cli) -> Result<Paths> {
+    let top = top().canonicalize().context("locating the repository")?;
+    let kdir = match &cli.kdir {
+        Some(k) => k.clone(),
+        None => {
+            let out = Command::new(top.join("scripts/kernel.sh"))
+                .arg("kdir")
+                .output()?;
+            PathBuf::from(String::from_utf8(out.stdout)?.trim())
+        }
+    };
+    if !kdir.join("arch/x86/boot/bzImage").exists() {
+        bail!(
+            "no built kernel at {} (run 'make kernel' or pass --kdir)",
+            kdir.display()
+        );
+    }
+    let out = cli.out.clone().unwrap_or_else(|| top.join("out"));
+    std::fs::create_dir_all(out.join("build"))?;
+    Ok(Paths { top, kdir, out })
+}
+
+/// Builds what `scenarios` boot with: one initramfs per module variant.
+fn prepare(p: &Paths, scenarios: &[&scenario::Scenario]) -> Result<HashMap<Variant, PathBuf>> {
+    eprintln!("harness: building static guest binaries");
+    let bins = artifacts::guest_binaries(p)?;
+    let mut images = HashMap::new();
+    for sc in scenarios {
+        if images.contains_key(&sc.variant) {
+            continue;
+        }
+        eprintln!(
+            "harness: building miglock.ko ({}) and its initramfs",
+            sc.variant.name()
+        );
+        let ko = artifacts::module(p, sc.variant)?;
+        images.insert(sc.variant, artifacts::initramfs(p, &ko, &bins, sc.variant)?);
+    }
+    Ok(images)
+}
+
+fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
+    let p = paths(cli)?;
+    let selected: Vec<&scenario::Scenario> = if names.is_empty() {
+        SCENARIOS.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                SCENARIOS.iter().find(|s| s.name == n).with_context(|| {
+                    let all: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
+                    format!("no scenario '{n}'; known: {}", all.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let images = prepare(&p, &selected)?;
+    let kernel = p.bzimage();
+    let probe_env = Env {
+        kernel: &kernel,
+        initrd: &images[&selected[0].variant],
+        dir: p.out.join("scenarios/kvm-probe"),
+        accel: vm::Accel::Tcg,
+        echo: false,
+        progress: false,
+    };
+    let accel = accel::resolve(cli.accel, &probe_env);
+
+    let (mut passed, mut failed) = (0, 0);
+    for sc in &selected {
+        let dir = p.out.join("scenarios").join(sc.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("harness: RUN  {} — {}", sc.name, sc.about);
+        let env = Env {
+            kernel: &kernel,
+            initrd: &images[&sc.variant],
+            dir,
+            accel,
+            echo: cli.verbose || demo,
+            progress: true,
+        };
+        let t0 = Instant::now();
+        let result = scenario::run(sc, &env);
+        let secs = t0.elapsed().as_secs_f64();
+        let verdict = match (sc.expect, &result) {
+            (Expect::Pass, Ok(())) => Ok(String::new()),
+            (Expect::Pass, Err(f)) => Err(f.to_string()),
+            (Expect::Fail(kind), Err(f)) if f.kind == kind => {
+                Ok(format!(" — failed as it must: {f}"))
+            }
+            (Expect::Fail(kind), Err(f)) => Err(format!("expected a {kind:?} failure, got {f}")),
+            (Expect::Fail(kind), Ok(())) => {
+                Err(format!("expected a {kind:?} failure, but it passed"))
+            }
+        };
+        match verdict {
+            Ok(note) => {
+                passed += 1;
+                eprintln!("harness: PASS {} ({secs:.1} s){note}", sc.name);
+            }
+            Err(why) => {
+                failed += 1;
+                eprintln!("harness: FAIL {} ({secs:.1} s): {why}", sc.name);
+            }
+        }
+    }
+    println!("harness: {passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::List => {
+            for s in SCENARIOS {
+                println!("{:30} {}", s.name, s.about);
+            }
+            Ok(true)
+        }
+        Cmd::Run { names } => run(&cli, names, false),
+        Cmd::Demo => run(&cli, &["demo".into(), "migrate-precopy".into()], true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("harness: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The scenarios: what each boots, runs in the guest, and checks.
+
+use crate::artifacts::Variant;
+use crate::ktap;
+use crate::migrate::{self, Mode};
+use crate::vm::{Accel, Vm, VmSpec, Wait};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How a scenario runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// One guest runs its script to the end.
+    Guest,
+    /// Two QEMU processes on 127.0.0.1; the guest is live-migrated.
+    Migrate(Mode),
+}
+
+/// Why a scenario failed; selftests expect a particular one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// The deadline passed.
+    Timeout,
+    /// `insmod` failed in the guest.
+    ModuleLoad,
+    /// A KUnit case failed or is missing.
+    Kunit,
+    /// The kernel logged an oops, BUG or warning.
+    Kernel,
+    /// The guest script failed or the guest stopped early.
+    Guest,
+    /// Migration failed or the guest did not continue on the destination.
+    Migration,
+    /// The harness itself could not run the scenario.
+    Harness,
+}
+
+/// A scenario's failure: which kind, and a message that says where to look.
+#[derive(Debug)]
+pub struct Failure {
+    /// Kind.
+    pub kind: FailKind,
+    /// Human-readable reason.
+    pub msg: String,
+}
+
+impl Failure {
+    /// A failure of `kind`.
+    pub fn new(kind: FailKind, msg: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.msg)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::new(FailKind::Harness, format!("{e:#}"))
+    }
+}
+
+/// What a scenario must end with to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Success.
+    Pass,
+    /// This failure (harness selftests: prove a failure is caught).
+    Fail(FailKind),
+}
+
+/// One scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Name (also the log directory).
+    pub name: &'static str,
+    /// One line on what it shows.
+    pub about: &'static str,
+    /// Guest script, `tests/scenarios/<guest>.sh`.
+    pub guest: &'static str,
+    /// Module build to boot with.
+    pub variant: Variant,
+    /// KUnit suite whose KTAP must be complete and passing.
+    pub kunit: Option<&'static str>,
+    /// Single guest or migration.
+    pub kind: Kind,
+    /// Deadline for the whole scenario under TCG.
+    pub timeout: Duration,
+    /// Expected outcome.
+    pub expect: Expect,
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Every scenario, in the order `run` runs them.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "boot",
+        about: "the test kernel boots the initramfs and runs a scenario",
+        guest: "boot",
+        variant: Variant::Normal,
+        kunit: None,
+        kind: Kind::Guest,
+        timeout: secs(90),
+        expect: Expect::Pass,
+    },
+    Scenario {
+        name: "module-load",
+        about: "miglock.ko loads, is live, and unloads cleanly",
+        guest: "module",
+        variant: Variant::Normal,
+        kunit: None,
+        kind: Kind::Guest,
+        timeout: secs(90),
+        expect: Expect::Pass,
+    },
+    Scenario {
+        name: "kunit",
+        about: "the module's KUnit suite runs at insmod and every case passes",
+        guest: "kunit",
+        variant: Variant::Normal,
+        kunit: Some("miglock"),
+        kind: Kind::Guest,
+        timeout: secs(90),
+        expect: Expect::Pass,
+    },
+    Scenario {
+        name: "demo",
+        about: "the demo's first half: load the module and show it working",
+        guest: "demo",
+        variant: Variant::Normal,
+        kunit: Some("miglock"),
+        kind: Kind::Guest,
+        timeout: secs(90),
+        expect: Expect::Pass,
+    },
+    Scenario {
+        name: "migrate-precopy",
+        about: "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies",
+        guest: "migrate",
+        variant: Variant::Normal,
+        kunit: None,
+        kind: Kind::Migrate(Mode::Precopy),
+        timeout: secs(240),
+        expect: Expect::Pass,
+    },
+    Scenario {
+        name: "migrate-postcopy",
+        about: "the same with post-copy (userfaultfd on the destination)",
+        guest: "migrate",
+        variant: Variant::Normal,
+        kunit: None,
+        kind: Kind::Migrate(Mode::Postcopy),
+        timeout: secs(240),
+        expect: Expect::Pass,
+    },
+    Scenario {
+        name: "selftest-kunit-failure",
+        about: "harness selftest: a module with a failing KUnit case fails the run",
+        guest: "kunit",
+        variant: Variant::KunitFail,
+        kunit: Some("miglock"),
+        kind: Kind::Guest,
+        timeout: secs(90),
+        expect: Expect::Fail(FailKind::Kunit),
+    },
+    Scenario {
+        name: "selftest-module-load-failure",
+        about: "harness selftest: a module whose init fails fails the run",
+        guest: "module",
+        variant: Variant::InitFail,
+        kunit: None,
+        kind: Kind::Guest,
+        timeout: secs(90),
+        expect: Expect::Fail(FailKind::ModuleLoad),
+    },
+    Scenario {
+        name: "selftest-timeout",
+        about: "harness selftest: a guest that hangs is stopped at the deadline and fails the run",
+        guest: "hang",
+        variant: Variant::Normal,
+        kunit: None,
+        kind: Kind::Guest,
+        timeout: secs(10),
+        expect: Expect::Fail(FailKind::Timeout),
+    },
+];
+
+/// What a scenario run needs.
+pub struct Env<'a> {
+    /// bzImage.
+    pub kernel: &'a Path,
+    /// initramfs for the scenario's variant.
+    pub initrd: &'a Path,
+    /// Its log directory (emptied first).
+    pub dir: PathBuf,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Echo guest serial output.
+    pub echo: bool,
+    /// Print migration progress.
+    pub progress: bool,
+}
+
+impl Env<'_> {
+    /// The spec for one guest of this scenario.
+    pub fn spec(&self, name: &str, guest: &str, incoming: bool) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            dir: self.dir.clone(),
+            kernel: self.kernel.into(),
+            initrd: self.initrd.into(),
+            append: format!("console=ttyS0 panic=-1 mlscenario={guest}"),
+            mem_mib: 256,
+            accel: self.accel,
+            incoming,
+            echo: self.echo,
+        }
+    }
+}
+
+/// The result line the guest's /init prints last.
+const RESULT: &str = "@@MIGLOCK result rc=";
+
+/// Waits for the guest's result line and judges the whole serial log.
+pub fn finish_guest(sc: &Scenario, vm: &mut Vm, deadline: Instant) -> Result<(), Failure> {
+    let log = vm.serial_log.display().to_string();
+    let rc = match vm.wait_line(deadline, |l| l.contains(RESULT)) {
+        Wait::Line(l) => l
+            .split(RESULT)
+            .nth(1)
+            .and_then(|r| r.trim_end_matches("@@").parse::<i32>().ok())
+            .unwrap_or(-1),
+        Wait::Timeout => {
+            return Err(Failure::new(
+                FailKind::Timeout,
+                format!("timed out after {} s; log: {log}", sc.timeout.as_secs()),
+            ))
+        }
+        Wait::Closed => -1,
+    };
+    let seen = vm.seen.join("\n");
+    if seen.contains("@@MIGLOCK fail=module-load@@") {
+        return Err(Failure::new(
+            FailKind::ModuleLoad,
+            format!("miglock.ko failed to load in the guest; log: {log}"),
+        ));
+    }
+    if seen.contains("@@MIGLOCK kernel-problem@@") {
+        return Err(Failure::new(
+            FailKind::Kernel,
+            format!("the guest kernel logged an oops/BUG/warning; log: {log}"),
+        ));
+    }
+    if let Some(suite) = sc.kunit {
+        let suites = ktap::parse(&seen);
+        let Some(s) = suites.iter().find(|s| s.name == suite) else {
+            return Err(Failure::new(
+                FailKind::Kunit,
+                format!("KUnit suite '{suite}' never ran; log: {log}"),
+            ));
+        };
+        let problems = s.problems();
+        if !problems.is_empty() {
+            return Err(Failure::new(
+                FailKind::Kunit,
+                format!("KUnit suite '{suite}': {}; log: {log}", problems.join("; ")),
+            ));
+        }
+    }
+    match rc {
+        0 => Ok(()),
+        -1 => Err(Failure::new(
+            FailKind::Guest,
+            format!("the guest stopped without reporting a result (panic?); log: {log}"),
+        )),
+        rc => Err(Failure::new(
+            FailKind::Guest,
+            format!("guest scenario script exited {rc}; log: {log}"),
+        )),
+    }
+}
+
+/// Runs `sc` once.
+pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
+    let deadline = Instant::now() + sc.timeout;
+    match sc.kind {
+        Kind::Guest => {
+            let mut vm = Vm::start(&env.spec("vm", sc.guest, false))?;
+            let r = finish_guest(sc, &mut vm, deadline);
+            vm.quit()?;
+            r
+        }
+        Kind::Migrate(mode) => migrate::run(sc, env, mode, deadline),
+    }
+}

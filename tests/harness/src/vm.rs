@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One QEMU process running the test guest.
+//!
+//! The harness listens on two Unix sockets and QEMU connects to both as a
+//! client at start-up: the guest's first serial port (console and scenario
+//! output, streamed to `serial.log`) and QMP. Because the harness listens
+//! first, no guest output is ever lost and nothing has to poll for sockets.
+
+use anyhow::{bail, Context, Result};
+use miglock_qmp::Qmp;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation; works everywhere.
+    Tcg,
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+}
+
+impl Accel {
+    fn arg(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// How to start a guest.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Short name used in logs (`src`, `dst`, `vm`).
+    pub name: String,
+    /// Directory for its sockets and logs.
+    pub dir: PathBuf,
+    /// bzImage.
+    pub kernel: PathBuf,
+    /// initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub append: String,
+    /// Guest RAM.
+    pub mem_mib: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Start as a migration destination (`-incoming defer`).
+    pub incoming: bool,
+    /// Echo serial lines to stderr as they arrive.
+    pub echo: bool,
+}
+
+/// What waiting for a serial line produced.
+#[derive(Debug)]
+pub enum Wait {
+    /// A matching line.
+    Line(String),
+    /// The deadline passed.
+    Timeout,
+    /// The serial stream ended: QEMU exited or the guest rebooted.
+    Closed,
+}
+
+/// A running QEMU; killed when dropped.
+pub struct Vm {
+    /// The QMP session.
+    pub qmp: Qmp,
+    child: Child,
+    serial: UnixStream,
+    lines: Receiver<String>,
+    /// Where the serial log is written.
+    pub serial_log: PathBuf,
+    /// Lines seen so far (whole serial log).
+    pub seen: Vec<String>,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn accept_by(
+    listener: &UnixListener,
+    deadline: Instant,
+    child: &mut Child,
+    what: &str,
+) -> Result<UnixStream> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("QEMU exited ({status}) before connecting its {what} socket");
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("QEMU did not connect its {what} socket within {CONNECT_TIMEOUT:?}");
+        }
+        // Wake at least every 200 ms to notice a QEMU that died at start-up.
+        let ts = Timespec::try_from(left.min(Duration::from_millis(200)))?;
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        if poll(&mut fds, Some(&ts))? > 0 {
+            let (s, _) = listener.accept()?;
+            return Ok(s);
+        }
+    }
+}
+
+impl Vm {
+    /// Starts QEMU and connects serial and QMP.
+    pub fn start(spec: &VmSpec) -> Result<Vm> {
+        fs::create_dir_all(&spec.dir)?;
+        let serial_sock = spec.dir.join(format!("{}-serial.sock", spec.name));
+        let qmp_sock = spec.dir.join(format!("{}-qmp.sock", spec.name));
+        for s in [&serial_sock, &qmp_sock] {
+            let _ = fs::remove_file(s);
+        }
+        let serial_listener = UnixListener::bind(&serial_sock)
+            .with_context(|| format!("binding {}", serial_sock.display()))?;
+        let qmp_listener = UnixListener::bind(&qmp_sock)?;
+        let qemu_log = spec.dir.join(format!("{}-qemu.log", spec.name));
+
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-accel", spec.accel.arg()])
+        .args([
+            "-cpu",
+            if spec.accel == Accel::Kvm {
+                "host"
+            } else {
+                "max"
+            },
+        ])
+        .args(["-m", &spec.mem_mib.to_string()])
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initrd)
+        .args(["-append", &spec.append])
+        .arg("-chardev")
+        .arg(format!("socket,id=ser0,path={}", serial_sock.display()))
+        .args(["-serial", "chardev:ser0"])
+        .arg("-chardev")
+        .arg(format!("socket,id=qmp0,path={}", qmp_sock.display()))
+        .args(["-mon", "chardev=qmp0,mode=control"]);
+        if spec.incoming {
+            cmd.args(["-incoming", "defer"]);
+        }
+        fs::write(
+            spec.dir.join(format!("{}-cmdline.txt", spec.name)),
+            format!("{cmd:?}\n"),
+        )?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(File::create(&qemu_log)?)
+            .stderr(File::create(qemu_log.with_extension("err"))?)
+            .spawn()
+            .context("starting qemu-system-x86_64 (package qemu-system-x86; 'make deps')")?;
+
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let setup = (|| {
+            let serial = accept_by(&serial_listener, deadline, &mut child, "serial")?;
+            let qmp_stream = accept_by(&qmp_listener, deadline, &mut child, "QMP")?;
+            let mut qmp = Qmp::handshake(qmp_stream).context("QMP handshake")?;
+            qmp.set_transcript(Box::new(File::create(
+                spec.dir.join(format!("{}-qmp.log", spec.name)),
+            )?));
+            Ok::<_, anyhow::Error>((serial, qmp))
+        })();
+        let (serial, qmp) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = fs::read_to_string(qemu_log.with_extension("err")).unwrap_or_default();
+                return Err(e.context(format!("QEMU stderr: {}", err.trim())));
+            }
+        };
+
+        let serial_log = spec.dir.join(format!("{}-serial.log", spec.name));
+        let lines = spawn_reader(
+            serial.try_clone()?,
+            &serial_log,
+            spec.echo.then(|| spec.name.clone()),
+        )?;
+        Ok(Vm {
+            qmp,
+            child,
+            serial,
+            lines,
+            serial_log,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Types `line` on the guest's serial console.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        self.serial.write_all(line.as_bytes())?;
+        self.serial.write_all(b"\n")?;
+        Ok(())
+    }
+
+    /// Waits until `deadline` for a serial line satisfying `pred`.
+    pub fn wait_line(&mut self, deadline: Instant, mut pred: impl FnMut(&str) -> bool) -> Wait {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    self.seen.push(line);
+                    if hit {
+                        return Wait::Line(self.seen.last().cloned().unwrap_or_default());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return Wait::Timeout,
+                Err(RecvTimeoutError::Disconnected) => return Wait::Closed,
+            }
+        }
+    }
+
+    /// Asks QEMU to quit and waits for it (killing it after 10 s).
+    pub fn quit(mut self) -> Result<()> {
+        let _ = self.qmp.execute("quit", None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // QEMU closes the serial socket as it exits: wait for that, not a timer.
+        while let Wait::Line(_) = self.wait_line(deadline, |_| false) {}
+        if self.child.try_wait()?.is_none() {
+            let _ = self.child.kill();
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Copies the serial stream to `log` and hands each line to the returned channel.
+fn spawn_reader(
+    mut stream: UnixStream,
+    log: &Path,
+    echo: Option<String>,
+) -> Result<Receiver<String>> {
+    let mut out =
+        BufWriter::new(File::create(log).with_context(|| format!("creating {}", log.display()))?);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                let raw: Vec<u8> = pending.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&raw)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                if let Some(name) = &echo {
+                    eprintln!("  [{name}] {line}");
+                }
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let _ = tx.send(String::from_utf8_lossy(&pending).into_owned());
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Runs every test of the project and ends with one line:
+#   summary: N passed, N failed
+# Phases: the userspace workspace (fmt, clippy, unit tests), the kernel module
+# (build, clippy, rustfmt), and the guest scenarios in QEMU (KUnit, live
+# migration, harness selftests). A failing phase does not stop the others.
+# Called by 'make test', after the kernel and the harness are built.
+set -uo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+logs=$top/out/test-logs
+mkdir -p "$logs"
+cd "$top"
+passed=0
+failed=0
+failures=()
+
+# phase NAME COUNT-PARSER COMMAND...: runs COMMAND with output in a log file.
+phase() {
+	local name=$1 parser=$2
+	shift 2
+	local log=$logs/$name.log t0=$SECONDS rc p f
+	printf 'test: %-22s ' "$name" >&2
+	"$@" >"$log" 2>&1
+	rc=$?
+	read -r p f < <($parser "$log" "$rc")
+	passed=$((passed + p))
+	failed=$((failed + f))
+	if [ "$rc" = 0 ] && [ "$f" = 0 ]; then
+		printf 'ok (%d passed, %d s)\n' "$p" $((SECONDS - t0)) >&2
+	else
+		printf 'FAILED (%d passed, %d failed, %d s); log: %s\n' "$p" "$f" $((SECONDS - t0)) "$log" >&2
+		tail -n 25 "$log" | sed 's/^/    /' >&2
+		failures+=("$name")
+	fi
+}
+
+# One check: passes when the command did.
+single() { if [ "$2" = 0 ]; then echo "1 0"; else echo "0 1"; fi; }
+
+# Sums cargo's per-binary "test result" lines; a crash with no line counts as a failure.
+cargo_counts() {
+	awk -v rc="$2" '/^test result:/ { for (i = 1; i <= NF; i++) {
+			if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+		END { if (rc != 0 && f == 0) f = 1; print p + 0, f + 0 }' "$1"
+}
+
+# The harness's own closing line "harness: N passed, N failed".
+harness_counts() {
+	local line
+	line=$(grep -E '^harness: [0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
+	if [ -z "$line" ]; then echo "0 1"; return; fi
+	echo "$line" | awk '{ print $2, $4 }'
+}
+
+cargo_in_tools() { (cd tools && cargo "$@"); }
+
+phase workspace-fmt      single        cargo_in_tools fmt --all -- --check
+phase workspace-clippy   single        cargo_in_tools clippy --release --locked --workspace --all-targets -- -D warnings
+phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --workspace
+phase module-build       single        make -s module
+phase module-clippy      single        make -s clippy
+phase module-rustfmt     single        make -s rustfmtcheck
+
+# Guest scenarios stream their progress: they take the longest.
+printf 'test: guest scenarios (logs under out/scenarios/)\n' >&2
+t0=$SECONDS
+"$top/tools/target/release/miglock-harness" run 2>&1 | tee "$logs/guest-scenarios.log" | grep -E '^harness: (RUN|PASS|FAIL|accel|error)|^  ' >&2
+read -r p f < <(harness_counts "$logs/guest-scenarios.log" 0)
+passed=$((passed + p))
+failed=$((failed + f))
+[ "$f" = 0 ] || failures+=("guest-scenarios")
+printf 'test: guest scenarios: %d passed, %d failed (%d s)\n' "$p" "$f" $((SECONDS - t0)) >&2
+
+[ ${#failures[@]} -eq 0 ] || printf 'test: failed phases: %s\n' "${failures[*]}" >&2
+echo "summary: $passed passed, $failed failed"
+[ "$failed" = 0 ]

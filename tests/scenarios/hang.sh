@@ -1,0 +1,3 @@
+# Never finishes: lets the harness prove its timeout works.
+echo "hanging on purpose"
+exec sleep 100000

@@ -7,3 +7,18 @@
 
 #[path = "../tools/miglock-abi/src/ioctl.rs"]
 pub mod ioctl;
+
+#[path = "../tools/miglock-abi/src/types.rs"]
+pub mod types;
+
+use kernel::types::{AsBytes, FromBytes};
+use types::{MldLock, MldRenew, MldStatus};
+
+// SAFETY: `repr(C)` structs of integers and byte arrays without padding: every
+// bit pattern is valid.
+unsafe impl FromBytes for MldLock {}
+// SAFETY: as above.
+unsafe impl FromBytes for MldRenew {}
+// SAFETY: `repr(C)` of integers with no padding bytes (checked by the ABI
+// crate's layout test), so no uninitialised byte is copied to userspace.
+unsafe impl AsBytes for MldStatus {}

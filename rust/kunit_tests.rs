@@ -3,10 +3,11 @@
 //! The module's KUnit suite: runs in the guest at `insmod`.
 
 use crate::{
-    abi::ioctl as abi,
+    abi::{ioctl as abi, types},
     kunit::{kunit_expect, kunit_expect_eq, kunit_suite, Test},
+    lockstate::table::{Error as TableError, Owner, Table, Transition, LABEL_LEN, MAX_HOLDERS},
 };
-use kernel::ioctl;
+use kernel::{ioctl, prelude::*};
 
 /// The ABI crate's encoding agrees with the kernel's own `_IO*` macros.
 fn ioctl_encoding_matches_kernel(test: &mut Test) {
@@ -40,6 +41,91 @@ fn ioctl_size_field_round_trips(test: &mut Test) {
     kunit_expect!(test, ioctl::_IOC_NR(abi::SET_MIGRATION_FLAG) == 0);
 }
 
+const MS: u64 = 1_000_000;
+const NO_LABEL: [u8; LABEL_LEN] = [0; LABEL_LEN];
+
+/// The VM is locked while any holder holds; closing releases.
+fn lock_table_holders(test: &mut Test) {
+    let Ok(mut t) = KBox::new(Table::new(false), GFP_KERNEL) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    kunit_expect_eq!(
+        test,
+        t.lock(Owner::File(1), 1, NO_LABEL, 100, 0),
+        Ok(Transition::Locked)
+    );
+    kunit_expect_eq!(
+        test,
+        t.lock(Owner::File(2), 2, NO_LABEL, 100, 0),
+        Ok(Transition::None)
+    );
+    kunit_expect_eq!(test, t.holders(), 2);
+    kunit_expect_eq!(test, t.release(Owner::File(1)), Transition::None);
+    kunit_expect_eq!(test, t.unlock(Owner::File(1)), Err(TableError::NotHeld));
+    kunit_expect_eq!(test, t.unlock(Owner::File(2)), Ok(Transition::Unlocked));
+    kunit_expect!(test, !t.locked());
+}
+
+/// Leases end at their time, not before; renew moves the end.
+fn lock_table_leases(test: &mut Test) {
+    let Ok(mut t) = KBox::new(Table::new(false), GFP_KERNEL) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    let _ = t.lock(Owner::File(1), 1, NO_LABEL, 10, 0);
+    kunit_expect_eq!(test, t.renew(Owner::File(1), 20, 5 * MS), Ok(25 * MS));
+    let mut expired = 0;
+    kunit_expect_eq!(
+        test,
+        t.expire(25 * MS - 1, |_| expired += 1),
+        Transition::None
+    );
+    kunit_expect_eq!(
+        test,
+        t.expire(25 * MS, |_| expired += 1),
+        Transition::Unlocked
+    );
+    kunit_expect_eq!(test, expired, 1);
+    kunit_expect_eq!(
+        test,
+        t.lock(Owner::Detached, 1, NO_LABEL, 0, 0),
+        Err(TableError::ZeroLease)
+    );
+}
+
+/// A full table refuses a new holder and changes nothing.
+fn lock_table_full(test: &mut Test) {
+    let Ok(mut t) = KBox::new(Table::new(true), GFP_KERNEL) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    for i in 0..MAX_HOLDERS as u64 {
+        let _ = t.lock(Owner::File(i), 1, NO_LABEL, 1, 0);
+    }
+    kunit_expect_eq!(
+        test,
+        t.lock(Owner::File(u64::MAX), 1, NO_LABEL, 1, 0),
+        Err(TableError::Full)
+    );
+    kunit_expect_eq!(test, t.holders(), MAX_HOLDERS);
+    kunit_expect_eq!(test, t.clear(), MAX_HOLDERS + 1);
+}
+
+/// Labels must be printable, terminated and zero-padded.
+fn label_validation(test: &mut Test) {
+    let ok = types::make_label("db commit");
+    kunit_expect!(test, ok.is_some());
+    let mut bad = [b'a'; types::MLD_LABEL_LEN];
+    kunit_expect!(test, types::check_label(&bad).is_err());
+    bad[4] = 0;
+    kunit_expect!(test, types::check_label(&bad).is_err());
+    bad[5..].fill(0);
+    kunit_expect!(test, types::check_label(&bad).is_ok());
+    bad[0] = 0x1b;
+    kunit_expect!(test, types::check_label(&bad).is_err());
+}
+
 /// Proves the harness notices a failing case; only in the selftest build.
 #[cfg(miglock_selftest = "kunit_fail")]
 fn selftest_deliberate_failure(test: &mut Test) {
@@ -55,6 +141,10 @@ kunit_suite!(
     [
         ioctl_encoding_matches_kernel,
         ioctl_size_field_round_trips,
+        lock_table_holders,
+        lock_table_leases,
+        lock_table_full,
+        label_validation,
         #[cfg(miglock_selftest = "kunit_fail")]
         selftest_deliberate_failure,
     ]

@@ -1,11 +1,19 @@
-# The demo: load the module, show it live and its KUnit results, unload it.
+# The demo: load the module, an application locks, the status changes.
 . /lib/miglock.sh
 echo "== loading miglock.ko"
 ml_insmod
-echo "== module state: $(cat /sys/module/miglock/initstate)"
 echo "== KUnit results (from debugfs):"
-sed -n 's/^/   /p' /sys/kernel/debug/kunit/miglock/results | grep -E 'ok|# miglock' || true
-echo "== kernel log:"
-dmesg | grep -E '^miglock' | sed 's/^/   /'
+grep -E '^ *(not )?ok' /sys/kernel/debug/kunit/miglock/results | sed 's/^ */   /'
+echo "== status before:"
+miglock status
+echo "== an application runs a critical operation under the lock:"
+miglock run --reason critical-operation --label "demo transaction" -- sh -c 'echo "   (inside the critical section)"; miglock status'
+echo "== status after it ended:"
+miglock status
+echo "== the paper's tool: set_migration_flag 0, then 1"
+set_migration_flag 0
+miglock status --json
+set_migration_flag 1
+miglock status --json
 rmmod miglock
 echo "== unloaded"

@@ -151,7 +151,12 @@ fn copy_tree(from: &Path, to: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> 
 
 /// Static guest binaries built from the workspace: (name in the guest, path).
 pub fn guest_binaries(p: &Paths) -> Result<Vec<(String, PathBuf)>> {
-    const BINS: &[(&str, &str)] = &[("miglock-workload", "mlworkload")];
+    const BINS: &[(&str, &str)] = &[
+        ("miglock-workload", "mlworkload"),
+        ("miglock-cli", "miglock"),
+        ("miglock-cli", "set_migration_flag"),
+        ("miglock-guest-tests", "mldtest"),
+    ];
     let target_dir = p.top.join("tools/target/guest");
     let log = p.out.join("build/guest-binaries.log");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -167,8 +172,8 @@ pub fn guest_binaries(p: &Paths) -> Result<Vec<(String, PathBuf)>> {
         .arg(&target_dir)
         // Static glibc binaries: the initramfs has no dynamic loader.
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
-    for (pkg, _) in BINS {
-        cmd.args(["-p", pkg]);
+    for (pkg, bin) in BINS {
+        cmd.args(["-p", pkg, "--bin", bin]);
     }
     run(&mut cmd, "static guest binaries (cargo build)", &log)?;
     Ok(BINS

@@ -52,6 +52,8 @@ pub struct VmSpec {
     pub append: String,
     /// Guest RAM.
     pub mem_mib: u32,
+    /// vCPUs (TCG runs them in parallel host threads).
+    pub cpus: u32,
     /// Accelerator.
     pub accel: Accel,
     /// Start as a migration destination (`-incoming defer`).
@@ -144,6 +146,7 @@ impl Vm {
             },
         ])
         .args(["-m", &spec.mem_mib.to_string()])
+        .args(["-smp", &spec.cpus.to_string()])
         .arg("-kernel")
         .arg(&spec.kernel)
         .arg("-initrd")

@@ -5,6 +5,8 @@
 //! Encoded exactly like the kernel's `_IOC()` on x86 and the other
 //! asm-generic architectures: `dir << 30 | size << 16 | type << 8 | nr`.
 
+use super::types::{MldLock, MldRenew, MldStatus};
+
 /// ioctl type byte of `/dev/mld`; 0xB9 is unassigned in
 /// `Documentation/userspace-api/ioctl/ioctl-number.rst`.
 pub const MLD_IOC_MAGIC: u8 = 0xB9;
@@ -35,14 +37,42 @@ pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
         | ((size as u32) << IOC_SIZESHIFT)
 }
 
-/// The kernel's `_IOW(type, nr, T)`.
+/// The kernel's `_IOW(type, nr, T)` for `/dev/mld`.
 pub const fn iow<T>(nr: u8) -> u32 {
     ioc(IOC_WRITE, MLD_IOC_MAGIC, nr, core::mem::size_of::<T>())
 }
 
+/// The kernel's `_IOR(type, nr, T)` for `/dev/mld`.
+pub const fn ior<T>(nr: u8) -> u32 {
+    ioc(IOC_READ, MLD_IOC_MAGIC, nr, core::mem::size_of::<T>())
+}
+
 /// `SET_MIGRATION_FLAG`: `ioctl(fd, SET_MIGRATION_FLAG, &flag)` with an `int`
-/// flag, 1 = the VM may migrate, 0 = locked (the paper's interface).
+/// flag, 1 = the VM may migrate, 0 = locked (the paper's interface). The
+/// lock belongs to the open file, with reason "other" and the maximum lease.
 pub const SET_MIGRATION_FLAG: u32 = iow::<i32>(0x00);
+
+/// `MLD_IOC_LOCK`: take or update a lock ([`MldLock`]).
+pub const MLD_IOC_LOCK: u32 = iow::<MldLock>(0x01);
+
+/// `MLD_IOC_UNLOCK`: drop the file's hold, or with `MLD_LOCK_DETACHED` in the
+/// `__u32` argument the detached hold and the static lock.
+pub const MLD_IOC_UNLOCK: u32 = iow::<u32>(0x02);
+
+/// `MLD_IOC_RENEW`: restart a hold's lease ([`MldRenew`]).
+pub const MLD_IOC_RENEW: u32 = iow::<MldRenew>(0x03);
+
+/// `MLD_IOC_STATUS`: read the lock state ([`MldStatus`]).
+pub const MLD_IOC_STATUS: u32 = ior::<MldStatus>(0x04);
+
+/// Every `/dev/mld` ioctl with its C name, for golden tests and tools.
+pub const ALL: [(&str, u32); 5] = [
+    ("SET_MIGRATION_FLAG", SET_MIGRATION_FLAG),
+    ("MLD_IOC_LOCK", MLD_IOC_LOCK),
+    ("MLD_IOC_UNLOCK", MLD_IOC_UNLOCK),
+    ("MLD_IOC_RENEW", MLD_IOC_RENEW),
+    ("MLD_IOC_STATUS", MLD_IOC_STATUS),
+];
 
 #[cfg(test)]
 mod tests {
@@ -50,8 +80,12 @@ mod tests {
 
     // Golden values: these numbers are ABI and must never change.
     #[test]
-    fn set_migration_flag_number_is_stable() {
+    fn ioctl_numbers_are_stable() {
         assert_eq!(SET_MIGRATION_FLAG, 0x4004_b900);
+        assert_eq!(MLD_IOC_LOCK, 0x4030_b901);
+        assert_eq!(MLD_IOC_UNLOCK, 0x4004_b902);
+        assert_eq!(MLD_IOC_RENEW, 0x4008_b903);
+        assert_eq!(MLD_IOC_STATUS, 0x8040_b904);
     }
 
     #[test]

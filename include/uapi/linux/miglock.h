@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * miglock: guest-controlled migration lock, /dev/mld.
+ *
+ * The numbers and layouts here mirror tools/miglock-abi (the one source);
+ * a golden test compiles this header and compares every value.
+ */
+#ifndef _UAPI_LINUX_MIGLOCK_H
+#define _UAPI_LINUX_MIGLOCK_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define MLD_DEVICE		"/dev/mld"
+#define MLD_IOC_MAGIC		0xB9
+
+/* Not upstream: the x86_64 syscall added by patches/ to the test kernel. */
+#define __NR_set_migration_flag	499
+
+/* Why an application locks (the paper's four reasons, plus two). */
+enum mld_reason {
+	MLD_REASON_CRITICAL_CODE	= 1,
+	MLD_REASON_CRITICAL_OPERATION	= 2,
+	MLD_REASON_CO_LOCATION		= 3,
+	MLD_REASON_SPECIAL_HARDWARE	= 4,
+	MLD_REASON_CONFIDENTIAL		= 5,
+	MLD_REASON_OTHER		= 6,
+};
+
+#define MLD_LABEL_LEN		32
+
+/* Not owned by the file: held until unlocked or the lease ends. */
+#define MLD_LOCK_DETACHED	(1U << 0)
+
+/**
+ * struct mld_lock - MLD_IOC_LOCK argument
+ * @reason:   an enum mld_reason value
+ * @flags:    MLD_LOCK_* flags
+ * @lease_ms: lease in milliseconds; 0 means the maximum lease
+ * @reserved: must be zero
+ * @label:    printable ASCII, NUL-terminated, zero-padded
+ */
+struct mld_lock {
+	__u32 reason;
+	__u32 flags;
+	__u32 lease_ms;
+	__u32 reserved;
+	char label[MLD_LABEL_LEN];
+};
+
+/**
+ * struct mld_renew - MLD_IOC_RENEW argument
+ * @lease_ms: new lease from now in milliseconds; 0 means the maximum lease
+ * @flags:    MLD_LOCK_DETACHED to renew the detached hold
+ */
+struct mld_renew {
+	__u32 lease_ms;
+	__u32 flags;
+};
+
+#define MLD_ST_LOCKED			(1U << 0)
+#define MLD_ST_STATIC			(1U << 1)
+#define MLD_ST_HELD_BY_ME		(1U << 2)
+#define MLD_ST_DETACHED			(1U << 3)
+#define MLD_ST_CHANNEL			(1U << 4)
+#define MLD_ST_MIGRATION_PENDING	(1U << 5)
+#define MLD_ST_FORCED_RELEASE		(1U << 6)
+#define MLD_ST_LEASE_EXPIRED		(1U << 7)
+
+#define MLD_DECISION_NONE	0
+#define MLD_DECISION_GRANTED	1
+#define MLD_DECISION_REFUSED	2
+#define MLD_DECISION_LOCAL	3
+
+/**
+ * struct mld_status - MLD_IOC_STATUS result
+ * @flags:              MLD_ST_* flags
+ * @holders:            number of holds (the static lock is not one)
+ * @earliest_expiry_ms: ms until the earliest lease ends; 0 if none
+ * @own_expiry_ms:      ms until this file's lease ends; 0 if it holds none
+ * @last_decision:      the last MLD_DECISION_*
+ * @last_refusal:       the host's refusal reason, 0 if none
+ * @max_lease_ms:       the maximum lease
+ * @reserved:           zero
+ */
+struct mld_status {
+	__u32 flags;
+	__u32 holders;
+	__u64 earliest_expiry_ms;
+	__u64 own_expiry_ms;
+	__u32 last_decision;
+	__u32 last_refusal;
+	__u32 max_lease_ms;
+	__u32 reserved[7];
+};
+
+/* flag: 1 = may migrate, 0 = locked ("Who Decides Migration?") */
+#define SET_MIGRATION_FLAG	_IOW(MLD_IOC_MAGIC, 0x00, int)
+#define MLD_IOC_LOCK		_IOW(MLD_IOC_MAGIC, 0x01, struct mld_lock)
+#define MLD_IOC_UNLOCK		_IOW(MLD_IOC_MAGIC, 0x02, __u32)
+#define MLD_IOC_RENEW		_IOW(MLD_IOC_MAGIC, 0x03, struct mld_renew)
+#define MLD_IOC_STATUS		_IOR(MLD_IOC_MAGIC, 0x04, struct mld_status)
+
+#endif /* _UAPI_LINUX_MIGLOCK_H */

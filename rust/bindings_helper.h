@@ -1,0 +1,7 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * What miglock.ko needs beyond Linux 6.12's kernel::bindings. bindgen reads
+ * this at build time with this kernel's own C flags (see rust/Kbuild), so the
+ * layouts always match the kernel the module is built for.
+ */
+#include <linux/miscdevice.h>

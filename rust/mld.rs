@@ -1,0 +1,299 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/mld`: the migration-lock device.
+//!
+//! Each open file may hold one lock; the lock is dropped when the file is
+//! closed, so a crashed application never leaves the VM locked. A detached
+//! hold (for CLIs that exit) is shared and lasts until unlocked or until its
+//! lease ends. Every hold has a lease, capped by `max_lease_ms`.
+
+use crate::abi::{ioctl as nr, types::*};
+use crate::cred;
+use crate::lockstate::table::{Error as TableError, Owner, Table, LABEL_LEN};
+use crate::miscdev::MiscDevice;
+use core::mem::size_of;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use kernel::{
+    bindings, new_mutex,
+    prelude::*,
+    sync::{Arc, Mutex},
+    time::Ktime,
+    types::FromBytes,
+    uaccess::UserSlice,
+};
+
+const NSEC_PER_MSEC: u64 = 1_000_000;
+
+/// Settings fixed at module load.
+pub(crate) struct Config {
+    /// The longest lease a hold may ask for, in milliseconds.
+    pub(crate) max_lease_ms: u32,
+    /// Members of this group may lock besides CAP_SYS_ADMIN.
+    pub(crate) lock_gid: Option<u32>,
+}
+
+/// The lock state behind the mutex.
+struct State {
+    table: Table,
+    last_decision: u32,
+    last_refusal: u32,
+}
+
+/// State shared by every open file of `/dev/mld`.
+#[pin_data]
+pub(crate) struct Shared {
+    #[pin]
+    state: Mutex<State>,
+    config: Config,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Creates the state; `static_lock` is the paper's static lock.
+    pub(crate) fn new(config: Config, static_lock: bool) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                state <- new_mutex!(State {
+                    table: Table::new(static_lock),
+                    last_decision: MLD_DECISION_NONE,
+                    last_refusal: 0,
+                }),
+                config,
+                next_id: AtomicU64::new(1),
+            }),
+            GFP_KERNEL,
+        )
+    }
+}
+
+impl Shared {
+    /// Drops every hold (module unload); returns how many there were.
+    pub(crate) fn release_all(&self) -> usize {
+        self.state.lock().table.clear()
+    }
+}
+
+/// The device type registered as `/dev/mld`.
+pub(crate) struct MldDevice;
+
+/// One open file of `/dev/mld`.
+pub(crate) struct MldFile {
+    shared: Arc<Shared>,
+    id: u64,
+    /// This file took a hold and has not seen it end yet.
+    expect_hold: AtomicBool,
+}
+
+impl MiscDevice for MldDevice {
+    type Ctx = Arc<Shared>;
+    type Ptr = KBox<MldFile>;
+
+    fn open(shared: &Arc<Shared>) -> Result<KBox<MldFile>> {
+        let file = MldFile {
+            shared: shared.clone(),
+            id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+            expect_hold: AtomicBool::new(false),
+        };
+        Ok(KBox::new(file, GFP_KERNEL)?)
+    }
+
+    fn ioctl(file: &MldFile, cmd: u32, arg: usize) -> Result<isize> {
+        file.ioctl(cmd, arg).map(|()| 0)
+    }
+}
+
+impl Drop for MldFile {
+    fn drop(&mut self) {
+        self.shared.state.lock().table.release(Owner::File(self.id));
+    }
+}
+
+fn now_ns() -> u64 {
+    // CLOCK_MONOTONIC is never negative.
+    Ktime::ktime_get().to_ns().max(0) as u64
+}
+
+fn ms_until(t: u64, now: u64) -> u64 {
+    t.saturating_sub(now).div_ceil(NSEC_PER_MSEC)
+}
+
+fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
+    UserSlice::new(arg, size_of::<T>()).reader().read::<T>()
+}
+
+fn table_err(e: TableError) -> Error {
+    match e {
+        TableError::Full => ENOSPC,
+        TableError::NotHeld => Error::from_errno(-(bindings::ENOLCK as i32)),
+        TableError::ZeroLease => EINVAL,
+    }
+}
+
+impl MldFile {
+    fn ioctl(&self, cmd: u32, arg: usize) -> Result {
+        match cmd {
+            nr::SET_MIGRATION_FLAG => self.set_flag(read_arg::<i32>(arg)?),
+            nr::MLD_IOC_LOCK => self.lock(&read_arg::<MldLock>(arg)?),
+            nr::MLD_IOC_UNLOCK => self.unlock(read_arg::<u32>(arg)?),
+            nr::MLD_IOC_RENEW => self.renew(&read_arg::<MldRenew>(arg)?),
+            nr::MLD_IOC_STATUS => {
+                let status = self.status();
+                UserSlice::new(arg, size_of::<MldStatus>())
+                    .writer()
+                    .write(&status)
+            }
+            _ => Err(ENOTTY),
+        }
+    }
+
+    fn check_privilege(&self) -> Result {
+        let group = self.shared.config.lock_gid.is_some_and(cred::in_group);
+        if group || cred::is_admin() {
+            Ok(())
+        } else {
+            Err(EPERM)
+        }
+    }
+
+    /// A requested lease: 0 means the maximum, more than the maximum is invalid.
+    fn lease(&self, ms: u32) -> Result<u32> {
+        let max = self.shared.config.max_lease_ms;
+        match ms {
+            0 => Ok(max),
+            ms if ms <= max => Ok(ms),
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn owner(&self, flags: u32) -> Owner {
+        if flags & MLD_LOCK_DETACHED != 0 {
+            Owner::Detached
+        } else {
+            Owner::File(self.id)
+        }
+    }
+
+    /// Applies `f` to the table after dropping expired holds.
+    fn with_table<R>(&self, f: impl FnOnce(&mut State, u64) -> Result<R>) -> Result<R> {
+        let now = now_ns();
+        let mut st = self.shared.state.lock();
+        st.table.expire(now, |_| {});
+        f(&mut st, now)
+    }
+
+    fn take(&self, owner: Owner, reason: Reason, label: [u8; LABEL_LEN], lease_ms: u32) -> Result {
+        self.with_table(|st, now| {
+            st.table
+                .lock(owner, reason as u32, label, lease_ms, now)
+                .map_err(table_err)?;
+            // No host channel yet: the decision is local.
+            st.last_decision = MLD_DECISION_LOCAL;
+            st.last_refusal = 0;
+            Ok(())
+        })?;
+        if owner == Owner::File(self.id) {
+            self.expect_hold.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The paper's `SET_MIGRATION_FLAG`: 0 locks (this file), 1 unlocks.
+    fn set_flag(&self, flag: i32) -> Result {
+        match flag {
+            0 => {
+                self.check_privilege()?;
+                let label = make_label("set_migration_flag").ok_or(EINVAL)?;
+                let lease = self.lease(0)?;
+                self.take(Owner::File(self.id), Reason::Other, label, lease)
+            }
+            1 => {
+                self.with_table(|st, _| Ok(st.table.release(Owner::File(self.id))))?;
+                Ok(())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn lock(&self, req: &MldLock) -> Result {
+        self.check_privilege()?;
+        let reason = Reason::from_u32(req.reason).ok_or(EINVAL)?;
+        if req.reserved != 0 || req.flags & !MLD_LOCK_FLAGS != 0 {
+            return Err(EINVAL);
+        }
+        check_label(&req.label).map_err(|_| EINVAL)?;
+        let lease = self.lease(req.lease_ms)?;
+        self.take(self.owner(req.flags), reason, req.label, lease)
+    }
+
+    fn unlock(&self, flags: u32) -> Result {
+        if flags & !MLD_LOCK_DETACHED != 0 {
+            return Err(EINVAL);
+        }
+        if flags & MLD_LOCK_DETACHED == 0 {
+            return self
+                .with_table(|st, _| st.table.unlock(Owner::File(self.id)).map_err(table_err))
+                .map(drop);
+        }
+        // The detached hold and the static lock belong to no file: only a
+        // privileged caller may drop them.
+        self.check_privilege()?;
+        self.with_table(|st, _| {
+            let had_static = st.table.static_lock();
+            let r = st.table.unlock(Owner::Detached);
+            st.table.clear_static();
+            match r {
+                Err(TableError::NotHeld) if !had_static => Err(table_err(TableError::NotHeld)),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn renew(&self, req: &MldRenew) -> Result {
+        if req.flags & !MLD_LOCK_DETACHED != 0 {
+            return Err(EINVAL);
+        }
+        let owner = self.owner(req.flags);
+        if owner == Owner::Detached {
+            self.check_privilege()?;
+        }
+        let lease = self.lease(req.lease_ms)?;
+        self.with_table(|st, now| {
+            st.table
+                .renew(owner, lease, now)
+                .map(drop)
+                .map_err(table_err)
+        })
+    }
+
+    fn status(&self) -> MldStatus {
+        let now = now_ns();
+        let mut st = self.shared.state.lock();
+        st.table.expire(now, |_| {});
+        let t = &st.table;
+        let mine = t.hold(Owner::File(self.id));
+        let mut flags = 0;
+        for (set, bit) in [
+            (t.locked(), MLD_ST_LOCKED),
+            (t.static_lock(), MLD_ST_STATIC),
+            (mine.is_some(), MLD_ST_HELD_BY_ME),
+            (t.hold(Owner::Detached).is_some(), MLD_ST_DETACHED),
+        ] {
+            if set {
+                flags |= bit;
+            }
+        }
+        if mine.is_none() && self.expect_hold.swap(false, Ordering::Relaxed) {
+            flags |= MLD_ST_LEASE_EXPIRED;
+        }
+        MldStatus {
+            flags,
+            holders: t.holders() as u32,
+            earliest_expiry_ms: t.earliest_expiry().map_or(0, |e| ms_until(e, now)),
+            own_expiry_ms: mine.map_or(0, |h| ms_until(h.expires_at, now)),
+            last_decision: st.last_decision,
+            last_refusal: st.last_refusal,
+            max_lease_ms: self.shared.config.max_lease_ms,
+            reserved: [0; 7],
+        }
+    }
+}

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Request and status structures of `/dev/mld`, and their codes.
+//!
+//! `#[repr(C)]` with explicit padding fields, so the layout is the same in
+//! Rust and C (`include/uapi/linux/miglock.h`) and no byte is undefined.
+
+/// Why an application locks (the paper's four reasons, plus two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Reason {
+    /// Running critical code that migration would disturb.
+    CriticalCode = 1,
+    /// In a critical operation that migration would fail.
+    CriticalOperation = 2,
+    /// Co-located with other VMs on purpose (e.g. shared-memory peers).
+    CoLocation = 3,
+    /// Depends on special hardware of this host.
+    SpecialHardware = 4,
+    /// Holding confidential data that must not leave this host now.
+    Confidential = 5,
+    /// Anything else; say what in the label.
+    Other = 6,
+}
+
+impl Reason {
+    /// Every reason, in code order.
+    pub const ALL: [Reason; 6] = [
+        Reason::CriticalCode,
+        Reason::CriticalOperation,
+        Reason::CoLocation,
+        Reason::SpecialHardware,
+        Reason::Confidential,
+        Reason::Other,
+    ];
+
+    /// The reason with code `v`, if any.
+    pub const fn from_u32(v: u32) -> Option<Reason> {
+        match v {
+            1 => Some(Reason::CriticalCode),
+            2 => Some(Reason::CriticalOperation),
+            3 => Some(Reason::CoLocation),
+            4 => Some(Reason::SpecialHardware),
+            5 => Some(Reason::Confidential),
+            6 => Some(Reason::Other),
+            _ => None,
+        }
+    }
+
+    /// Short name used by tools and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::CriticalCode => "critical-code",
+            Reason::CriticalOperation => "critical-operation",
+            Reason::CoLocation => "co-location",
+            Reason::SpecialHardware => "special-hardware",
+            Reason::Confidential => "confidential",
+            Reason::Other => "other",
+        }
+    }
+}
+
+/// Bytes of a label, including its terminating NUL.
+pub const MLD_LABEL_LEN: usize = 32;
+
+/// Lock flag: the hold is not owned by the file; it lasts until unlocked
+/// (by any privileged caller) or until its lease ends. For CLIs that exit.
+pub const MLD_LOCK_DETACHED: u32 = 1 << 0;
+/// Lock flags the kernel accepts.
+pub const MLD_LOCK_FLAGS: u32 = MLD_LOCK_DETACHED;
+
+/// `MLD_IOC_LOCK` argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct MldLock {
+    /// A [`Reason`] code.
+    pub reason: u32,
+    /// `MLD_LOCK_*` flags.
+    pub flags: u32,
+    /// Lease asked for in milliseconds; 0 means the maximum lease.
+    pub lease_ms: u32,
+    /// Must be zero.
+    pub reserved: u32,
+    /// Printable ASCII, NUL-terminated, zero-padded.
+    pub label: [u8; MLD_LABEL_LEN],
+}
+
+/// `MLD_IOC_RENEW` argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct MldRenew {
+    /// New lease from now, in milliseconds; 0 means the maximum lease.
+    pub lease_ms: u32,
+    /// `MLD_LOCK_DETACHED` to renew the detached hold instead of the file's.
+    pub flags: u32,
+}
+
+/// Status flag: the VM is locked.
+pub const MLD_ST_LOCKED: u32 = 1 << 0;
+/// Status flag: the static lock (module parameter `locked=1`) is set.
+pub const MLD_ST_STATIC: u32 = 1 << 1;
+/// Status flag: this open file holds a lock.
+pub const MLD_ST_HELD_BY_ME: u32 = 1 << 2;
+/// Status flag: the detached hold exists.
+pub const MLD_ST_DETACHED: u32 = 1 << 3;
+/// Status flag: a host channel is connected (otherwise state is local only).
+pub const MLD_ST_CHANNEL: u32 = 1 << 4;
+/// Status flag: the host announced a pending migration.
+pub const MLD_ST_MIGRATION_PENDING: u32 = 1 << 5;
+/// Status flag: the host force-released the lock.
+pub const MLD_ST_FORCED_RELEASE: u32 = 1 << 6;
+/// Status flag: this file's lease ended since its last status call.
+pub const MLD_ST_LEASE_EXPIRED: u32 = 1 << 7;
+
+/// Host decision: none yet.
+pub const MLD_DECISION_NONE: u32 = 0;
+/// Host decision: the lock was granted.
+pub const MLD_DECISION_GRANTED: u32 = 1;
+/// Host decision: the lock was refused.
+pub const MLD_DECISION_REFUSED: u32 = 2;
+/// No host channel: the lock was recorded locally only.
+pub const MLD_DECISION_LOCAL: u32 = 3;
+
+/// `MLD_IOC_STATUS` result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MldStatus {
+    /// `MLD_ST_*` flags.
+    pub flags: u32,
+    /// Number of holds (the static lock is not one).
+    pub holders: u32,
+    /// Milliseconds until the earliest lease ends; 0 if none.
+    pub earliest_expiry_ms: u64,
+    /// Milliseconds until this file's lease ends; 0 if it holds none.
+    pub own_expiry_ms: u64,
+    /// The last `MLD_DECISION_*`.
+    pub last_decision: u32,
+    /// The host's refusal reason with the last decision, 0 if none.
+    pub last_refusal: u32,
+    /// The maximum lease in milliseconds.
+    pub max_lease_ms: u32,
+    /// Zero.
+    pub reserved: [u32; 7],
+}
+
+/// Why a label is not acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelError {
+    /// No NUL within [`MLD_LABEL_LEN`] bytes.
+    Unterminated,
+    /// A byte that is not printable ASCII.
+    NotPrintable,
+    /// A non-zero byte after the terminating NUL.
+    GarbageAfterNul,
+}
+
+/// Checks a label: printable ASCII, NUL-terminated, zero-padded.
+pub fn check_label(label: &[u8; MLD_LABEL_LEN]) -> Result<&[u8], LabelError> {
+    let len = label
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(LabelError::Unterminated)?;
+    if !label[..len].iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Err(LabelError::NotPrintable);
+    }
+    if label[len..].iter().any(|&b| b != 0) {
+        return Err(LabelError::GarbageAfterNul);
+    }
+    Ok(&label[..len])
+}
+
+/// A label from `text`, or `None` if it is too long or not printable ASCII.
+pub fn make_label(text: &str) -> Option<[u8; MLD_LABEL_LEN]> {
+    let b = text.as_bytes();
+    if b.len() >= MLD_LABEL_LEN {
+        return None;
+    }
+    let mut label = [0u8; MLD_LABEL_LEN];
+    label[..b.len()].copy_from_slice(b);
+    check_label(&label).ok()?;
+    Some(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    // Golden layout: ABI, must never change.
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<MldLock>(), 48);
+        assert_eq!(offset_of!(MldLock, label), 16);
+        assert_eq!(size_of::<MldRenew>(), 8);
+        assert_eq!(size_of::<MldStatus>(), 64);
+        assert_eq!(offset_of!(MldStatus, earliest_expiry_ms), 8);
+        assert_eq!(offset_of!(MldStatus, last_decision), 24);
+        assert_eq!(offset_of!(MldStatus, max_lease_ms), 32);
+    }
+
+    #[test]
+    fn reason_codes() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32 + 1);
+            assert_eq!(Reason::from_u32(*r as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_u32(0), None);
+        assert_eq!(Reason::from_u32(7), None);
+    }
+
+    #[test]
+    fn labels() {
+        let l = make_label("db commit").unwrap();
+        assert_eq!(check_label(&l), Ok(&b"db commit"[..]));
+        assert!(make_label(&"x".repeat(31)).is_some());
+        assert!(make_label(&"x".repeat(32)).is_none());
+        assert!(make_label("tab\there").is_none());
+        let mut bad = [b'a'; MLD_LABEL_LEN];
+        assert_eq!(check_label(&bad), Err(LabelError::Unterminated));
+        bad[3] = 0;
+        assert_eq!(check_label(&bad), Err(LabelError::GarbageAfterNul));
+    }
+}

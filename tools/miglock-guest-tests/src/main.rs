@@ -1,0 +1,605 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `mldtest`: tests of `/dev/mld` that run inside the guest.
+//!
+//! Each suite prints `ok - NAME` or `not ok - NAME: why` per check and exits
+//! 1 if any check failed. The harness runs them from `tests/scenarios/`.
+
+use miglock_abi::ioctl as nr;
+use miglock_abi::types::*;
+use miglock_dev::{Device, Lock, Reason};
+use std::io::{self, BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+struct Checks {
+    failed: usize,
+    total: usize,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, ok: bool, why: impl FnOnce() -> String) {
+        self.total += 1;
+        if ok {
+            println!("ok - {name}");
+        } else {
+            self.failed += 1;
+            println!("not ok - {name}: {}", why());
+        }
+    }
+
+    /// Checks that `r` failed with `errno`.
+    fn errno<T: std::fmt::Debug>(&mut self, name: &str, r: io::Result<T>, errno: i32) {
+        let got = r.as_ref().err().and_then(io::Error::raw_os_error);
+        self.check(name, got == Some(errno), || {
+            format!("expected errno {errno}, got {r:?}")
+        });
+    }
+}
+
+fn lock(reason: Reason, lease_ms: u64, label: &str) -> Lock {
+    Lock {
+        reason,
+        lease: Some(Duration::from_millis(lease_ms)),
+        label: label.into(),
+        detached: false,
+    }
+}
+
+/// A child process holding a lock through its own open file.
+struct Holder {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Holder {
+    fn spawn() -> io::Result<Holder> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?; // "locked", once the lock is held
+        if line.trim() != "locked" {
+            return Err(io::Error::other(format!("holder said {line:?}")));
+        }
+        Ok(Holder {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn say(&mut self, what: &str) -> io::Result<String> {
+        writeln!(self.stdin, "{what}")?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+}
+
+/// `mldtest hold`: lock, say so, then obey stdin.
+fn hold() -> io::Result<()> {
+    let dev = Device::open()?;
+    dev.lock(&lock(Reason::CriticalOperation, 60_000, "holder"))?;
+    println!("locked");
+    for line in io::stdin().lock().lines() {
+        match line?.as_str() {
+            "unlock" => {
+                dev.unlock(false)?;
+                println!("unlocked");
+            }
+            "exit" => std::process::exit(0), // without unlocking
+            _ => println!("?"),
+        }
+    }
+    Ok(())
+}
+
+fn status() -> miglock_dev::Status {
+    Device::open()
+        .and_then(|d| d.status())
+        .expect("status of /dev/mld")
+}
+
+fn holders(c: &mut Checks) -> io::Result<()> {
+    let mut a = Holder::spawn()?;
+    let mut b = Holder::spawn()?;
+    let st = status();
+    c.check(
+        "two processes lock: locked, 2 holders",
+        st.locked() && st.holders() == 2,
+        || format!("{st:?}"),
+    );
+    let _ = a.say("exit");
+    a.child.wait()?;
+    let st = status();
+    c.check(
+        "one exits without unlocking: still locked by 1",
+        st.locked() && st.holders() == 1,
+        || format!("{st:?}"),
+    );
+    let r = b.say("unlock")?;
+    let st = status();
+    c.check(
+        "the other unlocks: unlocked, 0 holders",
+        r == "unlocked" && !st.locked() && st.holders() == 0,
+        || format!("{r} {st:?}"),
+    );
+    drop(b.stdin);
+    b.child.wait()?;
+
+    let mut k = Holder::spawn()?;
+    c.check(
+        "holder locked before SIGKILL",
+        status().holders() == 1,
+        String::new,
+    );
+    k.child.kill()?; // SIGKILL
+    k.child.wait()?;
+    let st = status();
+    c.check(
+        "SIGKILL releases the lock",
+        !st.locked() && st.holders() == 0,
+        || format!("{st:?}"),
+    );
+
+    // SET_MIGRATION_FLAG, the paper's ioctl, is owned by the file too.
+    let d = Device::open()?;
+    d.set_migration_flag(0)?;
+    let st = d.status()?;
+    c.check(
+        "SET_MIGRATION_FLAG 0 locks",
+        st.locked() && st.held_by_me(),
+        || format!("{st:?}"),
+    );
+    d.set_migration_flag(1)?;
+    c.check(
+        "SET_MIGRATION_FLAG 1 unlocks",
+        !d.status()?.locked(),
+        String::new,
+    );
+    d.set_migration_flag(0)?;
+    drop(d);
+    c.check(
+        "closing the file releases a SET_MIGRATION_FLAG lock",
+        !status().locked(),
+        String::new,
+    );
+    Ok(())
+}
+
+/// Polls status until `cond` or `limit`; returns the time it took.
+fn until(limit: Duration, cond: impl Fn(&miglock_dev::Status) -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    let dev = Device::open().ok()?;
+    while t0.elapsed() < limit {
+        if cond(&dev.status().ok()?) {
+            return Some(t0.elapsed());
+        }
+        std::thread::yield_now();
+    }
+    None
+}
+
+fn leases(c: &mut Checks) -> io::Result<()> {
+    let d = Device::open()?;
+    let t0 = Instant::now();
+    d.lock(&lock(Reason::CriticalCode, 300, "short lease"))?;
+    let st = d.status()?;
+    c.check(
+        "lease reported",
+        st.own_expiry()
+            .is_some_and(|e| e <= Duration::from_millis(300)),
+        || format!("{st:?}"),
+    );
+    let freed = until(Duration::from_secs(5), |s| !s.locked());
+    let took = t0.elapsed();
+    c.check(
+        "lease expiry releases (not before the lease)",
+        freed.is_some() && took >= Duration::from_millis(300),
+        || format!("freed after {took:?}"),
+    );
+    let st = d.status()?;
+    c.check(
+        "holder is told its lease expired",
+        st.lease_expired() && !st.held_by_me(),
+        || format!("{st:?}"),
+    );
+    c.check("told once", !d.status()?.lease_expired(), String::new);
+    c.errno(
+        "renew after expiry: ENOLCK",
+        d.renew(None, false),
+        libc::ENOLCK,
+    );
+
+    // Renew extends: lock 400 ms, renew to 2 s at ~200 ms; still held at 600 ms.
+    let t0 = Instant::now();
+    d.lock(&lock(Reason::CriticalCode, 400, "renewed"))?;
+    while t0.elapsed() < Duration::from_millis(200) {
+        std::thread::yield_now();
+    }
+    d.renew(Some(Duration::from_millis(2000)), false)?;
+    while t0.elapsed() < Duration::from_millis(600) {
+        std::thread::yield_now();
+    }
+    let st = d.status()?;
+    c.check(
+        "renew extends the lease",
+        st.held_by_me() && st.own_expiry() > Some(Duration::from_millis(1000)),
+        || format!("{st:?}"),
+    );
+    d.unlock(false)?;
+
+    // Detached holds outlive the file; a later privileged caller drops them.
+    let d2 = Device::open()?;
+    d2.lock(&Lock {
+        detached: true,
+        ..lock(Reason::Confidential, 60_000, "detached")
+    })?;
+    drop(d2);
+    let st = status();
+    c.check(
+        "detached hold outlives its file",
+        st.locked() && st.detached(),
+        || format!("{st:?}"),
+    );
+    Device::open()?.unlock(true)?;
+    c.check(
+        "detached hold dropped by unlock",
+        !status().locked(),
+        String::new,
+    );
+    c.errno(
+        "unlock detached when none: ENOLCK",
+        Device::open()?.unlock(true),
+        libc::ENOLCK,
+    );
+    Ok(())
+}
+
+fn raw_ioctl(fd: i32, cmd: u32, arg: usize) -> io::Result<i32> {
+    // SAFETY: the pointers passed are either valid buffers of the command's
+    // size or addresses that the kernel must reject without touching ours.
+    let r = unsafe { libc::ioctl(fd, cmd as _, arg) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// An address in our space that faults: a PROT_NONE page.
+fn fault_page() -> usize {
+    // SAFETY: a fresh anonymous mapping, never dereferenced by us.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p as usize
+}
+
+fn same(a: &miglock_dev::Status, b: &miglock_dev::Status) -> bool {
+    a.0.flags == b.0.flags && a.0.holders == b.0.holders
+}
+
+fn badinput(c: &mut Checks) -> io::Result<()> {
+    let d = Device::open()?;
+    let fd = d.as_raw_fd();
+    let base = d.status()?;
+    c.errno(
+        "unknown ioctl: ENOTTY",
+        raw_ioctl(fd, 0xb9ff, 0),
+        libc::ENOTTY,
+    );
+    c.errno(
+        "LOCK with a wrong size: ENOTTY",
+        raw_ioctl(fd, nr::MLD_IOC_LOCK + (1 << 16), 0),
+        libc::ENOTTY,
+    );
+    c.errno(
+        "another driver's ioctl: ENOTTY",
+        raw_ioctl(fd, 0x5401 /* TCGETS */, 0),
+        libc::ENOTTY,
+    );
+    for (name, cmd) in nr::ALL {
+        for (what, ptr) in [
+            ("NULL", 0usize),
+            ("kernel address", 0xffff_8880_0000_0000),
+            ("unmapped", fault_page()),
+        ] {
+            c.errno(
+                &format!("{name} with a {what} pointer: EFAULT"),
+                raw_ioctl(fd, cmd, ptr),
+                libc::EFAULT,
+            );
+        }
+    }
+    for flag in [-1, 2, 0x7fff_ffff] {
+        c.errno(
+            &format!("SET_MIGRATION_FLAG {flag}: EINVAL"),
+            d.set_migration_flag(flag),
+            libc::EINVAL,
+        );
+    }
+    let good = MldLock {
+        reason: 1,
+        flags: 0,
+        lease_ms: 1000,
+        reserved: 0,
+        label: make_label("ok").unwrap(),
+    };
+    let max = base.0.max_lease_ms;
+    let mut cases: Vec<(&str, MldLock)> = vec![
+        ("reason 0", MldLock { reason: 0, ..good }),
+        ("reason 7", MldLock { reason: 7, ..good }),
+        (
+            "reason u32::MAX",
+            MldLock {
+                reason: u32::MAX,
+                ..good
+            },
+        ),
+        (
+            "lease above the maximum",
+            MldLock {
+                lease_ms: max + 1,
+                ..good
+            },
+        ),
+        ("unknown flag", MldLock { flags: 2, ..good }),
+        (
+            "reserved set",
+            MldLock {
+                reserved: 1,
+                ..good
+            },
+        ),
+        (
+            "unterminated label",
+            MldLock {
+                label: [b'a'; MLD_LABEL_LEN],
+                ..good
+            },
+        ),
+    ];
+    let mut nonprint = good;
+    nonprint.label[0] = 0x07;
+    cases.push(("non-printable label", nonprint));
+    let mut garbage = good;
+    garbage.label[20] = b'x';
+    cases.push(("bytes after the label's NUL", garbage));
+    for (what, req) in cases {
+        c.errno(
+            &format!("LOCK with {what}: EINVAL"),
+            d.lock_raw(&req),
+            libc::EINVAL,
+        );
+    }
+    c.errno(
+        "UNLOCK with unknown flags: EINVAL",
+        d.unlock_raw(0x10),
+        libc::EINVAL,
+    );
+    c.errno(
+        "UNLOCK without a hold: ENOLCK",
+        d.unlock(false),
+        libc::ENOLCK,
+    );
+    c.errno(
+        "RENEW without a hold: ENOLCK",
+        d.renew(None, false),
+        libc::ENOLCK,
+    );
+    let renew = MldRenew {
+        lease_ms: max + 1,
+        flags: 0,
+    };
+    c.errno(
+        "RENEW above the maximum: EINVAL",
+        raw_ioctl(fd, nr::MLD_IOC_RENEW, &renew as *const _ as usize),
+        libc::EINVAL,
+    );
+    let after = d.status()?;
+    c.check("no bad call changed the state", same(&base, &after), || {
+        format!("{base:?} -> {after:?}")
+    });
+
+    // An unprivileged process may read status but not lock.
+    // SAFETY: single-threaded here; the child only makes syscalls and exits.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| -> io::Result<i32> {
+                nix::unistd::setgroups(&[])?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+                let d = Device::open()?;
+                let st = d.status().is_ok();
+                let l = d
+                    .lock(&lock(Reason::Other, 1000, "x"))
+                    .err()
+                    .and_then(|e| e.raw_os_error());
+                let f = d.set_migration_flag(0).err().and_then(|e| e.raw_os_error());
+                let u = d.unlock(true).err().and_then(|e| e.raw_os_error());
+                Ok(
+                    if st
+                        && l == Some(libc::EPERM)
+                        && f == Some(libc::EPERM)
+                        && u == Some(libc::EPERM)
+                    {
+                        0
+                    } else {
+                        1
+                    },
+                )
+            })()
+            .unwrap_or(2);
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let st = nix::sys::wait::waitpid(child, None).map_err(io::Error::from)?;
+            c.check(
+                "unprivileged: status allowed; LOCK, SET_MIGRATION_FLAG 0, UNLOCK detached: EPERM",
+                matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                || format!("child ended {st:?}"),
+            );
+        }
+    }
+    let after = status();
+    c.check(
+        "the unprivileged attempts changed nothing",
+        same(&base, &after),
+        || format!("{after:?}"),
+    );
+    Ok(())
+}
+
+fn concurrency(c: &mut Checks, threads: usize, rounds: usize) -> io::Result<()> {
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || -> io::Result<()> {
+                let mut rng = fastrand::Rng::with_seed(t as u64);
+                let mut dev = Device::open()?;
+                for _ in 0..rounds {
+                    // Errors such as ENOLCK are expected in a random schedule.
+                    match rng.u8(0..6) {
+                        0 | 1 => {
+                            drop(dev.lock(&lock(Reason::CriticalCode, rng.u64(1..1000), "race")))
+                        }
+                        2 => drop(dev.unlock(false)),
+                        3 => drop(dev.renew(Some(Duration::from_millis(rng.u64(1..1000))), false)),
+                        4 => drop(dev.status()?),
+                        _ => dev = Device::open()?, // close (releasing) and reopen
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut ok = true;
+    for h in handles {
+        ok &= h.join().map(|r| r.is_ok()).unwrap_or(false);
+    }
+    c.check(
+        &format!(
+            "{threads} threads x {rounds} rounds ran ({:?})",
+            t0.elapsed()
+        ),
+        ok,
+        String::new,
+    );
+    let st = status();
+    c.check(
+        "afterwards: unlocked with zero holders",
+        !st.locked() && st.holders() == 0,
+        || format!("{st:?}"),
+    );
+    Ok(())
+}
+
+fn fuzz(c: &mut Checks, count: usize, seed: u64) -> io::Result<()> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut fds: Vec<Device> = (0..4).map(|_| Device::open()).collect::<io::Result<_>>()?;
+    let mut buf = vec![0u8; 4096];
+    let bad = fault_page();
+    let mut unexpected = Vec::new();
+    let allowed = [
+        libc::ENOTTY,
+        libc::EFAULT,
+        libc::EINVAL,
+        libc::EPERM,
+        libc::ENOLCK,
+        libc::ENOSPC,
+    ];
+    for i in 0..count {
+        let cmd = match rng.u8(0..4) {
+            0 => rng.u32(..),
+            1 => nr::ALL[rng.usize(..nr::ALL.len())].1 ^ (1 << rng.u32(0..32)),
+            _ => nr::ALL[rng.usize(..nr::ALL.len())].1,
+        };
+        rng.fill(&mut buf);
+        if rng.bool() {
+            // Often a plausible request: a valid reason and an empty label.
+            buf[0..4].copy_from_slice(&rng.u32(0..8).to_ne_bytes());
+            buf[16..48].fill(0);
+        }
+        let arg = match rng.u8(0..5) {
+            0 => 0,
+            1 => 0xffff_8880_0000_0000usize + rng.usize(..1 << 20),
+            2 => bad,
+            _ => buf.as_mut_ptr() as usize,
+        };
+        let fd = fds[rng.usize(..fds.len())].as_raw_fd();
+        if let Err(e) = raw_ioctl(fd, cmd, arg) {
+            let errno = e.raw_os_error().unwrap_or(0);
+            if !allowed.contains(&errno) && unexpected.len() < 10 {
+                unexpected.push(format!("call {i}: cmd {cmd:#x} -> {e}"));
+            }
+        }
+        if rng.u8(0..50) == 0 {
+            let k = rng.usize(..fds.len());
+            fds[k] = Device::open()?;
+        }
+    }
+    c.check(
+        &format!("{count} random ioctls (seed {seed}): only expected errors"),
+        unexpected.is_empty(),
+        || unexpected.join("; "),
+    );
+    drop(fds);
+    let _ = Device::open()?.unlock(true); // a random call may have taken the detached hold
+    let st = status();
+    c.check(
+        "after the fuzz: unlocked with zero holders",
+        !st.locked() && st.holders() == 0,
+        || format!("{st:?}"),
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let mut c = Checks {
+        failed: 0,
+        total: 0,
+    };
+    let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let r = match args.get(1).map(String::as_str) {
+        Some("hold") => hold(),
+        Some("holders") => holders(&mut c),
+        Some("leases") => leases(&mut c),
+        Some("badinput") => badinput(&mut c),
+        Some("concurrency") => concurrency(&mut c, num(2, 8), num(3, 2000)),
+        Some("fuzz") => fuzz(&mut c, num(2, 20_000), num(3, 1) as u64),
+        _ => {
+            eprintln!("usage: mldtest holders|leases|badinput|concurrency [THREADS ROUNDS]|fuzz [COUNT SEED]");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = r {
+        println!("not ok - suite stopped: {e}");
+        c.failed += 1;
+    }
+    println!(
+        "mldtest: {} passed, {} failed",
+        c.total - c.failed.min(c.total),
+        c.failed
+    );
+    if c.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

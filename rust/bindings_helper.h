@@ -5,3 +5,9 @@
  * layouts always match the kernel the module is built for.
  */
 #include <linux/miscdevice.h>
+#include <linux/poll.h>
+
+/* Only in the test kernel (patches/0001-set_migration_flag-syscall.patch). */
+#if __has_include(<linux/miglock.h>)
+#include <linux/miglock.h>
+#endif

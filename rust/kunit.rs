@@ -193,7 +193,7 @@ macro_rules! kunit_suite {
                 $crate::kunit::suite($name, core::ptr::addr_of_mut!(CASES).cast());
 
             // The module loader collects this section into `mod->kunit_suites`.
-            #[used]
+            #[used(compiler)]
             #[link_section = ".kunit_test_suites"]
             static mut SUITE_ENTRY: *mut kernel::bindings::kunit_suite =
                 core::ptr::addr_of_mut!(SUITE);

@@ -9,12 +9,19 @@ use kernel::{c_str, prelude::*, sync::Arc};
 
 pub mod abi;
 mod bindings;
+mod channel;
 mod cred;
 mod kunit;
 mod kunit_tests;
 pub mod lockstate;
 mod miscdev;
 mod mld;
+mod param;
+#[cfg(miglock_syscall)]
+mod syscall;
+mod sysfs;
+mod timer;
+mod waitqueue;
 
 module! {
     type: Miglock,
@@ -24,11 +31,43 @@ module! {
     license: "GPL",
 }
 
-/// Default and maximum lease: five minutes.
-const MAX_LEASE_MS: u32 = 300_000;
+param::module_param!(
+    LOCKED,
+    "locked",
+    bool = false,
+    param_ops_bool,
+    "Start locked: the paper's static lock, until set_migration_flag 1 (bool)"
+);
+param::module_param!(
+    MAX_LEASE_MS,
+    "max_lease_ms",
+    u32 = 300_000,
+    param_ops_uint,
+    "Longest lease a lock may ask for, and the default, in ms (1..86400000)"
+);
+param::module_param!(
+    LOCK_GID,
+    "lock_gid",
+    i32 = -1,
+    param_ops_int,
+    "Members of this group may lock besides CAP_SYS_ADMIN; -1: none (int)"
+);
+param::module_param!(
+    DEV_MODE,
+    "dev_mode",
+    u32 = 0o666,
+    param_ops_uint,
+    "Permission bits of /dev/mld (anyone who can open it may read status)"
+);
+
+/// The longest `max_lease_ms` accepted: a day.
+const MAX_LEASE_LIMIT_MS: u32 = 86_400_000;
 
 struct Miglock {
     _dev: Pin<KBox<miscdev::Registration<mld::MldDevice>>>,
+    _sysfs: sysfs::Sysfs,
+    #[cfg(miglock_syscall)]
+    _syscall: syscall::Syscall,
     shared: Arc<mld::Shared>,
 }
 
@@ -38,15 +77,54 @@ impl kernel::Module for Miglock {
             pr_err!("selftest build: failing init on purpose\n");
             return Err(EINVAL);
         }
-        let config = mld::Config {
-            max_lease_ms: MAX_LEASE_MS,
-            lock_gid: None,
+        let max_lease_ms = MAX_LEASE_MS.get();
+        if max_lease_ms == 0 || max_lease_ms > MAX_LEASE_LIMIT_MS {
+            pr_err!(
+                "max_lease_ms={} out of range 1..={}\n",
+                max_lease_ms,
+                MAX_LEASE_LIMIT_MS
+            );
+            return Err(EINVAL);
+        }
+        let lock_gid = match LOCK_GID.get() {
+            -1 => None,
+            gid if gid >= 0 => Some(gid as u32),
+            gid => {
+                pr_err!("lock_gid={} invalid (a group id, or -1)\n", gid);
+                return Err(EINVAL);
+            }
         };
-        let shared = mld::Shared::new(config, false)?;
-        // Anyone may open and read status; locking checks privilege.
-        let dev = miscdev::Registration::new(c_str!("mld"), 0o666, module, shared.clone())?;
-        pr_info!("loaded: /dev/mld ready (max lease {} ms)\n", MAX_LEASE_MS);
-        Ok(Miglock { _dev: dev, shared })
+        let mode = DEV_MODE.get();
+        if mode & !0o666 != 0 {
+            pr_err!("dev_mode={:o} invalid (read/write bits only)\n", mode);
+            return Err(EINVAL);
+        }
+        let config = mld::Config {
+            max_lease_ms,
+            lock_gid,
+        };
+        let shared = mld::Shared::new(config, LOCKED.get())?;
+        // Whoever can open the node may read status; locking checks privilege.
+        let sysfs = sysfs::Sysfs::new(shared.clone())?;
+        #[cfg(miglock_syscall)]
+        let syscall = syscall::Syscall::register(shared.clone())?;
+        let dev = miscdev::Registration::new(c_str!("mld"), mode as u16, module, shared.clone())?;
+        pr_info!(
+            "loaded: /dev/mld ready (max lease {} ms{})\n",
+            max_lease_ms,
+            if LOCKED.get() {
+                ", static lock set"
+            } else {
+                ""
+            }
+        );
+        Ok(Miglock {
+            _dev: dev,
+            _sysfs: sysfs,
+            #[cfg(miglock_syscall)]
+            _syscall: syscall,
+            shared,
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 //! `file_operations` callbacks and the per-file pointer in `private_data`.
 
 use crate::bindings as mb;
+use crate::waitqueue::WaitQueue;
 use core::{marker::PhantomPinned, mem::MaybeUninit, pin::Pin};
 use kernel::{
     bindings,
@@ -35,6 +36,42 @@ pub(crate) trait MiscDevice: Sized {
         cmd: u32,
         arg: usize,
     ) -> Result<isize>;
+
+    /// Called for `poll()`/`select()`/`epoll`: registers the wait queues
+    /// that signal readiness on `table` and returns the ready `EPOLL*` mask.
+    fn poll(file: <Self::Ptr as ForeignOwnable>::Borrowed<'_>, table: &PollTable) -> u32;
+}
+
+/// `EPOLLIN`: readable.
+pub(crate) const EPOLLIN: u32 = 0x0001;
+/// `EPOLLRDNORM`: normal data readable.
+pub(crate) const EPOLLRDNORM: u32 = 0x0040;
+
+/// The `poll_table` of one `poll()` call.
+pub(crate) struct PollTable {
+    file: *mut bindings::file,
+    table: *mut bindings::poll_table_struct,
+}
+
+impl PollTable {
+    /// Registers `wq` so that waking it wakes this poller (`poll_wait()`).
+    ///
+    /// `wq` must outlive the file: the VFS removes the registration when
+    /// the poll call returns (select/poll) or the file is released (epoll).
+    pub(crate) fn register(&self, wq: &WaitQueue) {
+        if self.table.is_null() {
+            return;
+        }
+        // 6.12's bindings see `poll_table_struct` as opaque; ours have its
+        // fields (generated from <linux/poll.h>).
+        let table = self.table.cast::<mb::poll_table_struct>();
+        // SAFETY: a non-null table is valid for the duration of the call.
+        if let Some(qproc) = unsafe { (*table)._qproc } {
+            // SAFETY: `file` and `table` are the live arguments of this poll
+            // call and `wq` is an initialised wait queue (see above).
+            unsafe { qproc(self.file, wq.as_ptr(), table) };
+        }
+    }
 }
 
 /// A registered misc device; deregistered when dropped.
@@ -81,6 +118,7 @@ impl<T: MiscDevice> Registration<T> {
         fops.open = Some(open_callback::<T>);
         fops.release = Some(release_callback::<T>);
         fops.unlocked_ioctl = Some(ioctl_callback::<T>);
+        fops.poll = Some(poll_callback::<T>);
         fops.llseek = Some(bindings::noop_llseek);
         // SAFETY: `fops` is valid for writes and not yet shared.
         unsafe { this.fops.get().write(fops) };
@@ -162,4 +200,16 @@ unsafe extern "C" fn ioctl_callback<T: MiscDevice>(
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }
+}
+
+/// # Safety
+///
+/// Called by the VFS with a file opened by [`open_callback`] and not released.
+unsafe extern "C" fn poll_callback<T: MiscDevice>(
+    file: *mut bindings::file,
+    table: *mut bindings::poll_table_struct,
+) -> bindings::__poll_t {
+    // SAFETY: as in `ioctl_callback`.
+    let data = unsafe { T::Ptr::borrow((*file).private_data) };
+    T::poll(data, &PollTable { file, table })
 }

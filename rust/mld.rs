@@ -8,13 +8,16 @@
 //! lease ends. Every hold has a lease, capped by `max_lease_ms`.
 
 use crate::abi::{ioctl as nr, types::*};
+use crate::channel::{Decision, HostChannel, Local};
 use crate::cred;
 use crate::lockstate::table::{Error as TableError, Owner, Table, LABEL_LEN};
-use crate::miscdev::MiscDevice;
+use crate::miscdev::{MiscDevice, PollTable, EPOLLIN, EPOLLRDNORM};
+use crate::timer::Timer;
+use crate::waitqueue::{StaticKey, WaitQueue};
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::{
-    bindings, new_mutex,
+    bindings, c_str, new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
     time::Ktime,
@@ -40,12 +43,36 @@ struct State {
 }
 
 /// State shared by every open file of `/dev/mld`.
-#[pin_data]
+#[pin_data(PinnedDrop)]
 pub(crate) struct Shared {
     #[pin]
     state: Mutex<State>,
+    /// Woken when a lease ends (and, with a host channel, on host notices).
+    #[pin]
+    events: WaitQueue,
+    /// Fires at the earliest lease end.
+    #[pin]
+    expiry: Timer,
     config: Config,
+    channel: &'static dyn HostChannel,
     next_id: AtomicU64,
+}
+
+/// The only channel until the hypercall shim exists.
+static LOCAL: Local = Local;
+
+static EVENTS_KEY: StaticKey = StaticKey::new();
+
+/// Softirq context: only wakes pollers; they expire leases themselves.
+///
+/// # Safety
+///
+/// `t` is the `expiry` timer of a live [`Shared`]: `Shared`'s drop cancels
+/// the timer synchronously before the memory goes away.
+unsafe extern "C" fn expiry_fired(t: *mut bindings::timer_list) {
+    // SAFETY: per the contract, `t` is the (transparent) `expiry` field.
+    let shared = unsafe { &*kernel::container_of!(t.cast::<Timer>(), Shared, expiry) };
+    shared.events.wake_all();
 }
 
 impl Shared {
@@ -58,18 +85,91 @@ impl Shared {
                     last_decision: MLD_DECISION_NONE,
                     last_refusal: 0,
                 }),
+                events <- WaitQueue::new(c_str!("miglock_events"), &EVENTS_KEY),
+                // SAFETY: `expiry_fired` only touches `Shared`, whose drop
+                // cancels the timer first.
+                expiry <- unsafe { Timer::new(expiry_fired) },
                 config,
+                channel: &LOCAL,
                 next_id: AtomicU64::new(1),
             }),
             GFP_KERNEL,
         )
+    }
+
+    /// Runs `f` on the state after dropping expired holds, then arms the
+    /// timer for the next lease end.
+    /// Tells the host channel when the VM-wide state changed, after the
+    /// state lock is dropped.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State, u64) -> R) -> R {
+        let now = now_ns();
+        let mut st = self.state.lock();
+        let before = st.table.locked();
+        st.table.expire(now, |_| {});
+        let r = f(&mut st, now);
+        if let Some(end) = st.table.earliest_expiry() {
+            self.expiry.arm_in(end.saturating_sub(now));
+        }
+        let after = st.table.locked();
+        drop(st);
+        if before != after {
+            self.channel.state_changed(after);
+        }
+        r
+    }
+
+    /// Whether the calling task may lock: CAP_SYS_ADMIN or the lock group.
+    pub(crate) fn check_privilege(&self) -> Result {
+        let group = self.config.lock_gid.is_some_and(cred::in_group);
+        if group || cred::is_admin() {
+            Ok(())
+        } else {
+            Err(EPERM)
+        }
+    }
+
+    /// The paper's system call: 0 takes the detached hold (maximum lease),
+    /// 1 drops it and the static lock. Returns whether the VM may migrate
+    /// afterwards (file-owned holds may still lock it).
+    pub(crate) fn set_flag_detached(&self, flag: i32) -> Result<bool> {
+        if flag != 0 && flag != 1 {
+            return Err(EINVAL);
+        }
+        self.check_privilege()?;
+        let label = make_label("set_migration_flag").ok_or(EINVAL)?;
+        let lease = self.config.max_lease_ms;
+        self.with_state(|st, now| {
+            if flag == 0 {
+                st.table
+                    .lock(Owner::Detached, Reason::Other as u32, label, lease, now)
+                    .map_err(table_err)?;
+                st.last_decision = MLD_DECISION_LOCAL;
+                st.last_refusal = 0;
+            } else {
+                st.table.release(Owner::Detached);
+                st.table.clear_static();
+            }
+            Ok(!st.table.locked())
+        })
+    }
+
+    /// Runs `f` on the current table (for sysfs).
+    pub(crate) fn with_table<R>(&self, f: impl FnOnce(&Table, u64) -> R) -> R {
+        self.with_state(|st, now| f(&st.table, now))
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Shared {
+    fn drop(self: Pin<&mut Self>) {
+        self.expiry.cancel_sync();
     }
 }
 
 impl Shared {
     /// Drops every hold (module unload); returns how many there were.
     pub(crate) fn release_all(&self) -> usize {
-        self.state.lock().table.clear()
+        self.with_state(|st, _| st.table.clear())
     }
 }
 
@@ -100,11 +200,21 @@ impl MiscDevice for MldDevice {
     fn ioctl(file: &MldFile, cmd: u32, arg: usize) -> Result<isize> {
         file.ioctl(cmd, arg).map(|()| 0)
     }
+
+    fn poll(file: &MldFile, table: &PollTable) -> u32 {
+        table.register(&file.shared.events);
+        if file.has_event() {
+            EPOLLIN | EPOLLRDNORM
+        } else {
+            0
+        }
+    }
 }
 
 impl Drop for MldFile {
     fn drop(&mut self) {
-        self.shared.state.lock().table.release(Owner::File(self.id));
+        self.shared
+            .with_state(|st, _| st.table.release(Owner::File(self.id)));
     }
 }
 
@@ -113,7 +223,8 @@ fn now_ns() -> u64 {
     Ktime::ktime_get().to_ns().max(0) as u64
 }
 
-fn ms_until(t: u64, now: u64) -> u64 {
+/// Milliseconds from `now` until `t`, rounded up.
+pub(crate) fn ms_until(t: u64, now: u64) -> u64 {
     t.saturating_sub(now).div_ceil(NSEC_PER_MSEC)
 }
 
@@ -147,12 +258,7 @@ impl MldFile {
     }
 
     fn check_privilege(&self) -> Result {
-        let group = self.shared.config.lock_gid.is_some_and(cred::in_group);
-        if group || cred::is_admin() {
-            Ok(())
-        } else {
-            Err(EPERM)
-        }
+        self.shared.check_privilege()
     }
 
     /// A requested lease: 0 means the maximum, more than the maximum is invalid.
@@ -173,21 +279,38 @@ impl MldFile {
         }
     }
 
-    /// Applies `f` to the table after dropping expired holds.
-    fn with_table<R>(&self, f: impl FnOnce(&mut State, u64) -> Result<R>) -> Result<R> {
-        let now = now_ns();
-        let mut st = self.shared.state.lock();
-        st.table.expire(now, |_| {});
-        f(&mut st, now)
+    /// Applies `f` to the state after dropping expired holds.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State, u64) -> Result<R>) -> Result<R> {
+        self.shared.with_state(f)
+    }
+
+    /// Whether something happened this file must react to: its hold ended
+    /// without it unlocking (lease expiry), until it reads its status.
+    fn has_event(&self) -> bool {
+        let mine = self
+            .shared
+            .with_table(|t, _| t.hold(Owner::File(self.id)).is_some());
+        !mine && self.expect_hold.load(Ordering::Relaxed)
     }
 
     fn take(&self, owner: Owner, reason: Reason, label: [u8; LABEL_LEN], lease_ms: u32) -> Result {
-        self.with_table(|st, now| {
+        let text = check_label(&label).map_err(|_| EINVAL)?;
+        // Ask first: a host round trip must not hold the state lock.
+        let decision = self.shared.channel.request_lock(reason, lease_ms, text);
+        self.with_state(|st, now| {
+            let (code, lease) = match decision {
+                Decision::Granted { lease_ms: l } => (MLD_DECISION_GRANTED, l.min(lease_ms)),
+                Decision::Local => (MLD_DECISION_LOCAL, lease_ms),
+                Decision::Refused { reason } => {
+                    st.last_decision = MLD_DECISION_REFUSED;
+                    st.last_refusal = reason;
+                    return Err(EACCES);
+                }
+            };
             st.table
-                .lock(owner, reason as u32, label, lease_ms, now)
+                .lock(owner, reason as u32, label, lease, now)
                 .map_err(table_err)?;
-            // No host channel yet: the decision is local.
-            st.last_decision = MLD_DECISION_LOCAL;
+            st.last_decision = code;
             st.last_refusal = 0;
             Ok(())
         })?;
@@ -207,7 +330,8 @@ impl MldFile {
                 self.take(Owner::File(self.id), Reason::Other, label, lease)
             }
             1 => {
-                self.with_table(|st, _| Ok(st.table.release(Owner::File(self.id))))?;
+                self.expect_hold.store(false, Ordering::Relaxed);
+                self.with_state(|st, _| Ok(st.table.release(Owner::File(self.id))))?;
                 Ok(())
             }
             _ => Err(EINVAL),
@@ -230,14 +354,15 @@ impl MldFile {
             return Err(EINVAL);
         }
         if flags & MLD_LOCK_DETACHED == 0 {
+            self.expect_hold.store(false, Ordering::Relaxed);
             return self
-                .with_table(|st, _| st.table.unlock(Owner::File(self.id)).map_err(table_err))
+                .with_state(|st, _| st.table.unlock(Owner::File(self.id)).map_err(table_err))
                 .map(drop);
         }
         // The detached hold and the static lock belong to no file: only a
         // privileged caller may drop them.
         self.check_privilege()?;
-        self.with_table(|st, _| {
+        self.with_state(|st, _| {
             let had_static = st.table.static_lock();
             let r = st.table.unlock(Owner::Detached);
             st.table.clear_static();
@@ -257,7 +382,7 @@ impl MldFile {
             self.check_privilege()?;
         }
         let lease = self.lease(req.lease_ms)?;
-        self.with_table(|st, now| {
+        self.with_state(|st, now| {
             st.table
                 .renew(owner, lease, now)
                 .map(drop)
@@ -266,13 +391,15 @@ impl MldFile {
     }
 
     fn status(&self) -> MldStatus {
-        let now = now_ns();
-        let mut st = self.shared.state.lock();
-        st.table.expire(now, |_| {});
+        self.shared.with_state(|st, now| self.status_of(st, now))
+    }
+
+    fn status_of(&self, st: &State, now: u64) -> MldStatus {
         let t = &st.table;
         let mine = t.hold(Owner::File(self.id));
         let mut flags = 0;
         for (set, bit) in [
+            (self.shared.channel.connected(), MLD_ST_CHANNEL),
             (t.locked(), MLD_ST_LOCKED),
             (t.static_lock(), MLD_ST_STATIC),
             (mine.is_some(), MLD_ST_HELD_BY_ME),

@@ -71,7 +71,13 @@ patch_list | while read -r p; do
 done
 
 cp "$fragment" "$work/kernel/configs/miglock.config"
-show_tail() { say "failed; last lines of $log:"; tail -n 40 "$log" >&2; exit 1; }
+show_tail() {
+	say "failed; errors in $log:"
+	grep -E -A3 '(error|Error)[: ]' "$log" | head -n 30 >&2
+	say "last lines:"
+	tail -n 15 "$log" >&2
+	exit 1
+}
 make -C "$work" "${kmake[@]}" tinyconfig miglock.config >"$log" 2>&1 || show_tail
 
 # Kconfig silently drops options whose dependencies are unmet: catch that here.

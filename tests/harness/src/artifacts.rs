@@ -113,13 +113,13 @@ pub fn module(p: &Paths, variant: Variant) -> Result<PathBuf> {
     let src = logs.join(format!("src-{flag}"));
     let _ = fs::remove_dir_all(&src);
     copy_tree(&p.top.join("rust"), &src.join("rust"), &|f| {
-        f.ends_with(".rs") || f == "Kbuild"
+        (f.ends_with(".rs") || f.ends_with(".h") || f == "Kbuild") && f != "bindings_generated.rs"
     })?;
-    copy_tree(
-        &p.top.join("tools/miglock-abi/src"),
-        &src.join("tools/miglock-abi/src"),
-        &|f| f.ends_with(".rs"),
-    )?;
+    // The shared crates the module compiles through `#[path]`.
+    for krate in ["miglock-abi", "miglock-lockstate"] {
+        let dir = format!("tools/{krate}/src");
+        copy_tree(&p.top.join(&dir), &src.join(&dir), &|f| f.ends_with(".rs"))?;
+    }
     fs::copy(p.top.join("Kbuild"), src.join("Kbuild"))?;
     run(
         Command::new("make")
@@ -156,6 +156,7 @@ pub fn guest_binaries(p: &Paths) -> Result<Vec<(String, PathBuf)>> {
         ("miglock-cli", "miglock"),
         ("miglock-cli", "set_migration_flag"),
         ("miglock-guest-tests", "mldtest"),
+        ("mld-critical", "mld-critical"),
     ];
     let target_dir = p.top.join("tools/target/guest");
     let log = p.out.join("build/guest-binaries.log");
@@ -176,17 +177,29 @@ pub fn guest_binaries(p: &Paths) -> Result<Vec<(String, PathBuf)>> {
         cmd.args(["-p", pkg, "--bin", bin]);
     }
     run(&mut cmd, "static guest binaries (cargo build)", &log)?;
-    Ok(BINS
+    let mut bins: Vec<_> = BINS
         .iter()
         .map(|(_, bin)| {
-            (
-                bin.to_string(),
-                target_dir
-                    .join("x86_64-unknown-linux-gnu/release")
-                    .join(bin),
-            )
+            let path = target_dir
+                .join("x86_64-unknown-linux-gnu/release")
+                .join(bin);
+            (bin.to_string(), path)
         })
-        .collect())
+        .collect();
+    // The C sample, built against the UAPI header as applications would.
+    let c_sample = p.out.join("build/mld_critical_c");
+    run(
+        Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-Wall", "-Werror", "-O2", "-static", "-I"])
+            .arg(p.top.join("include/uapi"))
+            .arg(p.top.join("samples/c/mld_critical.c"))
+            .arg("-o")
+            .arg(&c_sample),
+        "C sample (cc -static)",
+        &p.out.join("build/c-sample.log"),
+    )?;
+    bins.push(("mld_critical_c".into(), c_sample));
+    Ok(bins)
 }
 
 /// Builds the initramfs for `variant` and returns its path.

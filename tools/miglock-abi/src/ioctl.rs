@@ -65,6 +65,10 @@ pub const MLD_IOC_RENEW: u32 = iow::<MldRenew>(0x03);
 /// `MLD_IOC_STATUS`: read the lock state ([`MldStatus`]).
 pub const MLD_IOC_STATUS: u32 = ior::<MldStatus>(0x04);
 
+/// x86_64 number of `set_migration_flag(int flag, int *result)`, the
+/// paper's system call, added by the test kernel's patch (not upstream).
+pub const NR_SET_MIGRATION_FLAG: i64 = 499;
+
 /// Every `/dev/mld` ioctl with its C name, for golden tests and tools.
 pub const ALL: [(&str, u32); 5] = [
     ("SET_MIGRATION_FLAG", SET_MIGRATION_FLAG),

@@ -35,6 +35,7 @@ int main(void)
 	P(MLD_DECISION_NONE); P(MLD_DECISION_GRANTED); P(MLD_DECISION_REFUSED); P(MLD_DECISION_LOCAL);
 	P(MLD_REASON_CRITICAL_CODE); P(MLD_REASON_CRITICAL_OPERATION); P(MLD_REASON_CO_LOCATION);
 	P(MLD_REASON_SPECIAL_HARDWARE); P(MLD_REASON_CONFIDENTIAL); P(MLD_REASON_OTHER);
+	P(__NR_set_migration_flag);
 	return 0;
 }
 "#;
@@ -170,6 +171,10 @@ fn c_header_matches_rust_abi() {
         ),
         ("MLD_REASON_CONFIDENTIAL", reason(Reason::Confidential)),
         ("MLD_REASON_OTHER", reason(Reason::Other)),
+        (
+            "__NR_set_migration_flag",
+            ioctl::NR_SET_MIGRATION_FLAG as u64,
+        ),
     ];
     assert_eq!(
         rust.len(),

@@ -20,7 +20,7 @@ pub use miglock_abi::types::{Reason, MLD_LABEL_LEN};
 pub const DEVICE: &str = "/dev/mld";
 
 /// The test kernel's `set_migration_flag` syscall (not upstream; see patches/).
-pub const SYS_SET_MIGRATION_FLAG: libc::c_long = 499;
+pub const SYS_SET_MIGRATION_FLAG: libc::c_long = nr::NR_SET_MIGRATION_FLAG as libc::c_long;
 
 nix::ioctl_write_ptr_bad!(ioc_set_flag, nr::SET_MIGRATION_FLAG, libc::c_int);
 nix::ioctl_write_ptr_bad!(ioc_lock, nr::MLD_IOC_LOCK, MldLock);

@@ -6,7 +6,7 @@
 //! so `auto` boots the test guest once under KVM with a short deadline.
 
 use crate::scenario::{self, Env, Scenario};
-use crate::vm::Accel;
+use crate::vm::{Accel, Echo};
 use std::fs::OpenOptions;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub fn resolve(choice: Choice, env: &Env<'_>) -> Accel {
             };
             let env = Env {
                 accel: Accel::Kvm,
-                echo: false,
+                echo: Echo::Off,
                 progress: false,
                 dir: env.dir.clone(),
                 ..*env

@@ -125,7 +125,7 @@ fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
         initrd: &images[&selected[0].variant],
         dir: p.out.join("scenarios/kvm-probe"),
         accel: vm::Accel::Tcg,
-        echo: false,
+        echo: vm::Echo::Off,
         progress: false,
     };
     let accel = accel::resolve(cli.accel, &probe_env);
@@ -141,7 +141,11 @@ fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
             initrd: &images[&sc.variant],
             dir,
             accel,
-            echo: cli.verbose || demo,
+            echo: match (cli.verbose, demo) {
+                (true, _) => vm::Echo::All,
+                (false, true) => vm::Echo::Scenario,
+                _ => vm::Echo::Off,
+            },
             progress: true,
         };
         let t0 = Instant::now();

@@ -5,7 +5,7 @@
 use crate::artifacts::Variant;
 use crate::ktap;
 use crate::migrate::{self, Mode};
-use crate::vm::{Accel, Vm, VmSpec, Wait};
+use crate::vm::{Accel, Echo, Vm, VmSpec, Wait};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -103,207 +103,78 @@ const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// A scenario running `tests/scenarios/<script>.sh` in one guest with the
+/// normal module, expected to pass within 90 s.
+const fn guest(name: &'static str, script: &'static str, about: &'static str) -> Scenario {
+    Scenario {
+        name,
+        about,
+        guest: script,
+        variant: Variant::Normal,
+        kunit: None,
+        kind: Kind::Guest,
+        timeout: secs(90),
+        expect: Expect::Pass,
+    }
+}
+
 /// Every scenario, in the order `run` runs them.
 pub const SCENARIOS: &[Scenario] = &[
+    guest("boot", "boot", "the test kernel boots the initramfs and runs a scenario"),
+    guest("module-load", "module", "miglock.ko loads, is live, and unloads cleanly"),
     Scenario {
-        name: "boot",
-        about: "the test kernel boots the initramfs and runs a scenario",
-        guest: "boot",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "module-load",
-        about: "miglock.ko loads, is live, and unloads cleanly",
-        guest: "module",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "kunit",
-        about: "the module's KUnit suite runs at insmod and every case passes",
-        guest: "kunit",
-        variant: Variant::Normal,
         kunit: Some("miglock"),
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
+        ..guest("kunit", "kunit", "the module's KUnit suite runs at insmod and every case passes")
     },
     Scenario {
-        name: "demo",
-        about: "the demo's first half: load the module and show it working",
-        guest: "demo",
-        variant: Variant::Normal,
         kunit: Some("miglock"),
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
+        ..guest("demo", "demo", "the demo's first half: load the module and show it working")
     },
     Scenario {
-        name: "mld-holders",
-        about: "/dev/mld: holders in two processes, exit without unlock, SIGKILL, close releases",
-        guest: "mld-holders",
-        variant: Variant::Normal,
         kunit: Some("miglock"),
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
+        ..guest("mld-holders", "mld-holders", "/dev/mld: holders in two processes, exit without unlock, SIGKILL, close releases")
     },
+    guest("mld-leases", "mld-leases", "/dev/mld: leases expire (and the holder is told), renew extends, detached holds"),
+    guest("mld-badinput", "mld-badinput", "/dev/mld: ENOTTY, EFAULT, EINVAL, EPERM for bad calls, and none changes state"),
+    guest("mld-poll", "mld-poll", "/dev/mld: poll() wakes a holder when its lease ends, and only then"),
+    guest("mld-syscall", "mld-syscall", "set_migration_flag(2): ENOSYS without the module; lock, unlock, ret, EINVAL/EFAULT/EPERM"),
+    guest("mld-params", "mld-params", "module parameters (static lock, max lease, mode, lock group) and /sys/kernel/miglock"),
     Scenario {
-        name: "mld-leases",
-        about: "/dev/mld: leases expire (and the holder is told), renew extends, detached holds",
-        guest: "mld-leases",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "mld-badinput",
-        about: "/dev/mld: ENOTTY, EFAULT, EINVAL, EPERM for bad calls, and none changes state",
-        guest: "mld-badinput",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "mld-poll",
-        about: "/dev/mld: poll() wakes a holder when its lease ends, and only then",
-        guest: "mld-poll",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "mld-syscall",
-        about: "set_migration_flag(2): ENOSYS without the module; lock, unlock, ret, EINVAL/EFAULT/EPERM",
-        guest: "mld-syscall",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "mld-params",
-        about: "module parameters (static lock, max lease, mode, lock group) and /sys/kernel/miglock",
-        guest: "mld-params",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "mld-concurrency",
-        about: "/dev/mld: 8 threads x 20000 random lock/unlock/renew/close rounds on 2 vCPUs end unlocked",
-        guest: "mld-concurrency",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
         timeout: secs(180),
-        expect: Expect::Pass,
+        ..guest("mld-concurrency", "mld-concurrency", "/dev/mld: 8 threads x 20000 random lock/unlock/renew/close rounds on 2 vCPUs end unlocked")
     },
     Scenario {
-        name: "mld-fuzz",
-        about: "/dev/mld: 40000 random ioctls (commands, sizes, pointers): no oops, consistent state",
-        guest: "mld-fuzz",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
         timeout: secs(180),
-        expect: Expect::Pass,
+        ..guest("mld-fuzz", "mld-fuzz", "/dev/mld: 40000 random ioctls (commands, sizes, pointers): no oops, consistent state")
     },
+    guest("mld-cli", "mld-cli", "miglock status/lock/unlock/run and set_migration_flag end to end"),
+    guest("mld-unload", "mld-unload", "rmmod is refused while a file holds the lock; a detached hold is released at unload"),
+    guest("samples", "samples", "the C and Rust samples lock around a critical section as applications would"),
     Scenario {
-        name: "mld-cli",
-        about: "miglock status/lock/unlock/run and set_migration_flag end to end",
-        guest: "mld-cli",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "mld-unload",
-        about: "rmmod is refused while a file holds the lock; a detached hold is released at unload",
-        guest: "mld-unload",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "samples",
-        about: "the C and Rust samples lock around a critical section as applications would",
-        guest: "samples",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
-        expect: Expect::Pass,
-    },
-    Scenario {
-        name: "migrate-precopy",
-        about: "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies",
-        guest: "migrate",
-        variant: Variant::Normal,
-        kunit: None,
         kind: Kind::Migrate(Mode::Precopy),
         timeout: secs(240),
-        expect: Expect::Pass,
+        ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")
     },
     Scenario {
-        name: "migrate-postcopy",
-        about: "the same with post-copy (userfaultfd on the destination)",
-        guest: "migrate",
-        variant: Variant::Normal,
-        kunit: None,
         kind: Kind::Migrate(Mode::Postcopy),
         timeout: secs(240),
-        expect: Expect::Pass,
+        ..guest("migrate-postcopy", "migrate", "the same with post-copy (userfaultfd on the destination)")
     },
     Scenario {
-        name: "selftest-kunit-failure",
-        about: "harness selftest: a module with a failing KUnit case fails the run",
-        guest: "kunit",
         variant: Variant::KunitFail,
         kunit: Some("miglock"),
-        kind: Kind::Guest,
-        timeout: secs(90),
         expect: Expect::Fail(FailKind::Kunit),
+        ..guest("selftest-kunit-failure", "kunit", "harness selftest: a module with a failing KUnit case fails the run")
     },
     Scenario {
-        name: "selftest-module-load-failure",
-        about: "harness selftest: a module whose init fails fails the run",
-        guest: "module",
         variant: Variant::InitFail,
-        kunit: None,
-        kind: Kind::Guest,
-        timeout: secs(90),
         expect: Expect::Fail(FailKind::ModuleLoad),
+        ..guest("selftest-module-load-failure", "module", "harness selftest: a module whose init fails fails the run")
     },
     Scenario {
-        name: "selftest-timeout",
-        about: "harness selftest: a guest that hangs is stopped at the deadline and fails the run",
-        guest: "hang",
-        variant: Variant::Normal,
-        kunit: None,
-        kind: Kind::Guest,
         timeout: secs(10),
         expect: Expect::Fail(FailKind::Timeout),
+        ..guest("selftest-timeout", "hang", "harness selftest: a guest that hangs is stopped at the deadline and fails the run")
     },
 ];
 
@@ -318,7 +189,7 @@ pub struct Env<'a> {
     /// Accelerator.
     pub accel: Accel,
     /// Echo guest serial output.
-    pub echo: bool,
+    pub echo: Echo,
     /// Print migration progress.
     pub progress: bool,
 }

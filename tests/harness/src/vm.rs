@@ -58,9 +58,23 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Start as a migration destination (`-incoming defer`).
     pub incoming: bool,
-    /// Echo serial lines to stderr as they arrive.
-    pub echo: bool,
+    /// Which serial lines to echo to stderr as they arrive.
+    pub echo: Echo,
 }
+
+/// Which guest console lines to show while a guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// None (they are in the log).
+    Off,
+    /// Only the scenario's own output: from `/init`'s start line on.
+    Scenario,
+    /// Everything, boot messages included.
+    All,
+}
+
+/// The line `/init` prints before it runs the scenario.
+const START: &str = "@@MIGLOCK start";
 
 /// What waiting for a serial line produced.
 #[derive(Debug)]
@@ -196,7 +210,10 @@ impl Vm {
         let lines = spawn_reader(
             serial.try_clone()?,
             &serial_log,
-            spec.echo.then(|| spec.name.clone()),
+            spec.echo,
+            spec.name.clone(),
+            // A migration destination prints nothing before it runs.
+            spec.incoming,
         )?;
         Ok(Vm {
             qmp,
@@ -260,7 +277,9 @@ impl Drop for Vm {
 fn spawn_reader(
     mut stream: UnixStream,
     log: &Path,
-    echo: Option<String>,
+    echo: Echo,
+    name: String,
+    mut started: bool,
 ) -> Result<Receiver<String>> {
     let mut out =
         BufWriter::new(File::create(log).with_context(|| format!("creating {}", log.display()))?);
@@ -281,7 +300,8 @@ fn spawn_reader(
                 let line = String::from_utf8_lossy(&raw)
                     .trim_end_matches(['\r', '\n'])
                     .to_string();
-                if let Some(name) = &echo {
+                started |= line.contains(START);
+                if echo == Echo::All || (echo == Echo::Scenario && started) {
                     eprintln!("  [{name}] {line}");
                 }
                 if tx.send(line).is_err() {

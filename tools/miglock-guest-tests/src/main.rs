@@ -106,6 +106,33 @@ fn status() -> miglock_dev::Status {
         .expect("status of /dev/mld")
 }
 
+/// Checks that the VM is unlocked with no holder left.
+fn check_clean(c: &mut Checks, name: &str) {
+    let st = status();
+    c.check(name, !st.locked() && st.holders() == 0, || {
+        format!("{st:?}")
+    });
+}
+
+/// Runs `f` in a child process as user and group 65534 with no
+/// supplementary groups; true if `f` returned true.
+fn as_nobody(f: impl FnOnce() -> bool) -> io::Result<bool> {
+    // SAFETY: the callers are single-threaded; the child only makes
+    // syscalls and exits.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            let dropped = nix::unistd::setgroups(&[]).is_ok()
+                && nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).is_ok()
+                && nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_ok();
+            std::process::exit(if dropped && f() { 0 } else { 1 });
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let st = nix::sys::wait::waitpid(child, None).map_err(io::Error::from)?;
+            Ok(matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)))
+        }
+    }
+}
+
 fn holders(c: &mut Checks) -> io::Result<()> {
     let mut a = Holder::spawn()?;
     let mut b = Holder::spawn()?;
@@ -417,45 +444,19 @@ fn badinput(c: &mut Checks) -> io::Result<()> {
     });
 
     // An unprivileged process may read status but not lock.
-    // SAFETY: single-threaded here; the child only makes syscalls and exits.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Child => {
-            let code = (|| -> io::Result<i32> {
-                nix::unistd::setgroups(&[])?;
-                nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
-                let d = Device::open()?;
-                let st = d.status().is_ok();
-                let l = d
-                    .lock(&lock(Reason::Other, 1000, "x"))
-                    .err()
-                    .and_then(|e| e.raw_os_error());
-                let f = d.set_migration_flag(0).err().and_then(|e| e.raw_os_error());
-                let u = d.unlock(true).err().and_then(|e| e.raw_os_error());
-                Ok(
-                    if st
-                        && l == Some(libc::EPERM)
-                        && f == Some(libc::EPERM)
-                        && u == Some(libc::EPERM)
-                    {
-                        0
-                    } else {
-                        1
-                    },
-                )
-            })()
-            .unwrap_or(2);
-            std::process::exit(code);
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            let st = nix::sys::wait::waitpid(child, None).map_err(io::Error::from)?;
-            c.check(
-                "unprivileged: status allowed; LOCK, SET_MIGRATION_FLAG 0, UNLOCK detached: EPERM",
-                matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
-                || format!("child ended {st:?}"),
-            );
-        }
-    }
+    let eperm = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error()) == Some(libc::EPERM);
+    let ok = as_nobody(|| {
+        let Ok(d) = Device::open() else { return false };
+        d.status().is_ok()
+            && eperm(d.lock(&lock(Reason::Other, 1000, "x")))
+            && eperm(d.set_migration_flag(0))
+            && eperm(d.unlock(true))
+    })?;
+    c.check(
+        "unprivileged: status allowed; LOCK, SET_MIGRATION_FLAG 0, UNLOCK detached: EPERM",
+        ok,
+        String::new,
+    );
     let after = status();
     c.check(
         "the unprivileged attempts changed nothing",
@@ -500,12 +501,7 @@ fn concurrency(c: &mut Checks, threads: usize, rounds: usize) -> io::Result<()> 
         ok,
         String::new,
     );
-    let st = status();
-    c.check(
-        "afterwards: unlocked with zero holders",
-        !st.locked() && st.holders() == 0,
-        || format!("{st:?}"),
-    );
+    check_clean(c, "afterwards: unlocked with zero holders");
     Ok(())
 }
 
@@ -560,12 +556,7 @@ fn fuzz(c: &mut Checks, count: usize, seed: u64) -> io::Result<()> {
     );
     drop(fds);
     let _ = Device::open()?.unlock(true); // a random call may have taken the detached hold
-    let st = status();
-    c.check(
-        "after the fuzz: unlocked with zero holders",
-        !st.locked() && st.holders() == 0,
-        || format!("{st:?}"),
-    );
+    check_clean(c, "after the fuzz: unlocked with zero holders");
     Ok(())
 }
 
@@ -705,25 +696,13 @@ fn syscall_suite(c: &mut Checks, loaded: bool) -> io::Result<()> {
     c.check("failed calls changed nothing", same(&base, &after), || {
         format!("{after:?}")
     });
-    // SAFETY: single-threaded; the child only makes syscalls and exits.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Child => {
-            let ok = nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_ok()
-                && sys(0, std::ptr::null_mut())
-                    .err()
-                    .and_then(|e| e.raw_os_error())
-                    == Some(libc::EPERM);
-            std::process::exit(if ok { 0 } else { 1 });
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            let st = nix::sys::wait::waitpid(child, None).map_err(io::Error::from)?;
-            c.check(
-                "unprivileged caller: EPERM",
-                matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
-                || format!("{st:?}"),
-            );
-        }
-    }
+    let ok = as_nobody(|| {
+        sys(0, std::ptr::null_mut())
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::EPERM)
+    })?;
+    c.check("unprivileged caller: EPERM", ok, String::new);
     c.check("still unlocked", !status().locked(), String::new);
     Ok(())
 }

@@ -4,7 +4,7 @@
 #   make demo    the end-to-end demo in QEMU
 #   make test    every test: workspace, module lint, guest scenarios, KUnit
 #
-# Others: deps, kernel, module, clippy, rustfmt, tools, clean.
+# Others: deps, kernel, module, clippy, rustfmt, tools, fuzz, clean.
 
 TOP      := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 KMAKE    := $(shell $(TOP)/scripts/toolchain.sh)
@@ -13,7 +13,7 @@ KDIR     ?= $(shell $(TOP)/scripts/kernel.sh kdir)
 CARGO    ?= cargo
 HARNESS  := $(TOP)/tools/target/release/miglock-harness
 
-.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools demo test clean
+.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz demo test clean
 
 all: module
 
@@ -41,6 +41,20 @@ rustfmtcheck:
 
 tools:
 	cd tools && $(CARGO) build --release --locked -p miglock-harness
+
+# Runs every fuzz target for FUZZ_SECONDS each (cargo fuzz, nightly).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := wire_decode lock_request
+fuzz: deps
+	@mkdir -p out/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		log=$(TOP)/out/fuzz/$$t.log; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s (log: $$log)"; \
+		(cd tools/fuzz && cargo +nightly fuzz run $$t -- \
+			-max_total_time=$(FUZZ_SECONDS)) >$$log 2>&1 || \
+			{ echo "fuzz: $$t FAILED"; tail -n 30 $$log; exit 1; }; \
+		tail -n 1 $$log; \
+	done
 
 demo: kernel tools
 	$(HARNESS) demo

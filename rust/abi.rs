@@ -11,6 +11,10 @@ pub mod ioctl;
 #[path = "../tools/miglock-abi/src/types.rs"]
 pub mod types;
 
+// The guest-host protocol; the hypercall shim (next part) speaks it.
+#[path = "../tools/miglock-abi/src/wire.rs"]
+pub mod wire;
+
 use kernel::types::{AsBytes, FromBytes};
 use types::{MldLock, MldRenew, MldStatus};
 

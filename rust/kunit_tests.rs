@@ -126,6 +126,30 @@ fn label_validation(test: &mut Test) {
     kunit_expect!(test, types::check_label(&bad).is_err());
 }
 
+/// The wire protocol as compiled into the module: CRC check value, a frame
+/// round trip, and a flipped bit caught.
+fn wire_round_trip(test: &mut Test) {
+    use crate::abi::wire::{crc32c, decode, encode, Header, Message, MAX_FRAME};
+    kunit_expect_eq!(test, crc32c(b"123456789"), 0xE306_9283u32);
+    let Ok(mut out) = KBox::new([0u8; MAX_FRAME], GFP_KERNEL) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    let msg = Message::Renew {
+        hold: 3,
+        lease_ms: 1500,
+    };
+    let hdr = Header {
+        seq: 41,
+        reply_to: 0,
+    };
+    let n = encode(&msg, hdr, &mut out[..]).unwrap_or(0);
+    kunit_expect_eq!(test, n, 28);
+    kunit_expect!(test, decode(&out[..n]) == Ok((hdr, msg)));
+    out[17] ^= 0x10;
+    kunit_expect!(test, decode(&out[..n]).is_err());
+}
+
 /// Proves the harness notices a failing case; only in the selftest build.
 #[cfg(miglock_selftest = "kunit_fail")]
 fn selftest_deliberate_failure(test: &mut Test) {
@@ -145,6 +169,7 @@ kunit_suite!(
         lock_table_leases,
         lock_table_full,
         label_validation,
+        wire_round_trip,
         #[cfg(miglock_selftest = "kunit_fail")]
         selftest_deliberate_failure,
     ]

@@ -7,6 +7,7 @@
 set -euo pipefail
 
 BINDGEN_VERSION=0.73.2
+CARGO_FUZZ_VERSION=0.13.2
 RUSTC_MIN=1.78.0          # Linux 6.12's minimum (scripts/min-tool-version.sh)
 LLVM_MAJOR=19
 
@@ -62,4 +63,14 @@ if [ "$bindgen_ver" != "$BINDGEN_VERSION" ]; then
 	cargo install --quiet --locked --force bindgen-cli --version "$BINDGEN_VERSION" ||
 		die "cargo install bindgen-cli $BINDGEN_VERSION failed"
 fi
+# cargo-fuzz, pinned, for the fuzz targets (tools/fuzz); they need the
+# nightly toolchain that rustup provides on these machines.
+fuzz_ver=$("$cargo_bin/cargo-fuzz" --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$fuzz_ver" != "$CARGO_FUZZ_VERSION" ]; then
+	say "installing cargo-fuzz $CARGO_FUZZ_VERSION with cargo (about a minute)"
+	cargo install --quiet --locked --force cargo-fuzz --version "$CARGO_FUZZ_VERSION" ||
+		die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
+fi
+rustup run nightly rustc --version >/dev/null 2>&1 ||
+	die "the nightly Rust toolchain (rustup) is missing: cargo fuzz needs it"
 exit 0

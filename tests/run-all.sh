@@ -60,6 +60,7 @@ cargo_in_tools() { (cd tools && cargo "$@"); }
 phase workspace-fmt      single        cargo_in_tools fmt --all -- --check
 phase workspace-clippy   single        cargo_in_tools clippy --release --locked --workspace --all-targets -- -D warnings
 phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --workspace
+phase fuzz               single        make -s fuzz FUZZ_SECONDS=10
 phase module-build       single        make -s module
 phase module-clippy      single        make -s clippy
 phase module-rustfmt     single        make -s rustfmtcheck

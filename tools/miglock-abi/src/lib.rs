@@ -10,3 +10,4 @@
 
 pub mod ioctl;
 pub mod types;
+pub mod wire;

@@ -1,0 +1,809 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The guest↔host wire protocol.
+//!
+//! Every message is one frame:
+//!
+//! ```text
+//! offset size
+//!      0    2  magic "ML"
+//!      2    1  protocol version (VERSION)
+//!      3    1  message kind (Kind)
+//!      4    2  payload length, little-endian, at most MAX_PAYLOAD
+//!      6    2  flags, zero
+//!      8    4  sequence number of this message
+//!     12    4  sequence number this message answers (0: none)
+//!     16    N  payload
+//!   16+N    4  CRC-32C of bytes 0..16+N
+//! ```
+//!
+//! All integers are little-endian. Decoding never panics, never allocates,
+//! and rejects anything not exactly as specified (unknown kinds, wrong
+//! lengths, non-zero reserved bytes, bad checksums), so a guest can send
+//! nothing the host has to guess about. [`Decoder`] finds frames in a byte
+//! stream and resynchronises after garbage.
+
+/// First two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"ML";
+/// Protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = 16;
+/// Bytes after the payload (the checksum).
+pub const TRAILER_LEN: usize = 4;
+/// Largest payload.
+pub const MAX_PAYLOAD: usize = 1024;
+/// Largest frame.
+pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD + TRAILER_LEN;
+/// Bytes of a label on the wire.
+pub const LABEL_LEN: usize = 32;
+/// Bytes of one hint range on the wire.
+pub const HINT_LEN: usize = 16;
+/// Most hint ranges in one batch.
+pub const MAX_HINTS: usize = (MAX_PAYLOAD - 8) / HINT_LEN;
+
+/// Message kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Guest → host: first message after (re)connecting.
+    Hello = 1,
+    /// Host → guest: answer to `Hello`.
+    Welcome = 2,
+    /// Guest → host: ask for a hold.
+    Lock = 3,
+    /// Guest → host: a hold ended.
+    Unlock = 4,
+    /// Guest → host: restart a hold's lease.
+    Renew = 5,
+    /// Guest → host: the whole lock state (after `Welcome`, for resync).
+    State = 6,
+    /// Host → guest: the answer to `Lock` or `Renew`.
+    Decision = 7,
+    /// Host → guest: migration pending, forced release, policy change.
+    Notice = 8,
+    /// Guest → host: ranked guest-physical ranges it will touch next.
+    Hints = 9,
+    /// Either way: are you there?
+    Ping = 10,
+    /// Either way: answer to `Ping`.
+    Pong = 11,
+}
+
+impl Kind {
+    /// The kind with code `v`.
+    pub const fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Hello,
+            2 => Kind::Welcome,
+            3 => Kind::Lock,
+            4 => Kind::Unlock,
+            5 => Kind::Renew,
+            6 => Kind::State,
+            7 => Kind::Decision,
+            8 => Kind::Notice,
+            9 => Kind::Hints,
+            10 => Kind::Ping,
+            11 => Kind::Pong,
+            _ => return None,
+        })
+    }
+}
+
+/// Host notices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The host wants to migrate within `deadline_ms`; finish and unlock.
+    MigrationPending {
+        /// Grace period left, in milliseconds.
+        deadline_ms: u32,
+    },
+    /// The host released the lock by force (admin, quota); `reason` says why.
+    ForcedRelease {
+        /// Host reason code.
+        reason: u32,
+    },
+    /// The host's policy changed.
+    PolicyChange {
+        /// New maximum lease in milliseconds.
+        max_lease_ms: u32,
+    },
+}
+
+/// One ranked guest-physical range in a hint batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HintRange {
+    /// First page frame number.
+    pub start_pfn: u64,
+    /// Number of pages.
+    pub pages: u32,
+    /// Higher is hotter.
+    pub score: u32,
+}
+
+/// The hint ranges of a `Hints` payload, read in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hints<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> Hints<'a> {
+    /// Number of ranges.
+    pub fn len(&self) -> usize {
+        self.raw.len() / HINT_LEN
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// The ranges, in rank order.
+    pub fn iter(&self) -> impl Iterator<Item = HintRange> + 'a {
+        self.raw.chunks_exact(HINT_LEN).map(|c| HintRange {
+            start_pfn: u64_at(c, 0),
+            pages: u32_at(c, 8),
+            score: u32_at(c, 12),
+        })
+    }
+}
+
+/// A message, borrowing variable-size data from the frame it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// Guest hello: its boot id (new on every guest boot) and features.
+    Hello {
+        /// Random per guest boot.
+        boot_id: u64,
+        /// Feature bits the guest supports.
+        features: u32,
+    },
+    /// Host welcome: the agent's epoch (new on every agent start) and policy.
+    Welcome {
+        /// Random per agent start.
+        epoch: u64,
+        /// Feature bits both sides will use.
+        features: u32,
+        /// The host's maximum lease.
+        max_lease_ms: u32,
+    },
+    /// Ask for hold `hold` (a guest-chosen id).
+    Lock {
+        /// Hold id, unique among the guest's holds.
+        hold: u32,
+        /// Reason code (`types::Reason`).
+        reason: u32,
+        /// Lease asked for.
+        lease_ms: u32,
+        /// Label, NUL-padded.
+        label: [u8; LABEL_LEN],
+    },
+    /// Hold `hold` ended.
+    Unlock {
+        /// Hold id.
+        hold: u32,
+    },
+    /// Restart hold `hold`'s lease.
+    Renew {
+        /// Hold id.
+        hold: u32,
+        /// New lease from now.
+        lease_ms: u32,
+    },
+    /// The guest's whole state.
+    State {
+        /// Number of holds.
+        holders: u32,
+        /// Static lock set.
+        static_lock: bool,
+        /// ms until the earliest lease ends, 0 if none.
+        earliest_expiry_ms: u32,
+    },
+    /// Host decision on the request whose sequence number the header names.
+    Decision {
+        /// Granted (with `lease_ms`) or refused (with `reason`).
+        granted: bool,
+        /// Lease granted.
+        lease_ms: u32,
+        /// Refusal reason, 0 when granted.
+        reason: u32,
+    },
+    /// A host notice.
+    Notice(Notice),
+    /// A batch of hints.
+    Hints {
+        /// Batch number (for ordering and loss detection).
+        batch: u32,
+        /// The ranges.
+        ranges: Hints<'a>,
+    },
+    /// Liveness probe.
+    Ping,
+    /// Liveness answer.
+    Pong,
+}
+
+impl Message<'_> {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Hello { .. } => Kind::Hello,
+            Message::Welcome { .. } => Kind::Welcome,
+            Message::Lock { .. } => Kind::Lock,
+            Message::Unlock { .. } => Kind::Unlock,
+            Message::Renew { .. } => Kind::Renew,
+            Message::State { .. } => Kind::State,
+            Message::Decision { .. } => Kind::Decision,
+            Message::Notice(_) => Kind::Notice,
+            Message::Hints { .. } => Kind::Hints,
+            Message::Ping => Kind::Ping,
+            Message::Pong => Kind::Pong,
+        }
+    }
+}
+
+/// The header fields that are not the message itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Sequence number of this message.
+    pub seq: u32,
+    /// Sequence number this message answers, 0 if none.
+    pub reply_to: u32,
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the frame needs.
+    Short,
+    /// Not starting with [`MAGIC`].
+    Magic,
+    /// A version this crate does not speak.
+    Version(u8),
+    /// An unknown message kind.
+    Kind(u8),
+    /// Payload longer than [`MAX_PAYLOAD`].
+    TooLong,
+    /// Non-zero reserved bits or bytes.
+    Reserved,
+    /// Checksum mismatch.
+    Checksum,
+    /// A payload of the wrong size or with invalid fields for its kind.
+    Payload(Kind),
+}
+
+/// Why a message could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The output buffer is too small.
+    NoSpace,
+    /// Too many hint ranges for one frame.
+    TooManyHints,
+}
+
+const fn crc32c_table() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+static CRC32C: [u32; 256] = crc32c_table();
+
+/// CRC-32C (Castagnoli) of `data`.
+pub fn crc32c(data: &[u8]) -> u32 {
+    !data.iter().fold(!0u32, |c, &b| {
+        CRC32C[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+    })
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Writes little-endian fields into a payload buffer.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        let end = self.len + bytes.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(EncodeError::NoSpace)?
+            .copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+    fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
+        self.put(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> Result<(), EncodeError> {
+        self.put(&v.to_le_bytes())
+    }
+}
+
+const NOTICE_PENDING: u32 = 1;
+const NOTICE_FORCED: u32 = 2;
+const NOTICE_POLICY: u32 = 3;
+
+/// Encodes a hint batch from `ranges` (at most [`MAX_HINTS`]).
+pub fn encode_hints(
+    batch: u32,
+    ranges: &[HintRange],
+    hdr: Header,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    if ranges.len() > MAX_HINTS {
+        return Err(EncodeError::TooManyHints);
+    }
+    frame(Kind::Hints, hdr, out, |w| {
+        w.u32(batch)?;
+        w.u32(ranges.len() as u32)?;
+        for r in ranges {
+            w.u64(r.start_pfn)?;
+            w.u32(r.pages)?;
+            w.u32(r.score)?;
+        }
+        Ok(())
+    })
+}
+
+/// Encodes `msg` into `out`; returns the frame length.
+pub fn encode(msg: &Message<'_>, hdr: Header, out: &mut [u8]) -> Result<usize, EncodeError> {
+    frame(msg.kind(), hdr, out, |w| match *msg {
+        Message::Hello { boot_id, features } => {
+            w.u64(boot_id)?;
+            w.u32(features)
+        }
+        Message::Welcome {
+            epoch,
+            features,
+            max_lease_ms,
+        } => {
+            w.u64(epoch)?;
+            w.u32(features)?;
+            w.u32(max_lease_ms)
+        }
+        Message::Lock {
+            hold,
+            reason,
+            lease_ms,
+            label,
+        } => {
+            w.u32(hold)?;
+            w.u32(reason)?;
+            w.u32(lease_ms)?;
+            w.put(&label)
+        }
+        Message::Unlock { hold } => w.u32(hold),
+        Message::Renew { hold, lease_ms } => {
+            w.u32(hold)?;
+            w.u32(lease_ms)
+        }
+        Message::State {
+            holders,
+            static_lock,
+            earliest_expiry_ms,
+        } => {
+            w.u32(holders)?;
+            w.u32(u32::from(static_lock))?;
+            w.u32(earliest_expiry_ms)
+        }
+        Message::Decision {
+            granted,
+            lease_ms,
+            reason,
+        } => {
+            w.u32(u32::from(granted))?;
+            w.u32(lease_ms)?;
+            w.u32(reason)
+        }
+        Message::Notice(n) => {
+            let (k, v) = match n {
+                Notice::MigrationPending { deadline_ms } => (NOTICE_PENDING, deadline_ms),
+                Notice::ForcedRelease { reason } => (NOTICE_FORCED, reason),
+                Notice::PolicyChange { max_lease_ms } => (NOTICE_POLICY, max_lease_ms),
+            };
+            w.u32(k)?;
+            w.u32(v)
+        }
+        Message::Hints { batch, ranges } => {
+            w.u32(batch)?;
+            w.u32(ranges.len() as u32)?;
+            w.put(ranges.raw)
+        }
+        Message::Ping | Message::Pong => Ok(()),
+    })
+}
+
+fn frame(
+    kind: Kind,
+    hdr: Header,
+    out: &mut [u8],
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), EncodeError>,
+) -> Result<usize, EncodeError> {
+    if out.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(EncodeError::NoSpace);
+    }
+    let limit = out.len().min(MAX_FRAME) - TRAILER_LEN;
+    let mut w = Writer {
+        buf: &mut out[HEADER_LEN..limit],
+        len: 0,
+    };
+    body(&mut w)?;
+    let n = w.len;
+    out[0..2].copy_from_slice(&MAGIC);
+    out[2] = VERSION;
+    out[3] = kind as u8;
+    out[4..6].copy_from_slice(&(n as u16).to_le_bytes());
+    out[6..8].copy_from_slice(&[0, 0]);
+    out[8..12].copy_from_slice(&hdr.seq.to_le_bytes());
+    out[12..16].copy_from_slice(&hdr.reply_to.to_le_bytes());
+    let end = HEADER_LEN + n;
+    let crc = crc32c(&out[..end]);
+    out[end..end + TRAILER_LEN].copy_from_slice(&crc.to_le_bytes());
+    Ok(end + TRAILER_LEN)
+}
+
+/// How many bytes the frame starting at `buf` has in all, once its header is
+/// there; `Ok(None)` while fewer than [`HEADER_LEN`] bytes are available.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    if buf.len() >= 2 && buf[0..2] != MAGIC {
+        return Err(DecodeError::Magic);
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    if buf[2] != VERSION {
+        return Err(DecodeError::Version(buf[2]));
+    }
+    let n = usize::from(u16::from_le_bytes([buf[4], buf[5]]));
+    if n > MAX_PAYLOAD {
+        return Err(DecodeError::TooLong);
+    }
+    Ok(Some(HEADER_LEN + n + TRAILER_LEN))
+}
+
+/// Decodes exactly one frame.
+pub fn decode(buf: &[u8]) -> Result<(Header, Message<'_>), DecodeError> {
+    let total = frame_len(buf)?.ok_or(DecodeError::Short)?;
+    if buf.len() < total {
+        return Err(DecodeError::Short);
+    }
+    if buf.len() > total {
+        return Err(DecodeError::TooLong);
+    }
+    let end = total - TRAILER_LEN;
+    if crc32c(&buf[..end]) != u32_at(buf, end) {
+        return Err(DecodeError::Checksum);
+    }
+    if buf[6] != 0 || buf[7] != 0 {
+        return Err(DecodeError::Reserved);
+    }
+    let kind = Kind::from_u8(buf[3]).ok_or(DecodeError::Kind(buf[3]))?;
+    let hdr = Header {
+        seq: u32_at(buf, 8),
+        reply_to: u32_at(buf, 12),
+    };
+    let p = &buf[HEADER_LEN..end];
+    let bad = DecodeError::Payload(kind);
+    let need = |len: usize| if p.len() == len { Ok(()) } else { Err(bad) };
+    let flag = |v: u32| match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(bad),
+    };
+    let msg = match kind {
+        Kind::Hello => {
+            need(12)?;
+            Message::Hello {
+                boot_id: u64_at(p, 0),
+                features: u32_at(p, 8),
+            }
+        }
+        Kind::Welcome => {
+            need(16)?;
+            Message::Welcome {
+                epoch: u64_at(p, 0),
+                features: u32_at(p, 8),
+                max_lease_ms: u32_at(p, 12),
+            }
+        }
+        Kind::Lock => {
+            need(12 + LABEL_LEN)?;
+            let mut label = [0u8; LABEL_LEN];
+            label.copy_from_slice(&p[12..]);
+            Message::Lock {
+                hold: u32_at(p, 0),
+                reason: u32_at(p, 4),
+                lease_ms: u32_at(p, 8),
+                label,
+            }
+        }
+        Kind::Unlock => {
+            need(4)?;
+            Message::Unlock { hold: u32_at(p, 0) }
+        }
+        Kind::Renew => {
+            need(8)?;
+            Message::Renew {
+                hold: u32_at(p, 0),
+                lease_ms: u32_at(p, 4),
+            }
+        }
+        Kind::State => {
+            need(12)?;
+            Message::State {
+                holders: u32_at(p, 0),
+                static_lock: flag(u32_at(p, 4))?,
+                earliest_expiry_ms: u32_at(p, 8),
+            }
+        }
+        Kind::Decision => {
+            need(12)?;
+            Message::Decision {
+                granted: flag(u32_at(p, 0))?,
+                lease_ms: u32_at(p, 4),
+                reason: u32_at(p, 8),
+            }
+        }
+        Kind::Notice => {
+            need(8)?;
+            let v = u32_at(p, 4);
+            Message::Notice(match u32_at(p, 0) {
+                NOTICE_PENDING => Notice::MigrationPending { deadline_ms: v },
+                NOTICE_FORCED => Notice::ForcedRelease { reason: v },
+                NOTICE_POLICY => Notice::PolicyChange { max_lease_ms: v },
+                _ => return Err(bad),
+            })
+        }
+        Kind::Hints => {
+            if p.len() < 8 {
+                return Err(bad);
+            }
+            let count = u32_at(p, 4) as usize;
+            if count > MAX_HINTS || p.len() != 8 + count * HINT_LEN {
+                return Err(bad);
+            }
+            Message::Hints {
+                batch: u32_at(p, 0),
+                ranges: Hints { raw: &p[8..] },
+            }
+        }
+        Kind::Ping | Kind::Pong => {
+            need(0)?;
+            if kind == Kind::Ping {
+                Message::Ping
+            } else {
+                Message::Pong
+            }
+        }
+    };
+    Ok((hdr, msg))
+}
+
+/// What [`Decoder::push`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Nothing yet.
+    Pending,
+    /// A complete, valid frame is in [`Decoder::frame`].
+    Frame,
+    /// Bytes were dropped: garbage, or a frame that failed to decode.
+    Dropped(DecodeError),
+}
+
+/// Finds frames in a byte stream with a fixed buffer.
+///
+/// Feed bytes with [`Decoder::push`]; after [`Event::Frame`] the frame is in
+/// [`Decoder::frame`] until the next push. After an error the decoder drops
+/// one byte and rescans for [`MAGIC`], so it resynchronises after garbage or
+/// a torn frame.
+pub struct Decoder {
+    buf: [u8; MAX_FRAME],
+    len: usize,
+    ready: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    /// An empty decoder.
+    pub const fn new() -> Self {
+        Decoder {
+            buf: [0; MAX_FRAME],
+            len: 0,
+            ready: 0,
+        }
+    }
+
+    /// The frame found by the last [`Event::Frame`].
+    pub fn frame(&self) -> &[u8] {
+        &self.buf[..self.ready]
+    }
+
+    /// Adds one byte.
+    pub fn push(&mut self, byte: u8) -> Event {
+        if self.ready != 0 {
+            // Keep what followed the last frame (possible after a resync).
+            self.buf.copy_within(self.ready..self.len, 0);
+            self.len -= self.ready;
+            self.ready = 0;
+        }
+        self.buf[self.len] = byte;
+        self.len += 1;
+        let mut dropped = None;
+        loop {
+            let err = match frame_len(&self.buf[..self.len]) {
+                Ok(None) => break,
+                Ok(Some(total)) if self.len < total => break,
+                Ok(Some(total)) => match decode(&self.buf[..total]) {
+                    Ok(_) => {
+                        self.ready = total;
+                        return Event::Frame;
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            // A frame may already wait in what is left: look again.
+            dropped.get_or_insert(err);
+            self.resync();
+        }
+        dropped.map_or(Event::Pending, Event::Dropped)
+    }
+
+    /// Drops the first byte and everything up to the next possible magic.
+    fn resync(&mut self) {
+        let start = (1..self.len)
+            .find(|&i| {
+                self.buf[i] == MAGIC[0] && (i + 1 == self.len || self.buf[i + 1] == MAGIC[1])
+            })
+            .unwrap_or(self.len);
+        self.buf.copy_within(start..self.len, 0);
+        self.len -= start;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_check_value() {
+        // The standard check value of CRC-32C.
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn golden_frame() {
+        let mut out = [0u8; MAX_FRAME];
+        let n = encode(
+            &Message::Unlock { hold: 7 },
+            Header {
+                seq: 2,
+                reply_to: 0,
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            &out[..n],
+            &[
+                b'M', b'L', 1, 4, 4, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x49, 0x8a, 0xad,
+                0x38
+            ][..n]
+        );
+    }
+
+    #[test]
+    fn every_corruption_is_caught() {
+        let mut out = [0u8; MAX_FRAME];
+        let msg = Message::Renew {
+            hold: 1,
+            lease_ms: 5000,
+        };
+        let n = encode(
+            &msg,
+            Header {
+                seq: 9,
+                reply_to: 0,
+            },
+            &mut out,
+        )
+        .unwrap();
+        for i in 0..n {
+            for bit in 0..8 {
+                let mut f = out;
+                f[i] ^= 1 << bit;
+                assert!(
+                    decode(&f[..n]).is_err(),
+                    "flip of bit {bit} in byte {i} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decoder_finds_frames_swallowed_by_a_false_header() {
+        // A false header claiming a long payload swallows the frames after
+        // it; when its checksum fails they are found in the buffer.
+        let mut stream: [u8; 2 * MAX_FRAME] = [0; 2 * MAX_FRAME];
+        stream[..6].copy_from_slice(&[b'M', b'L', VERSION, 10, 0xff, 0x03]);
+        let mut at = HEADER_LEN;
+        let mut sent = 0;
+        while at + 40 < stream.len() {
+            let n = encode(
+                &Message::Unlock { hold: sent },
+                Header {
+                    seq: sent,
+                    reply_to: 0,
+                },
+                &mut stream[at..],
+            )
+            .unwrap();
+            at += n;
+            sent += 1;
+        }
+        let mut d = Decoder::new();
+        let mut seqs = 0u32;
+        for &b in &stream[..at] {
+            if d.push(b) == Event::Frame {
+                assert_eq!(decode(d.frame()).unwrap().0.seq, seqs);
+                seqs += 1;
+            }
+        }
+        assert_eq!(seqs, sent);
+    }
+
+    #[test]
+    fn decoder_resyncs_after_garbage() {
+        let mut out = [0u8; MAX_FRAME];
+        let n = encode(
+            &Message::Ping,
+            Header {
+                seq: 1,
+                reply_to: 0,
+            },
+            &mut out,
+        )
+        .unwrap();
+        let mut d = Decoder::new();
+        let mut frames = 0;
+        for &b in b"MLxx\x00garbageM".iter().chain(&out[..n]) {
+            if d.push(b) == Event::Frame {
+                frames += 1;
+                assert_eq!(decode(d.frame()).unwrap().1, Message::Ping);
+            }
+        }
+        assert_eq!(frames, 1);
+    }
+}

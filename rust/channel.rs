@@ -2,17 +2,14 @@
 
 //! The host side of lock decisions, as the rest of the module sees it.
 //!
-//! The hypercall shim (a later part) implements [`HostChannel`] over the
-//! port-I/O doorbell or `vmcall`; until then [`Local`] decides in the guest
-//! and says so (`MLD_DECISION_LOCAL`, no `MLD_ST_CHANNEL`). The ioctl ABI does
-//! not change when a real channel plugs in.
+//! `shim.rs` implements [`HostChannel`] over the port-I/O doorbell; without
+//! a doorbell it decides in the guest and says so (`MLD_DECISION_LOCAL`, no
+//! `MLD_ST_CHANNEL`). The ioctl ABI is the same either way.
 
 use crate::abi::types::Reason;
 
 /// What the host answered to a lock request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-// `Granted` and `Refused` come from the hypercall shim, the next part.
-#[allow(dead_code)]
 pub(crate) enum Decision {
     /// Granted, for at most this lease.
     Granted {
@@ -24,33 +21,32 @@ pub(crate) enum Decision {
         /// Host refusal reason.
         reason: u32,
     },
-    /// No host channel: recorded in the guest only.
+    /// No host answered: recorded in the guest only.
     Local,
+}
+
+/// The guest's lock state as reported to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Report {
+    /// Number of holds.
+    pub(crate) holders: u32,
+    /// The static lock is set.
+    pub(crate) static_lock: bool,
+    /// ms until the earliest lease ends, 0 if none.
+    pub(crate) earliest_expiry_ms: u32,
 }
 
 /// A channel to the host agent.
 pub(crate) trait HostChannel: Send + Sync {
-    /// Whether the host side is reachable.
+    /// Whether the host side answered recently.
     fn connected(&self) -> bool;
 
-    /// Asks the host for a hold. Called without the state lock held.
-    fn request_lock(&self, reason: Reason, lease_ms: u32, label: &[u8]) -> Decision;
+    /// Asks the host for hold `hold`. Called without the state lock held.
+    fn request_lock(&self, hold: u32, reason: Reason, lease_ms: u32, label: &[u8]) -> Decision;
 
-    /// Tells the host the VM became locked or unlocked.
-    fn state_changed(&self, locked: bool);
-}
+    /// Tells the host that hold `hold` ended.
+    fn released(&self, hold: u32);
 
-/// No host: every request is decided locally.
-pub(crate) struct Local;
-
-impl HostChannel for Local {
-    fn connected(&self) -> bool {
-        false
-    }
-
-    fn request_lock(&self, _reason: Reason, _lease_ms: u32, _label: &[u8]) -> Decision {
-        Decision::Local
-    }
-
-    fn state_changed(&self, _locked: bool) {}
+    /// Tells the host the guest's state after a VM-wide change.
+    fn state_changed(&self, report: Report);
 }

@@ -11,16 +11,21 @@ pub mod abi;
 mod bindings;
 mod channel;
 mod cred;
+mod errno;
+mod ioport;
+mod irq;
 mod kunit;
 mod kunit_tests;
 pub mod lockstate;
 mod miscdev;
 mod mld;
 mod param;
+mod shim;
 #[cfg(miglock_syscall)]
 mod syscall;
 mod sysfs;
 mod timer;
+mod uart;
 mod waitqueue;
 
 module! {
@@ -60,6 +65,28 @@ param::module_param!(
     "Permission bits of /dev/mld (anyone who can open it may read status)"
 );
 
+param::module_param!(
+    DOORBELL_IO,
+    "doorbell_io",
+    u32 = 0x520,
+    param_ops_uint,
+    "I/O base of the 16550 UART to the host agent; 0: no host channel"
+);
+param::module_param!(
+    DOORBELL_IRQ,
+    "doorbell_irq",
+    u32 = 5,
+    param_ops_uint,
+    "ISA interrupt of the doorbell UART"
+);
+param::module_param!(
+    HOST_REQUIRED,
+    "host_required",
+    bool = false,
+    param_ops_bool,
+    "Fail locks the host does not answer (default: record locally, sync later)"
+);
+
 /// The longest `max_lease_ms` accepted: a day.
 const MAX_LEASE_LIMIT_MS: u32 = 86_400_000;
 
@@ -68,7 +95,14 @@ struct Miglock {
     _sysfs: sysfs::Sysfs,
     #[cfg(miglock_syscall)]
     _syscall: syscall::Syscall,
+    _irq: Option<irq::Irq<mld::Shared>>,
     shared: Arc<mld::Shared>,
+}
+
+/// A random id of this boot, so the host can tell a rebooted guest.
+fn boot_id() -> u64 {
+    // SAFETY: `get_random_u64` has no preconditions.
+    unsafe { kernel::bindings::get_random_u64() }
 }
 
 impl kernel::Module for Miglock {
@@ -102,20 +136,55 @@ impl kernel::Module for Miglock {
         let config = mld::Config {
             max_lease_ms,
             lock_gid,
+            host_required: HOST_REQUIRED.get(),
         };
-        let shared = mld::Shared::new(config, LOCKED.get())?;
+        let uart = match DOORBELL_IO.get() {
+            0 => None,
+            io if io > 0xfff8 => {
+                pr_err!("doorbell_io={:#x} is not an I/O port\n", io);
+                return Err(EINVAL);
+            }
+            io => match uart::Uart::probe(io as u16, c_str!("miglock doorbell")) {
+                Ok(u) => u,
+                Err(e) => {
+                    pr_warn!(
+                        "doorbell ports at {:#x} are taken ({:?}): no host channel\n",
+                        io,
+                        e
+                    );
+                    None
+                }
+            },
+        };
+        let boot_id = boot_id();
+        let shared = mld::Shared::new(config, LOCKED.get(), uart, boot_id)?;
+        let irq = if shared.channel_present() {
+            Some(irq::Irq::request(
+                DOORBELL_IRQ.get(),
+                c_str!("miglock"),
+                shared.clone(),
+            )?)
+        } else {
+            None
+        };
+        let connected = shared.start_channel();
         // Whoever can open the node may read status; locking checks privilege.
         let sysfs = sysfs::Sysfs::new(shared.clone())?;
         #[cfg(miglock_syscall)]
         let syscall = syscall::Syscall::register(shared.clone())?;
         let dev = miscdev::Registration::new(c_str!("mld"), mode as u16, module, shared.clone())?;
         pr_info!(
-            "loaded: /dev/mld ready (max lease {} ms{})\n",
+            "loaded: /dev/mld ready (max lease {} ms{}); host channel: {}\n",
             max_lease_ms,
             if LOCKED.get() {
                 ", static lock set"
             } else {
                 ""
+            },
+            match (irq.is_some(), connected) {
+                (false, _) => "none, decisions are local",
+                (true, true) => "connected",
+                (true, false) => "no answer yet, decisions are local until the host appears",
             }
         );
         Ok(Miglock {
@@ -123,6 +192,7 @@ impl kernel::Module for Miglock {
             _sysfs: sysfs,
             #[cfg(miglock_syscall)]
             _syscall: syscall,
+            _irq: irq,
             shared,
         })
     }
@@ -130,6 +200,8 @@ impl kernel::Module for Miglock {
 
 impl Drop for Miglock {
     fn drop(&mut self) {
+        // Quiet the doorbell before its interrupt line is freed.
+        self.shared.stop_channel();
         // No file is open (each pins the module), so only the detached hold
         // and the static lock can remain: release them rather than vanish
         // silently.

@@ -7,12 +7,15 @@
 //! hold (for CLIs that exit) is shared and lasts until unlocked or until its
 //! lease ends. Every hold has a lease, capped by `max_lease_ms`.
 
+use crate::abi::wire::Notice;
 use crate::abi::{ioctl as nr, types::*};
-use crate::channel::{Decision, HostChannel, Local};
+use crate::channel::{Decision, HostChannel, Report};
 use crate::cred;
 use crate::lockstate::table::{Error as TableError, Owner, Table, LABEL_LEN};
 use crate::miscdev::{MiscDevice, PollTable, EPOLLIN, EPOLLRDNORM};
+use crate::shim::{HostEvent, Shim};
 use crate::timer::Timer;
+use crate::uart::Uart;
 use crate::waitqueue::{StaticKey, WaitQueue};
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +36,8 @@ pub(crate) struct Config {
     pub(crate) max_lease_ms: u32,
     /// Members of this group may lock besides CAP_SYS_ADMIN.
     pub(crate) lock_gid: Option<u32>,
+    /// Fail a lock the host did not answer instead of recording it locally.
+    pub(crate) host_required: bool,
 }
 
 /// The lock state behind the mutex.
@@ -40,6 +45,10 @@ struct State {
     table: Table,
     last_decision: u32,
     last_refusal: u32,
+    /// The host announced a migration; cleared when the VM is unlocked.
+    migration_pending: bool,
+    /// The host released the lock by force; cleared when the VM is unlocked.
+    forced_release: bool,
 }
 
 /// State shared by every open file of `/dev/mld`.
@@ -53,13 +62,12 @@ pub(crate) struct Shared {
     /// Fires at the earliest lease end.
     #[pin]
     expiry: Timer,
+    /// The host channel (decides locally without a doorbell).
+    #[pin]
+    shim: Shim,
     config: Config,
-    channel: &'static dyn HostChannel,
     next_id: AtomicU64,
 }
-
-/// The only channel until the hypercall shim exists.
-static LOCAL: Local = Local;
 
 static EVENTS_KEY: StaticKey = StaticKey::new();
 
@@ -76,21 +84,29 @@ unsafe extern "C" fn expiry_fired(t: *mut bindings::timer_list) {
 }
 
 impl Shared {
-    /// Creates the state; `static_lock` is the paper's static lock.
-    pub(crate) fn new(config: Config, static_lock: bool) -> Result<Arc<Self>> {
+    /// Creates the state; `static_lock` is the paper's static lock, `uart`
+    /// the doorbell to the host if there is one.
+    pub(crate) fn new(
+        config: Config,
+        static_lock: bool,
+        uart: Option<Uart>,
+        boot_id: u64,
+    ) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Self {
                 state <- new_mutex!(State {
                     table: Table::new(static_lock),
                     last_decision: MLD_DECISION_NONE,
                     last_refusal: 0,
+                    migration_pending: false,
+                    forced_release: false,
                 }),
                 events <- WaitQueue::new(c_str!("miglock_events"), &EVENTS_KEY),
                 // SAFETY: `expiry_fired` only touches `Shared`, whose drop
                 // cancels the timer first.
                 expiry <- unsafe { Timer::new(expiry_fired) },
+                shim <- Shim::new(uart, boot_id),
                 config,
-                channel: &LOCAL,
                 next_id: AtomicU64::new(1),
             }),
             GFP_KERNEL,
@@ -111,11 +127,115 @@ impl Shared {
             self.expiry.arm_in(end.saturating_sub(now));
         }
         let after = st.table.locked();
+        if !after {
+            st.migration_pending = false;
+            st.forced_release = false;
+        }
+        let report = report_of(&st.table, now);
         drop(st);
         if before != after {
-            self.channel.state_changed(after);
+            self.shim.state_changed(report);
         }
         r
+    }
+
+    /// Starts the host channel: UART on, hello, and on welcome the state.
+    pub(crate) fn start_channel(&self) -> bool {
+        if !self.shim.start() {
+            return false;
+        }
+        let ok = self.shim.connect();
+        if ok {
+            self.resync();
+        }
+        ok
+    }
+
+    /// Stops the host channel's interrupt source (before the line is freed).
+    pub(crate) fn stop_channel(&self) {
+        self.shim.stop();
+    }
+
+    /// Whether a doorbell UART was found.
+    pub(crate) fn channel_present(&self) -> bool {
+        self.shim.present()
+    }
+
+    /// Whether the host answered recently.
+    pub(crate) fn channel_connected(&self) -> bool {
+        self.shim.connected()
+    }
+
+    /// Sends the host the whole state (after it reappeared).
+    fn resync(&self) {
+        let report = self.with_table(report_of);
+        self.shim.send_state(report);
+    }
+
+    fn host_event(&self, e: HostEvent) {
+        match e {
+            HostEvent::Resync => self.resync(),
+            HostEvent::Notice(n) => {
+                self.with_state(|st, _| match n {
+                    Notice::MigrationPending { .. } => st.migration_pending = st.table.locked(),
+                    Notice::ForcedRelease { .. } => st.forced_release = st.table.locked(),
+                    Notice::PolicyChange { .. } => {}
+                });
+                self.events.wake_all();
+            }
+        }
+    }
+
+    /// Takes a hold once the host agreed (or, without a host, locally).
+    fn take(
+        &self,
+        owner: Owner,
+        hold: u32,
+        reason: Reason,
+        label: [u8; LABEL_LEN],
+        lease_ms: u32,
+    ) -> Result {
+        let text = check_label(&label).map_err(|_| EINVAL)?;
+        // Ask first: a host round trip must not hold the state lock.
+        let decision = self.shim.request_lock(hold, reason, lease_ms, text);
+        if decision == Decision::Local && self.config.host_required && self.shim.present() {
+            return Err(crate::errno::etimedout());
+        }
+        self.with_state(|st, now| {
+            let (code, lease) = match decision {
+                Decision::Granted { lease_ms: l } => (MLD_DECISION_GRANTED, l.min(lease_ms)),
+                Decision::Local => (MLD_DECISION_LOCAL, lease_ms),
+                Decision::Refused { reason } => {
+                    st.last_decision = MLD_DECISION_REFUSED;
+                    st.last_refusal = reason;
+                    return Err(EACCES);
+                }
+            };
+            st.table
+                .lock(owner, reason as u32, label, lease, now)
+                .map_err(table_err)?;
+            st.last_decision = code;
+            st.last_refusal = 0;
+            Ok(())
+        })
+    }
+
+    /// Drops the detached hold and the static lock; `ENOLCK` if neither
+    /// existed.
+    fn release_detached(&self) -> Result {
+        let (held, had_static) = self.with_state(|st, _| {
+            let had_static = st.table.static_lock();
+            st.table.clear_static();
+            (st.table.unlock(Owner::Detached).is_ok(), had_static)
+        });
+        if held {
+            self.shim.released(0);
+        }
+        if held || had_static {
+            Ok(())
+        } else {
+            Err(table_err(TableError::NotHeld))
+        }
     }
 
     /// Whether the calling task may lock: CAP_SYS_ADMIN or the lock group.
@@ -136,21 +256,15 @@ impl Shared {
             return Err(EINVAL);
         }
         self.check_privilege()?;
-        let label = make_label("set_migration_flag").ok_or(EINVAL)?;
-        let lease = self.config.max_lease_ms;
-        self.with_state(|st, now| {
-            if flag == 0 {
-                st.table
-                    .lock(Owner::Detached, Reason::Other as u32, label, lease, now)
-                    .map_err(table_err)?;
-                st.last_decision = MLD_DECISION_LOCAL;
-                st.last_refusal = 0;
-            } else {
-                st.table.release(Owner::Detached);
-                st.table.clear_static();
-            }
-            Ok(!st.table.locked())
-        })
+        if flag == 0 {
+            let label = make_label("set_migration_flag").ok_or(EINVAL)?;
+            let lease = self.config.max_lease_ms;
+            self.take(Owner::Detached, 0, Reason::Other, label, lease)?;
+        } else {
+            // Nothing to release is fine here, as in the paper.
+            let _ = self.release_detached();
+        }
+        Ok(self.with_table(|t, _| !t.locked()))
     }
 
     /// Runs `f` on the current table (for sysfs).
@@ -213,14 +327,40 @@ impl MiscDevice for MldDevice {
 
 impl Drop for MldFile {
     fn drop(&mut self) {
-        self.shared
-            .with_state(|st, _| st.table.release(Owner::File(self.id)));
+        let owner = Owner::File(self.id);
+        if self
+            .shared
+            .with_state(|st, _| st.table.unlock(owner).is_ok())
+        {
+            self.shared.shim.released(self.hold_id(owner));
+        }
     }
 }
 
 fn now_ns() -> u64 {
     // CLOCK_MONOTONIC is never negative.
     Ktime::ktime_get().to_ns().max(0) as u64
+}
+
+fn report_of(t: &Table, now: u64) -> Report {
+    Report {
+        holders: t.holders() as u32,
+        static_lock: t.static_lock(),
+        earliest_expiry_ms: t
+            .earliest_expiry()
+            .map_or(0, |e| ms_until(e, now).min(u32::MAX.into()) as u32),
+    }
+}
+
+impl crate::irq::Handler for Shared {
+    fn handle(&self) -> bool {
+        let mut events = KVec::new();
+        let ours = self.shim.receive(&mut events);
+        for e in events {
+            self.host_event(e);
+        }
+        ours
+    }
 }
 
 /// Milliseconds from `now` until `t`, rounded up.
@@ -235,7 +375,7 @@ fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
 fn table_err(e: TableError) -> Error {
     match e {
         TableError::Full => ENOSPC,
-        TableError::NotHeld => Error::from_errno(-(bindings::ENOLCK as i32)),
+        TableError::NotHeld => crate::errno::enolck(),
         TableError::ZeroLease => EINVAL,
     }
 }
@@ -285,35 +425,27 @@ impl MldFile {
     }
 
     /// Whether something happened this file must react to: its hold ended
-    /// without it unlocking (lease expiry), until it reads its status.
+    /// without it unlocking (lease expiry; until it reads its status), or
+    /// the host announced a migration or released the lock by force.
     fn has_event(&self) -> bool {
-        let mine = self
-            .shared
-            .with_table(|t, _| t.hold(Owner::File(self.id)).is_some());
-        !mine && self.expect_hold.load(Ordering::Relaxed)
+        let (mine, host) = self.shared.with_state(|st, _| {
+            let mine = st.table.hold(Owner::File(self.id)).is_some();
+            (mine, st.migration_pending || st.forced_release)
+        });
+        host || (!mine && self.expect_hold.load(Ordering::Relaxed))
+    }
+
+    /// The hold id the host knows an owner by.
+    fn hold_id(&self, owner: Owner) -> u32 {
+        match owner {
+            Owner::Detached => 0,
+            Owner::File(_) => (self.id as u32).max(1),
+        }
     }
 
     fn take(&self, owner: Owner, reason: Reason, label: [u8; LABEL_LEN], lease_ms: u32) -> Result {
-        let text = check_label(&label).map_err(|_| EINVAL)?;
-        // Ask first: a host round trip must not hold the state lock.
-        let decision = self.shared.channel.request_lock(reason, lease_ms, text);
-        self.with_state(|st, now| {
-            let (code, lease) = match decision {
-                Decision::Granted { lease_ms: l } => (MLD_DECISION_GRANTED, l.min(lease_ms)),
-                Decision::Local => (MLD_DECISION_LOCAL, lease_ms),
-                Decision::Refused { reason } => {
-                    st.last_decision = MLD_DECISION_REFUSED;
-                    st.last_refusal = reason;
-                    return Err(EACCES);
-                }
-            };
-            st.table
-                .lock(owner, reason as u32, label, lease, now)
-                .map_err(table_err)?;
-            st.last_decision = code;
-            st.last_refusal = 0;
-            Ok(())
-        })?;
+        self.shared
+            .take(owner, self.hold_id(owner), reason, label, lease_ms)?;
         if owner == Owner::File(self.id) {
             self.expect_hold.store(true, Ordering::Relaxed);
         }
@@ -355,22 +487,15 @@ impl MldFile {
         }
         if flags & MLD_LOCK_DETACHED == 0 {
             self.expect_hold.store(false, Ordering::Relaxed);
-            return self
-                .with_state(|st, _| st.table.unlock(Owner::File(self.id)).map_err(table_err))
-                .map(drop);
+            let owner = Owner::File(self.id);
+            self.with_state(|st, _| st.table.unlock(owner).map_err(table_err))?;
+            self.shared.shim.released(self.hold_id(owner));
+            return Ok(());
         }
         // The detached hold and the static lock belong to no file: only a
         // privileged caller may drop them.
         self.check_privilege()?;
-        self.with_state(|st, _| {
-            let had_static = st.table.static_lock();
-            let r = st.table.unlock(Owner::Detached);
-            st.table.clear_static();
-            match r {
-                Err(TableError::NotHeld) if !had_static => Err(table_err(TableError::NotHeld)),
-                _ => Ok(()),
-            }
-        })
+        self.shared.release_detached()
     }
 
     fn renew(&self, req: &MldRenew) -> Result {
@@ -399,7 +524,9 @@ impl MldFile {
         let mine = t.hold(Owner::File(self.id));
         let mut flags = 0;
         for (set, bit) in [
-            (self.shared.channel.connected(), MLD_ST_CHANNEL),
+            (self.shared.shim.connected(), MLD_ST_CHANNEL),
+            (st.migration_pending, MLD_ST_MIGRATION_PENDING),
+            (st.forced_release, MLD_ST_FORCED_RELEASE),
             (t.locked(), MLD_ST_LOCKED),
             (t.static_lock(), MLD_ST_STATIC),
             (mine.is_some(), MLD_ST_HELD_BY_ME),

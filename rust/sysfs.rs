@@ -168,7 +168,15 @@ fn render(file: File, shared: &Shared, out: &mut Page) -> fmt::Result {
             t.earliest_expiry()
                 .map_or(0, |e| crate::mld::ms_until(e, now))
         ),
-        File::Channel => writeln!(out, "local"),
+        File::Channel => writeln!(
+            out,
+            "{}",
+            match (shared.channel_present(), shared.channel_connected()) {
+                (false, _) => "local",
+                (true, true) => "connected",
+                (true, false) => "disconnected",
+            }
+        ),
         File::Holds => {
             if t.static_lock() {
                 writeln!(out, "static - - static lock (module parameter)")?;

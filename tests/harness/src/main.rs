@@ -12,6 +12,7 @@ mod initramfs;
 mod ktap;
 mod migrate;
 mod scenario;
+mod stubhost;
 mod vm;
 
 use anyhow::{bail, Context, Result};

@@ -5,6 +5,7 @@
 use crate::artifacts::Variant;
 use crate::ktap;
 use crate::migrate::{self, Mode};
+use crate::stubhost;
 use crate::vm::{Accel, Echo, Vm, VmSpec, Wait};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,10 @@ pub enum Kind {
     Guest,
     /// Two QEMU processes on 127.0.0.1; the guest is live-migrated.
     Migrate(Mode),
+    /// One guest with the doorbell UART served by the stub host.
+    StubHost,
+    /// The same, but the stub host starts only when the guest asks for it.
+    LateStubHost,
 }
 
 /// Why a scenario failed; selftests expect a particular one.
@@ -34,6 +39,8 @@ pub enum FailKind {
     Guest,
     /// Migration failed or the guest did not continue on the destination.
     Migration,
+    /// The host side saw something other than it must have.
+    Host,
     /// The harness itself could not run the scenario.
     Harness,
 }
@@ -151,6 +158,22 @@ pub const SCENARIOS: &[Scenario] = &[
     guest("mld-unload", "mld-unload", "rmmod is refused while a file holds the lock; a detached hold is released at unload"),
     guest("samples", "samples", "the C and Rust samples lock around a critical section as applications would"),
     Scenario {
+        kind: Kind::StubHost,
+        ..guest(
+            "shim-stub-host",
+            "shim-stub-host",
+            "the shim over the doorbell UART: hello, granted and refused locks, lease cap, a migration notice wakes poll",
+        )
+    },
+    Scenario {
+        kind: Kind::LateStubHost,
+        ..guest(
+            "shim-late-host",
+            "shim-late-host",
+            "no host answering: local decisions (or ETIMEDOUT with host_required); the host appears, the guest resyncs",
+        )
+    },
+    Scenario {
         kind: Kind::Migrate(Mode::Precopy),
         timeout: secs(240),
         ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")
@@ -197,6 +220,11 @@ pub struct Env<'a> {
 impl Env<'_> {
     /// The spec for one guest of this scenario.
     pub fn spec(&self, name: &str, guest: &str, incoming: bool) -> VmSpec {
+        self.spec_with(name, guest, incoming, false)
+    }
+
+    /// The spec for one guest, with the doorbell UART if `doorbell`.
+    pub fn spec_with(&self, name: &str, guest: &str, incoming: bool, doorbell: bool) -> VmSpec {
         VmSpec {
             name: name.into(),
             dir: self.dir.clone(),
@@ -207,6 +235,7 @@ impl Env<'_> {
             cpus: 2,
             accel: self.accel,
             incoming,
+            doorbell,
             echo: self.echo,
         }
     }
@@ -285,5 +314,80 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
             r
         }
         Kind::Migrate(mode) => migrate::run(sc, env, mode, deadline),
+        Kind::StubHost => run_stub_host(sc, env, deadline, false),
+        Kind::LateStubHost => run_stub_host(sc, env, deadline, true),
+    }
+}
+
+/// The guest's shim against the stub host: the guest script checks what the
+/// guest sees, this checks what the host saw.
+fn run_stub_host(
+    sc: &Scenario,
+    env: &Env<'_>,
+    deadline: Instant,
+    late: bool,
+) -> Result<(), Failure> {
+    let mut vm = Vm::start(&env.spec_with("vm", sc.guest, false, true))?;
+    let bell = vm
+        .doorbell
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no doorbell socket"))?;
+    let log = env.dir.join("stub-host.log");
+    if late {
+        // Nobody answers until the guest asks for the host.
+        if let Wait::Timeout | Wait::Closed =
+            vm.wait_line(deadline, |l| l.contains("@@MIGLOCK want-host@@"))
+        {
+            return finish_guest(sc, &mut vm, deadline);
+        }
+    }
+    let stub = stubhost::serve(bell.try_clone().map_err(anyhow::Error::from)?, &log, late)
+        .map_err(anyhow::Error::from)?;
+    let r = finish_guest(sc, &mut vm, deadline);
+    vm.quit()?;
+    let _ = bell.shutdown(std::net::Shutdown::Both);
+    let rec = stub
+        .join()
+        .map_err(|_| anyhow::anyhow!("stub host panicked"))?;
+    r?;
+    let labels: Vec<&str> = rec.locks.iter().map(|(_, l)| l.as_str()).collect();
+    let mut wrong = Vec::new();
+    if rec.hellos == 0 && !late {
+        wrong.push("no Hello".to_string());
+    }
+    if rec.states == 0 {
+        wrong.push("no State".to_string());
+    }
+    let wanted: &[&str] = if late {
+        &["after-reconnect"]
+    } else {
+        &["granted-by-host", "refuse-me", "await-notice"]
+    };
+    if late && !rec.state_holders.contains(&1) {
+        wrong.push("no resync State with the hold taken while disconnected".to_string());
+    }
+    for want in wanted {
+        if !labels.contains(want) {
+            wrong.push(format!("no Lock labelled {want}"));
+        }
+    }
+    let granted = rec
+        .locks
+        .iter()
+        .find(|(_, l)| l == "granted-by-host")
+        .map(|(h, _)| *h);
+    if granted.is_some_and(|h| !rec.unlocks.contains(&h)) {
+        wrong.push("no Unlock for the granted hold".to_string());
+    }
+    if rec.dropped != 0 {
+        wrong.push(format!("{} damaged frames", rec.dropped));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            FailKind::Host,
+            format!("{}; log: {}", wrong.join(", "), log.display()),
+        ))
     }
 }

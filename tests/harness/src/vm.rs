@@ -58,6 +58,8 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Start as a migration destination (`-incoming defer`).
     pub incoming: bool,
+    /// Give the guest the doorbell UART (I/O 0x520, IRQ 5) on a socket.
+    pub doorbell: bool,
     /// Which serial lines to echo to stderr as they arrive.
     pub echo: Echo,
 }
@@ -98,6 +100,8 @@ pub struct Vm {
     pub serial_log: PathBuf,
     /// Lines seen so far (whole serial log).
     pub seen: Vec<String>,
+    /// The host end of the doorbell UART, if the guest has one.
+    pub doorbell: Option<UnixStream>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,6 +142,13 @@ impl Vm {
         let serial_listener = UnixListener::bind(&serial_sock)
             .with_context(|| format!("binding {}", serial_sock.display()))?;
         let qmp_listener = UnixListener::bind(&qmp_sock)?;
+        let bell_sock = spec.dir.join(format!("{}-doorbell.sock", spec.name));
+        let _ = fs::remove_file(&bell_sock);
+        let bell_listener = if spec.doorbell {
+            Some(UnixListener::bind(&bell_sock)?)
+        } else {
+            None
+        };
         let qemu_log = spec.dir.join(format!("{}-qemu.log", spec.name));
 
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -175,6 +186,11 @@ impl Vm {
         if spec.incoming {
             cmd.args(["-incoming", "defer"]);
         }
+        if spec.doorbell {
+            cmd.arg("-chardev")
+                .arg(format!("socket,id=mld0,path={}", bell_sock.display()))
+                .args(["-device", "isa-serial,chardev=mld0,iobase=0x520,irq=5"]);
+        }
         fs::write(
             spec.dir.join(format!("{}-cmdline.txt", spec.name)),
             format!("{cmd:?}\n"),
@@ -190,13 +206,17 @@ impl Vm {
         let setup = (|| {
             let serial = accept_by(&serial_listener, deadline, &mut child, "serial")?;
             let qmp_stream = accept_by(&qmp_listener, deadline, &mut child, "QMP")?;
+            let doorbell = match &bell_listener {
+                Some(l) => Some(accept_by(l, deadline, &mut child, "doorbell")?),
+                None => None,
+            };
             let mut qmp = Qmp::handshake(qmp_stream).context("QMP handshake")?;
             qmp.set_transcript(Box::new(File::create(
                 spec.dir.join(format!("{}-qmp.log", spec.name)),
             )?));
-            Ok::<_, anyhow::Error>((serial, qmp))
+            Ok::<_, anyhow::Error>((serial, qmp, doorbell))
         })();
-        let (serial, qmp) = match setup {
+        let (serial, qmp, doorbell) = match setup {
             Ok(v) => v,
             Err(e) => {
                 let _ = child.kill();
@@ -222,6 +242,7 @@ impl Vm {
             lines,
             serial_log,
             seen: Vec::new(),
+            doorbell,
         })
     }
 

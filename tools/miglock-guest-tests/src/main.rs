@@ -707,6 +707,38 @@ fn syscall_suite(c: &mut Checks, loaded: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// With a host that announces a migration after granting `await-notice`:
+/// the notice wakes `poll()` and shows in status until the VM is unlocked.
+fn host_notice(c: &mut Checks) -> io::Result<()> {
+    let d = Device::open()?;
+    d.lock(&lock(Reason::CriticalOperation, 30_000, "await-notice"))?;
+    let woke = readable(d.as_raw_fd(), 10_000)?;
+    c.check("a host migration notice wakes poll", woke, String::new);
+    let st = d.status()?;
+    c.check(
+        "status says a migration is pending",
+        st.migration_pending(),
+        || format!("{st:?}"),
+    );
+    d.unlock(false)?;
+    let st = d.status()?;
+    c.check(
+        "unlocking clears it",
+        !st.migration_pending() && !st.locked(),
+        || format!("{st:?}"),
+    );
+    Ok(())
+}
+
+/// `mldtest wait-channel MS`: waits until the host channel is connected.
+fn wait_channel(c: &mut Checks, ms: u64) -> io::Result<()> {
+    let took = until(Duration::from_millis(ms), |s| s.channel());
+    c.check("the host channel connected", took.is_some(), || {
+        format!("not within {ms} ms")
+    });
+    Ok(())
+}
+
 /// `mldtest try-lock UID [GID...]`: as UID with supplementary groups GIDs,
 /// try to lock; prints `locked` or the errno name.
 fn try_lock_as(uid: u32, groups: &[u32]) -> io::Result<()> {
@@ -744,6 +776,8 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&mut c, num(2, 20_000), num(3, 1) as u64),
         Some("poll") => poll_suite(&mut c),
         Some("syscall") => syscall_suite(&mut c, true),
+        Some("host-notice") => host_notice(&mut c),
+        Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),
         Some("syscall-absent") => syscall_suite(&mut c, false),
         Some("try-lock") => {
             let groups: Vec<u32> = args.iter().skip(3).filter_map(|g| g.parse().ok()).collect();

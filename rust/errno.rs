@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Error codes 6.12's `kernel::error::code` does not declare.
+
+use kernel::{bindings, error::Error};
+
+/// `ENOLCK`: no lock held (unlock or renew without a hold).
+pub(crate) fn enolck() -> Error {
+    Error::from_errno(-(bindings::ENOLCK as i32))
+}
+
+/// `ETIMEDOUT`: the host or the UART did not answer in time.
+pub(crate) fn etimedout() -> Error {
+    Error::from_errno(-(bindings::ETIMEDOUT as i32))
+}

@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A 16550-compatible UART used as the doorbell to the host.
+//!
+//! Transmit waits for the holding register a bounded number of polls per
+//! byte; receive is interrupt-driven (see `shim.rs`), never polled.
+
+use crate::ioport::IoRegion;
+use kernel::{prelude::*, str::CStr};
+
+const RBR_THR: u16 = 0; // receive buffer / transmit holding (DLL with DLAB)
+const IER: u16 = 1; // interrupt enable (DLM with DLAB)
+const FCR: u16 = 2; // FIFO control (write)
+const LCR: u16 = 3; // line control
+const MCR: u16 = 4; // modem control
+const LSR: u16 = 5; // line status
+const SCR: u16 = 7; // scratch
+
+const LCR_DLAB: u8 = 0x80;
+const LCR_8N1: u8 = 0x03;
+const FCR_ENABLE_CLEAR: u8 = 0x07;
+const IER_RX_DATA: u8 = 0x01;
+const MCR_DTR_RTS_OUT2: u8 = 0x0b; // OUT2 routes the interrupt on PCs
+const LSR_DATA_READY: u8 = 0x01;
+const LSR_THR_EMPTY: u8 = 0x20;
+
+/// Polls of LSR per transmitted byte before giving up; at 115200 baud a
+/// byte takes about 87 µs, far fewer polls than this.
+const TX_POLLS: u32 = 1_000_000;
+
+/// A UART at a claimed I/O base.
+pub(crate) struct Uart {
+    io: IoRegion,
+}
+
+impl Uart {
+    /// Claims the 8 ports at `base` and checks that a UART answers there
+    /// (its scratch register keeps a value). `Ok(None)`: nothing there.
+    pub(crate) fn probe(base: u16, name: &'static CStr) -> Result<Option<Uart>> {
+        let io = IoRegion::request(base, 8, name)?;
+        for v in [0x5a, 0xa5] {
+            io.write(SCR, v);
+            if io.read(SCR) != v {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Uart { io }))
+    }
+
+    /// 115200 baud 8N1, FIFOs on, interrupt on received data.
+    pub(crate) fn start(&self) {
+        self.io.write(IER, 0);
+        self.io.write(LCR, LCR_DLAB);
+        self.io.write(RBR_THR, 1); // divisor 1: 115200 baud
+        self.io.write(IER, 0);
+        self.io.write(LCR, LCR_8N1);
+        self.io.write(FCR, FCR_ENABLE_CLEAR);
+        self.io.write(MCR, MCR_DTR_RTS_OUT2);
+        // Drop whatever was pending before we listened.
+        self.drain(|_| {});
+        self.io.write(IER, IER_RX_DATA);
+    }
+
+    /// Masks the UART's interrupt and drops the modem lines.
+    pub(crate) fn stop(&self) {
+        self.io.write(IER, 0);
+        self.io.write(MCR, 0);
+    }
+
+    /// Sends `bytes`; `ETIMEDOUT` if the transmitter stays busy.
+    pub(crate) fn send(&self, bytes: &[u8]) -> Result {
+        for &b in bytes {
+            let mut polls = 0;
+            while self.io.read(LSR) & LSR_THR_EMPTY == 0 {
+                polls += 1;
+                if polls == TX_POLLS {
+                    return Err(crate::errno::etimedout());
+                }
+                core::hint::spin_loop();
+            }
+            self.io.write(RBR_THR, b);
+        }
+        Ok(())
+    }
+
+    /// Hands every received byte to `f`; returns how many there were.
+    pub(crate) fn drain(&self, mut f: impl FnMut(u8)) -> usize {
+        let mut n = 0;
+        // Bounded: a UART cannot deliver more than its FIFO per check, but a
+        // broken one might report data forever.
+        while n < 4096 && self.io.read(LSR) & LSR_DATA_READY != 0 {
+            f(self.io.read(RBR_THR));
+            n += 1;
+        }
+        n
+    }
+}

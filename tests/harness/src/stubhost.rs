@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A scripted stand-in for the host agent on the doorbell socket, to test
+//! the guest's shim on its own: it answers `Hello`, grants locks (capping the
+//! lease at [`MAX_LEASE_MS`]) except those labelled `refuse*`, announces a
+//! pending migration after granting a lock labelled `await-notice`, answers
+//! `Ping`, and records everything it received.
+
+use miglock_abi::wire::{self, Decoder, Event, Header, Message, Notice};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread::{self, JoinHandle};
+
+/// The stub's maximum lease.
+pub const MAX_LEASE_MS: u32 = 60_000;
+/// The stub's refusal reason code.
+pub const REFUSAL: u32 = 42;
+
+/// What the stub saw.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// `Hello`s received.
+    pub hellos: usize,
+    /// `(hold, label)` of every `Lock`.
+    pub locks: Vec<(u32, String)>,
+    /// Holds of every `Unlock`.
+    pub unlocks: Vec<u32>,
+    /// `State` messages.
+    pub states: usize,
+    /// Holder counts reported in `State` messages.
+    pub state_holders: Vec<u32>,
+    /// Frames dropped by the decoder.
+    pub dropped: usize,
+}
+
+fn label(l: &[u8]) -> String {
+    let end = l.iter().position(|&b| b == 0).unwrap_or(l.len());
+    String::from_utf8_lossy(&l[..end]).into_owned()
+}
+
+/// Serves `stream` until it closes; the record comes back from `join`.
+/// With `announce`, first sends a `Welcome` of its own, as an agent that
+/// starts while the guest runs does.
+pub fn serve(
+    mut stream: UnixStream,
+    log: &Path,
+    announce: bool,
+) -> std::io::Result<JoinHandle<Record>> {
+    let mut log = File::create(log)?;
+    Ok(thread::spawn(move || {
+        let mut rec = Record::default();
+        let mut dec = Decoder::new();
+        let mut seq = 1u32;
+        let mut buf = [0u8; 512];
+        let mut out = [0u8; wire::MAX_FRAME];
+        let mut w = stream.try_clone().expect("clone doorbell socket");
+        let mut send = |msg: &Message<'_>, reply_to: u32, log: &mut File| {
+            seq += 1;
+            let n = wire::encode(msg, Header { seq, reply_to }, &mut out).expect("encode");
+            let _ = writeln!(log, "> {msg:?} (reply to {reply_to})");
+            let _ = w.write_all(&out[..n]);
+        };
+        if announce {
+            let welcome = Message::Welcome {
+                epoch: 8,
+                features: 0,
+                max_lease_ms: MAX_LEASE_MS,
+            };
+            send(&welcome, 0, &mut log);
+        }
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &b in &buf[..n] {
+                match dec.push(b) {
+                    Event::Pending => continue,
+                    Event::Dropped(e) => {
+                        rec.dropped += 1;
+                        let _ = writeln!(log, "! dropped: {e:?}");
+                        continue;
+                    }
+                    Event::Frame => {}
+                }
+                let Ok((hdr, msg)) = wire::decode(dec.frame()) else {
+                    continue;
+                };
+                match msg {
+                    Message::Lock {
+                        hold,
+                        reason,
+                        lease_ms,
+                        label: l,
+                    } => {
+                        let _ = writeln!(log, "< Lock hold {hold} reason {reason} lease {lease_ms} ms label {:?} (seq {})", label(&l), hdr.seq);
+                    }
+                    _ => {
+                        let _ = writeln!(log, "< {msg:?} (seq {})", hdr.seq);
+                    }
+                }
+                match msg {
+                    Message::Hello { .. } => {
+                        rec.hellos += 1;
+                        let welcome = Message::Welcome {
+                            epoch: 7,
+                            features: 0,
+                            max_lease_ms: MAX_LEASE_MS,
+                        };
+                        send(&welcome, hdr.seq, &mut log);
+                    }
+                    Message::Lock {
+                        hold,
+                        lease_ms,
+                        label: l,
+                        ..
+                    } => {
+                        let text = label(&l);
+                        let decision = if text.starts_with("refuse") {
+                            Message::Decision {
+                                granted: false,
+                                lease_ms: 0,
+                                reason: REFUSAL,
+                            }
+                        } else {
+                            Message::Decision {
+                                granted: true,
+                                lease_ms: lease_ms.min(MAX_LEASE_MS),
+                                reason: 0,
+                            }
+                        };
+                        send(&decision, hdr.seq, &mut log);
+                        if text == "await-notice" {
+                            send(
+                                &Message::Notice(Notice::MigrationPending { deadline_ms: 5000 }),
+                                0,
+                                &mut log,
+                            );
+                        }
+                        rec.locks.push((hold, text));
+                    }
+                    Message::Unlock { hold } => rec.unlocks.push(hold),
+                    Message::State { holders, .. } => {
+                        rec.states += 1;
+                        rec.state_holders.push(holders);
+                    }
+                    Message::Ping => send(&Message::Pong, hdr.seq, &mut log),
+                    _ => {}
+                }
+            }
+        }
+        rec
+    }))
+}

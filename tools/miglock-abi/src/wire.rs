@@ -42,6 +42,24 @@ pub const HINT_LEN: usize = 16;
 /// Most hint ranges in one batch.
 pub const MAX_HINTS: usize = (MAX_PAYLOAD - 8) / HINT_LEN;
 
+/// Host refusal reason: the VM's policy does not let the guest lock.
+pub const REFUSE_POLICY: u32 = 1;
+/// Host refusal reason: the VM used up its locked-time quota for the window.
+pub const REFUSE_QUOTA: u32 = 2;
+/// Host refusal reason: a migration is past the point of no return.
+pub const REFUSE_MIGRATING: u32 = 3;
+/// Host refusal reason: too many requests; slow down.
+pub const REFUSE_RATE: u32 = 4;
+/// Host refusal reason: the guest's hold limit on the host side is reached.
+pub const REFUSE_TOO_MANY: u32 = 5;
+/// Host refusal reason: the request itself was invalid (reason, label).
+pub const REFUSE_INVALID: u32 = 6;
+
+/// Forced-release reason: an administrator forced a migration.
+pub const FORCED_BY_ADMIN: u32 = 1;
+/// Forced-release reason: the quota ran out.
+pub const FORCED_BY_QUOTA: u32 = 2;
+
 /// Message kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

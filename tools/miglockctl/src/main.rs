@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `miglockctl`: talk to miglockd.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use miglock_control::{MigrateRequest, Mode, PolicyUpdate, Reply, Request};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(version, about = "Control the miglock host agent")]
+struct Cli {
+    /// The agent's control socket.
+    #[arg(
+        long,
+        default_value = "/run/miglock/control.sock",
+        env = "MIGLOCKD_SOCKET"
+    )]
+    socket: PathBuf,
+    /// Print raw JSON replies.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every VM's lock state.
+    Status,
+    /// Show or change a VM's policy.
+    Policy {
+        /// VM name.
+        vm: String,
+        /// "migration = yes|no" (the paper's static setting).
+        #[arg(long)]
+        migration: Option<bool>,
+        /// Whether the guest may lock.
+        #[arg(long)]
+        guest_locks: Option<bool>,
+        /// Longest lease granted.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_lease: Option<Duration>,
+        /// Locked time allowed per window.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        quota: Option<Duration>,
+        /// Quota window.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        /// Grace after a pending-migration notice.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+    },
+    /// Migrate a VM if its lock allows.
+    Migrate {
+        /// VM name.
+        vm: String,
+        /// Destination URI, e.g. tcp:127.0.0.1:4444.
+        #[arg(long)]
+        to: String,
+        /// precopy or postcopy.
+        #[arg(long, default_value = "precopy", value_parser = mode)]
+        mode: Mode,
+        /// If locked: ask the guest to unlock and wait this long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait_unlock: Option<Duration>,
+        /// Migrate even if locked (needs --reason; audited).
+        #[arg(long)]
+        force: bool,
+        /// Why (with --force).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Print events as they happen.
+    Watch,
+}
+
+fn mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "precopy" => Ok(Mode::Precopy),
+        "postcopy" => Ok(Mode::Postcopy),
+        _ => Err(format!("unknown mode '{s}' (precopy or postcopy)")),
+    }
+}
+
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis() as u64)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("miglockctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<bool> {
+    let cli = Cli::parse();
+    let req = match cli.cmd {
+        Cmd::Status => Request::Status,
+        Cmd::Policy {
+            vm,
+            migration,
+            guest_locks,
+            max_lease,
+            quota,
+            window,
+            grace,
+        } => {
+            let set = PolicyUpdate {
+                migration,
+                guest_locks,
+                max_lease_ms: ms(max_lease).map(|v| v.min(u64::from(u32::MAX)) as u32),
+                quota_ms: ms(quota),
+                window_ms: ms(window),
+                grace_ms: ms(grace).map(|v| v.min(u64::from(u32::MAX)) as u32),
+            };
+            let changed = set != PolicyUpdate::default();
+            Request::Policy {
+                vm,
+                set: changed.then_some(set),
+            }
+        }
+        Cmd::Migrate {
+            vm,
+            to,
+            mode,
+            wait_unlock,
+            force,
+            reason,
+        } => {
+            if force && reason.is_none() {
+                bail!("--force needs --reason");
+            }
+            Request::Migrate(MigrateRequest {
+                vm,
+                to,
+                mode,
+                wait_unlock_ms: ms(wait_unlock),
+                force,
+                reason,
+            })
+        }
+        Cmd::Watch => Request::Watch,
+    };
+    let mut s = UnixStream::connect(&cli.socket)
+        .with_context(|| format!("connecting to miglockd at {}", cli.socket.display()))?;
+    writeln!(s, "{}", serde_json::to_string(&req)?)?;
+    for line in BufReader::new(s).lines() {
+        let line = line?;
+        if cli.json {
+            println!("{line}");
+        }
+        match serde_json::from_str::<Reply>(&line).context("bad reply from miglockd")? {
+            Reply::Progress { message } => eprintln!("miglockctl: {message}"),
+            Reply::Event { event } => {
+                if !cli.json {
+                    println!("{event}");
+                }
+            }
+            Reply::Ok { data } => {
+                if !cli.json {
+                    println!("{}", serde_json::to_string_pretty(&data)?);
+                }
+                return Ok(true);
+            }
+            Reply::Error { message } => {
+                eprintln!("miglockctl: {message}");
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}

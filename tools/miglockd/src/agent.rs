@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The agent's shared state: every VM's ledger, its guest link, the audit
+//! log and the state file. Each VM has its own lock on its own entry, so one
+//! VM's traffic never waits for another's.
+
+use crate::audit::{now_ms, Audit};
+use crate::ledger::{Ledger, Policy};
+use crate::store;
+use anyhow::Result;
+use miglock_abi::wire::{self, Header, Message, Notice};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// One VM in the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Name used by miglockctl and the audit log.
+    pub name: String,
+    /// QEMU's doorbell chardev socket (server mode), which the agent dials.
+    pub doorbell: PathBuf,
+    /// QEMU's QMP socket (server mode), for migrations.
+    #[serde(default)]
+    pub qmp: Option<PathBuf>,
+    /// Policy at VM creation.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// The agent's configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// State file (ledgers), rewritten atomically on every change.
+    pub state: PathBuf,
+    /// Audit log, JSON lines, append-only.
+    pub audit: PathBuf,
+    /// Control socket for miglockctl.
+    pub control: PathBuf,
+    /// The VMs.
+    #[serde(rename = "vm", default)]
+    pub vms: Vec<VmConfig>,
+}
+
+/// A guest link's counters.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct LinkStats {
+    /// Frames accepted.
+    pub frames: u64,
+    /// Bytes or frames rejected as malformed.
+    pub malformed: u64,
+    /// Frames dropped by the rate limit.
+    pub rate_dropped: u64,
+    /// Times the link was cut for misbehaving.
+    pub cut: u64,
+}
+
+/// The live connection to one VM's guest.
+#[derive(Default)]
+pub struct Link {
+    /// Writes to the guest (notices from other threads go here too).
+    pub writer: Option<UnixStream>,
+    seq: u32,
+    /// Counters.
+    pub stats: LinkStats,
+    /// The latest hint batch: (batch number, ranges).
+    pub hints: Option<(u32, Vec<wire::HintRange>)>,
+}
+
+impl Link {
+    /// Sends `msg` answering `reply_to`; false if there is no connection.
+    pub fn send(&mut self, msg: &Message<'_>, reply_to: u32) -> bool {
+        let Some(w) = self.writer.as_mut() else {
+            return false;
+        };
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let mut buf = [0u8; wire::MAX_FRAME];
+        let Ok(n) = wire::encode(
+            msg,
+            Header {
+                seq: self.seq,
+                reply_to,
+            },
+            &mut buf,
+        ) else {
+            return false;
+        };
+        w.write_all(&buf[..n]).is_ok()
+    }
+}
+
+/// One VM's entry.
+pub struct Vm {
+    /// Its configuration.
+    pub config: VmConfig,
+    /// Its ledger.
+    pub ledger: Mutex<Ledger>,
+    /// Its guest link.
+    pub link: Mutex<Link>,
+    /// Notified after every change of the ledger.
+    pub changed: Condvar,
+}
+
+/// The agent.
+pub struct Agent {
+    /// VMs by name.
+    pub vms: BTreeMap<String, Arc<Vm>>,
+    /// The audit log.
+    pub audit: Audit,
+    /// Random per agent start; guests learn it in `Welcome`.
+    pub epoch: u64,
+    state_path: PathBuf,
+    save_lock: Mutex<()>,
+}
+
+fn epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}
+
+impl Agent {
+    /// Builds the agent, restoring ledgers from the state file.
+    pub fn new(config: &Config) -> Result<Agent> {
+        let mut saved = store::load(&config.state)?;
+        let audit = Audit::open(&config.audit)?;
+        let mut vms = BTreeMap::new();
+        for vc in &config.vms {
+            // A restored ledger keeps its holds; the configured policy wins.
+            let mut ledger = saved
+                .remove(&vc.name)
+                .unwrap_or_else(|| Ledger::new(vc.policy.clone()));
+            ledger.policy = vc.policy.clone();
+            let vm = Vm {
+                config: vc.clone(),
+                ledger: Mutex::new(ledger),
+                link: Mutex::new(Link::default()),
+                changed: Condvar::new(),
+            };
+            vms.insert(vc.name.clone(), Arc::new(vm));
+        }
+        Ok(Agent {
+            vms,
+            audit,
+            epoch: epoch(),
+            state_path: config.state.clone(),
+            save_lock: Mutex::new(()),
+        })
+    }
+
+    /// The VM called `name`.
+    pub fn vm(&self, name: &str) -> Option<&Arc<Vm>> {
+        self.vms.get(name)
+    }
+
+    /// Runs `f` on `vm`'s ledger and saves the state if `f` says it changed.
+    pub fn update<R>(&self, vm: &Vm, f: impl FnOnce(&mut Ledger, u64) -> (R, bool)) -> R {
+        let now = now_ms();
+        let (r, changed) = {
+            let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut l, now)
+        };
+        if changed {
+            self.save();
+            vm.changed.notify_all();
+        }
+        r
+    }
+
+    /// Writes every ledger to the state file.
+    pub fn save(&self) {
+        let _one_at_a_time = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let all: store::Ledgers = self
+            .vms
+            .iter()
+            .map(|(n, vm)| {
+                (
+                    n.clone(),
+                    vm.ledger.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                )
+            })
+            .collect();
+        if let Err(e) = store::save(&self.state_path, &all) {
+            eprintln!("miglockd: cannot save state: {e:#}");
+        }
+    }
+
+    /// Sends `vm`'s guest a notice; false if it is not connected.
+    pub fn notify(&self, vm: &Vm, n: Notice) -> bool {
+        vm.link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(&Message::Notice(n), 0)
+    }
+}

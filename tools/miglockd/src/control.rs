@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The control socket: one JSON request per line from miglockctl, answered
+//! with JSON lines (see `miglock-control`). Only root can reach it (mode
+//! 0600), since it can force migrations.
+
+use crate::agent::{Agent, Vm};
+use crate::audit::now_ms;
+use crate::gate;
+use miglock_abi::wire::Notice;
+use miglock_control::{PolicyUpdate, Reply, Request};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Binds the control socket.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves control connections, one thread each.
+pub fn serve(agent: Arc<Agent>, listener: UnixListener) {
+    for conn in listener.incoming().flatten() {
+        let agent = agent.clone();
+        std::thread::spawn(move || {
+            let _ = client(&agent, conn);
+        });
+    }
+}
+
+/// Sends one reply line.
+pub fn send(w: &mut impl Write, r: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(r).unwrap_or_default();
+    line.push('\n');
+    w.write_all(line.as_bytes())?;
+    w.flush()
+}
+
+fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
+    let mut w = conn.try_clone()?;
+    for line in BufReader::new(conn).lines() {
+        let line = line?;
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Reply::Error {
+                message: format!("bad request: {e}"),
+            },
+            Ok(Request::Status) => Reply::Ok {
+                data: status(agent),
+            },
+            Ok(Request::Policy { vm, set }) => policy(agent, &vm, set),
+            Ok(Request::Watch) => return watch(agent, &mut w),
+            Ok(Request::Migrate(req)) => gate::migrate(agent, &req, &mut |p| send(&mut w, p)),
+        };
+        send(&mut w, &reply)?;
+    }
+    Ok(())
+}
+
+/// One VM's state as miglockctl shows it.
+pub fn vm_status(vm: &Vm) -> Value {
+    let now = now_ms();
+    let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+    let link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+    let holds: serde_json::Map<String, Value> = l
+        .live_holds(now)
+        .map(|(id, h)| {
+            (
+                id.to_string(),
+                json!({"reason": h.reason, "label": h.label, "left_ms": h.until_ms - now}),
+            )
+        })
+        .collect();
+    json!({
+        "connected": link.writer.is_some(),
+        "locked": l.locked(now),
+        "reasons": l.reasons(now),
+        "holds": holds,
+        "reported": l.reported,
+        "quota_used_ms": l.used_ms(now),
+        "policy": l.policy,
+        "boot_id": l.boot_id,
+        "migration": l.migration.map(|m| format!("{m:?}")),
+        "link": link.stats,
+        "hint_ranges": link.hints.as_ref().map_or(0, |(_, v)| v.len()),
+    })
+}
+
+fn status(agent: &Agent) -> Value {
+    let vms: serde_json::Map<String, Value> = agent
+        .vms
+        .iter()
+        .map(|(n, vm)| (n.clone(), vm_status(vm)))
+        .collect();
+    json!({ "epoch": agent.epoch, "vms": vms })
+}
+
+fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
+    let Some(vm) = agent.vm(name) else {
+        return Reply::Error {
+            message: format!("no VM '{name}'"),
+        };
+    };
+    let Some(u) = set else {
+        let p = vm
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .policy
+            .clone();
+        return Reply::Ok { data: json!(p) };
+    };
+    if u.window_ms == Some(0) || u.max_lease_ms == Some(0) {
+        return Reply::Error {
+            message: "window_ms and max_lease_ms must be positive".into(),
+        };
+    }
+    let p = agent.update(vm, |l, _| {
+        let p = &mut l.policy;
+        p.migration = u.migration.unwrap_or(p.migration);
+        p.guest_locks = u.guest_locks.unwrap_or(p.guest_locks);
+        p.max_lease_ms = u.max_lease_ms.unwrap_or(p.max_lease_ms);
+        p.quota_ms = u.quota_ms.unwrap_or(p.quota_ms);
+        p.window_ms = u.window_ms.unwrap_or(p.window_ms);
+        p.grace_ms = u.grace_ms.unwrap_or(p.grace_ms);
+        (p.clone(), true)
+    });
+    agent.audit.record(name, "policy", json!({ "policy": p }));
+    agent.notify(
+        vm,
+        Notice::PolicyChange {
+            max_lease_ms: p.max_lease_ms,
+        },
+    );
+    Reply::Ok { data: json!(p) }
+}
+
+fn watch(agent: &Agent, w: &mut UnixStream) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    agent.audit.watch(tx);
+    send(
+        w,
+        &Reply::Progress {
+            message: "watching; one line per event".into(),
+        },
+    )?;
+    for event in rx {
+        send(w, &Reply::Event { event })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The migration gate: a migration of a locked VM never starts unless
+//! forced (with a reason, audited); otherwise it runs over QMP and is
+//! followed to the end.
+//!
+//! While QEMU is still copying (before the switchover) a new guest lock
+//! cancels the migration; after the switchover new locks are refused
+//! (`REFUSE_MIGRATING`), since the guest is already on its way.
+
+use crate::agent::{Agent, Vm};
+use crate::audit::now_ms;
+use crate::ledger::Migration;
+use miglock_abi::wire::{Notice, FORCED_BY_ADMIN};
+use miglock_control::{MigrateRequest, Mode, Reply};
+use miglock_qmp::Qmp;
+use serde_json::{json, Value};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+type Progress<'a> = &'a mut dyn FnMut(&Reply) -> std::io::Result<()>;
+
+fn say(p: Progress<'_>, m: String) {
+    let _ = p(&Reply::Progress { message: m });
+}
+
+fn err(m: impl Into<String>) -> Reply {
+    Reply::Error { message: m.into() }
+}
+
+/// Waits until `vm` is unlocked or `deadline`; true if it unlocked.
+fn wait_unlocked(vm: &Vm, deadline: Instant) -> bool {
+    let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let now = now_ms();
+        if !l.locked(now) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Wake on any ledger change, or when the next lease ends.
+        let next_end = l
+            .live_holds(now)
+            .map(|(_, h)| h.until_ms)
+            .chain([l.reported.until_ms])
+            .filter(|&t| t > now)
+            .min();
+        let nap = next_end.map_or(left, |t| left.min(Duration::from_millis(t - now)));
+        l = vm
+            .changed
+            .wait_timeout(l, nap)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// Runs `migrate` for `req`, reporting progress through `p`.
+pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
+    let Some(vm) = agent.vm(&req.vm) else {
+        return err(format!("no VM '{}'", req.vm));
+    };
+    let name = req.vm.as_str();
+    let reason = req.reason.clone().unwrap_or_default();
+    if req.force && reason.trim().is_empty() {
+        return err("--force needs --reason: forced migrations are audited with why");
+    }
+    let Some(qmp_path) = vm.config.qmp.clone() else {
+        return err(format!("VM '{name}' has no QMP socket configured"));
+    };
+
+    // The gate. Checking and marking the migration happen under one lock,
+    // so no lock can slip in between unnoticed.
+    let (locked, reasons) = {
+        let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        if l.migration.is_some() {
+            return err(format!("VM '{name}' is already migrating"));
+        }
+        let locked = l.locked(now);
+        if !locked {
+            l.migration = Some(Migration::BeforeSwitchover);
+        }
+        (locked, l.reasons(now))
+    };
+    if locked {
+        if req.force {
+            agent.audit.record(
+                name,
+                "migrate-forced",
+                json!({"reason": reason, "overrode": reasons}),
+            );
+            agent.notify(
+                vm,
+                Notice::ForcedRelease {
+                    reason: FORCED_BY_ADMIN,
+                },
+            );
+            agent.update(vm, |l, now| {
+                l.force_release(now);
+                l.policy.migration = true;
+                l.migration = Some(Migration::BeforeSwitchover);
+                ((), true)
+            });
+            say(
+                p,
+                format!("VM locked ({}); forcing: {reason}", reasons.join("; ")),
+            );
+        } else if let Some(wait) = req.wait_unlock_ms {
+            agent.audit.record(
+                name,
+                "migrate-waiting",
+                json!({"wait_ms": wait, "locks": reasons}),
+            );
+            let told = agent.notify(
+                vm,
+                Notice::MigrationPending {
+                    deadline_ms: wait.min(u64::from(u32::MAX)) as u32,
+                },
+            );
+            say(
+                p,
+                format!(
+                    "VM locked ({}); {} waiting up to {wait} ms",
+                    reasons.join("; "),
+                    if told {
+                        "asked the guest to unlock,"
+                    } else {
+                        "guest not connected,"
+                    }
+                ),
+            );
+            if !wait_unlocked(vm, Instant::now() + Duration::from_millis(wait)) {
+                let now_reasons = vm
+                    .ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .reasons(now_ms());
+                agent.audit.record(
+                    name,
+                    "migrate-refused",
+                    json!({"why": "still locked after waiting", "locks": now_reasons}),
+                );
+                return err(format!(
+                    "refused: VM '{name}' still locked after {wait} ms: {}",
+                    now_reasons.join("; ")
+                ));
+            }
+            let raced = agent.update(vm, |l, now| {
+                if l.locked(now) || l.migration.is_some() {
+                    return (true, false);
+                }
+                l.migration = Some(Migration::BeforeSwitchover);
+                (false, false)
+            });
+            if raced {
+                return err(format!("refused: VM '{name}' was locked again"));
+            }
+        } else {
+            agent.audit.record(
+                name,
+                "migrate-refused",
+                json!({"why": "locked", "locks": reasons}),
+            );
+            return err(format!(
+                "refused: VM '{name}' is locked: {}",
+                reasons.join("; ")
+            ));
+        }
+    }
+
+    let r = run(agent, vm, req, &qmp_path, p);
+    agent.update(vm, |l, now| {
+        if matches!(r, Reply::Ok { .. }) {
+            // The guest now lives elsewhere; its lock state is the
+            // destination agent's.
+            l.force_release(now);
+            l.boot_id = None;
+        }
+        l.migration = None;
+        ((), true)
+    });
+    r
+}
+
+fn run(
+    agent: &Agent,
+    vm: &Vm,
+    req: &MigrateRequest,
+    qmp_path: &std::path::Path,
+    p: Progress<'_>,
+) -> Reply {
+    let name = req.vm.as_str();
+    let mut qmp = match UnixStream::connect(qmp_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| Ok(Qmp::handshake(s)?))
+    {
+        Ok(q) => q,
+        Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
+    };
+    let mut caps = vec![json!({"capability": "events", "state": true})];
+    if req.mode == Mode::Postcopy {
+        caps.push(json!({"capability": "postcopy-ram", "state": true}));
+    }
+    let started = Instant::now();
+    let setup = qmp
+        .execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": caps })),
+        )
+        .and_then(|_| qmp.execute("migrate", Some(json!({ "uri": req.to }))));
+    if let Err(e) = setup {
+        agent
+            .audit
+            .record(name, "migrate-failed", json!({"error": e.to_string()}));
+        return err(format!("QEMU refused the migration: {e}"));
+    }
+    agent.audit.record(
+        name,
+        "migrate-start",
+        json!({"to": req.to, "mode": req.mode, "forced": req.force}),
+    );
+    if req.mode == Mode::Postcopy {
+        let _ = qmp.execute("migrate-start-postcopy", None);
+    }
+    loop {
+        let tick = Instant::now() + Duration::from_millis(250);
+        let _ = qmp.wait_event(tick, |e| e.name == "MIGRATION");
+        let q = match qmp.execute("query-migrate", None) {
+            Ok(q) => q,
+            Err(e) => return err(format!("query-migrate: {e}")),
+        };
+        let status = q["status"].as_str().unwrap_or("").to_string();
+        let switched = matches!(
+            status.as_str(),
+            "postcopy-active" | "postcopy-paused" | "device" | "pre-switchover" | "completed"
+        );
+        let relock = agent.update(vm, |l, now| {
+            if switched {
+                l.migration = Some(Migration::AfterSwitchover);
+            }
+            (!switched && !req.force && l.locked(now), false)
+        });
+        if relock {
+            let _ = qmp.execute("migrate_cancel", None);
+            let reasons = vm
+                .ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reasons(now_ms());
+            agent.audit.record(
+                name,
+                "migrate-cancelled",
+                json!({"why": "guest locked before switchover", "locks": reasons}),
+            );
+            return err(format!(
+                "cancelled: the guest locked before the switchover: {}",
+                reasons.join("; ")
+            ));
+        }
+        match status.as_str() {
+            "completed" => return done(agent, name, &q, started),
+            "failed" | "cancelled" => {
+                agent.audit.record(
+                    name,
+                    "migrate-failed",
+                    json!({"status": status, "error": q["error-desc"]}),
+                );
+                return err(format!(
+                    "migration {status}: {}",
+                    q["error-desc"].as_str().unwrap_or("no description")
+                ));
+            }
+            s => say(
+                p,
+                format!(
+                    "{s}: {:.1} MiB sent, {:.1} MiB remaining",
+                    mib(&q["ram"]["transferred"]),
+                    mib(&q["ram"]["remaining"])
+                ),
+            ),
+        }
+    }
+}
+
+fn mib(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0) / 1048576.0
+}
+
+fn done(agent: &Agent, name: &str, q: &Value, started: Instant) -> Reply {
+    let stats = json!({
+        "total_time_ms": q["total-time"],
+        "downtime_ms": q["downtime"],
+        "transferred_bytes": q["ram"]["transferred"],
+        "dirty_sync_count": q["ram"]["dirty-sync-count"],
+        "postcopy_requests": q["ram"]["postcopy-requests"],
+        "wall_ms": started.elapsed().as_millis() as u64,
+    });
+    agent.audit.record(name, "migrate-done", stats.clone());
+    Reply::Ok { data: stats }
+}

@@ -1,0 +1,381 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One VM's lock state as the host sees it, and the policy decisions on it.
+//!
+//! Pure: time (wall-clock milliseconds, so state survives an agent restart)
+//! is passed in, and nothing here does I/O.
+
+use miglock_abi::wire;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most holds the host keeps for one VM (as many as the guest can have).
+pub const MAX_HOLDS: usize = 64;
+
+/// A VM's policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// The paper's static setting at VM creation: `false` is "migration =
+    /// no", a lock that only an administrator lifts.
+    pub migration: bool,
+    /// Whether the guest may lock at all.
+    pub guest_locks: bool,
+    /// Longest lease granted, ms.
+    pub max_lease_ms: u32,
+    /// Locked time allowed per window (the paper's time slot), ms.
+    pub quota_ms: u64,
+    /// The quota window, ms.
+    pub window_ms: u64,
+    /// How long a pending-migration notice gives the guest, ms.
+    pub grace_ms: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            migration: true,
+            guest_locks: true,
+            max_lease_ms: 300_000,
+            quota_ms: 1_800_000,
+            window_ms: 3_600_000,
+            grace_ms: 30_000,
+        }
+    }
+}
+
+/// A hold the host granted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Reason code.
+    pub reason: u32,
+    /// Label (printable ASCII).
+    pub label: String,
+    /// When it was granted.
+    pub since_ms: u64,
+    /// When its lease ends.
+    pub until_ms: u64,
+}
+
+/// What the guest last reported about itself (`State`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    /// Holds in the guest (including ones it took while disconnected).
+    pub holders: u32,
+    /// The guest's static lock (module parameter).
+    pub static_lock: bool,
+    /// Until when the report keeps the VM locked (capped by the policy).
+    pub until_ms: u64,
+}
+
+/// Where a running migration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Migration {
+    /// Copying while the guest runs: a new lock cancels it.
+    BeforeSwitchover,
+    /// The guest is (being) moved: a new lock is refused.
+    AfterSwitchover,
+}
+
+/// The answer to a lock or renew request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Granted for this lease.
+    Granted(u32),
+    /// Refused with a `wire::REFUSE_*` reason.
+    Refused(u32),
+}
+
+/// One VM's lock state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Ledger {
+    /// Policy.
+    pub policy: Policy,
+    /// Holds by guest hold id.
+    pub holds: BTreeMap<u32, Hold>,
+    /// The guest's last report.
+    pub reported: Reported,
+    /// Locked intervals `[start, end)` in the quota window, for accounting.
+    pub usage: Vec<(u64, u64)>,
+    /// The guest's boot id, once it said hello.
+    pub boot_id: Option<u64>,
+    /// A migration in progress (not persisted across restarts).
+    #[serde(skip)]
+    pub migration: Option<Migration>,
+}
+
+/// Length of the union of `intervals` clipped to `[from, to)`.
+fn covered(intervals: impl Iterator<Item = (u64, u64)>, from: u64, to: u64) -> u64 {
+    let mut v: Vec<(u64, u64)> = intervals
+        .map(|(a, b)| (a.max(from), b.min(to)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    v.sort_unstable();
+    let (mut total, mut end) = (0, from);
+    for (a, b) in v {
+        let a = a.max(end);
+        if b > a {
+            total += b - a;
+            end = b;
+        }
+    }
+    total
+}
+
+impl Ledger {
+    /// A ledger under `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Ledger {
+            policy,
+            ..Ledger::default()
+        }
+    }
+
+    /// Holds whose lease has not ended.
+    pub fn live_holds(&self, now: u64) -> impl Iterator<Item = (&u32, &Hold)> {
+        self.holds.iter().filter(move |(_, h)| h.until_ms > now)
+    }
+
+    /// Whether the VM must not be migrated (unless forced).
+    pub fn locked(&self, now: u64) -> bool {
+        !self.policy.migration || self.live_holds(now).next().is_some() || self.reported_locked(now)
+    }
+
+    fn reported_locked(&self, now: u64) -> bool {
+        (self.reported.holders > 0 || self.reported.static_lock) && self.reported.until_ms > now
+    }
+
+    /// Why it is locked, one line per reason (empty if it is not).
+    pub fn reasons(&self, now: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.policy.migration {
+            out.push("policy: migration = no (static, set by the administrator)".to_string());
+        }
+        for (id, h) in self.live_holds(now) {
+            let reason =
+                miglock_abi::types::Reason::from_u32(h.reason).map_or("unknown", |r| r.name());
+            out.push(format!(
+                "guest hold {id}: {reason} \"{}\", {} s left",
+                h.label,
+                (h.until_ms - now).div_ceil(1000)
+            ));
+        }
+        if self.reported_locked(now) && self.live_holds(now).next().is_none() {
+            out.push(format!(
+                "guest reports {} hold(s){} taken while the host was away",
+                self.reported.holders,
+                if self.reported.static_lock {
+                    " and its static lock"
+                } else {
+                    ""
+                }
+            ));
+        }
+        out
+    }
+
+    /// Locked time used in the current quota window.
+    pub fn used_ms(&self, now: u64) -> u64 {
+        let from = now.saturating_sub(self.policy.window_ms);
+        let open = self
+            .holds
+            .values()
+            .map(|h| (h.since_ms, h.until_ms.min(now)));
+        covered(self.usage.iter().copied().chain(open), from, now)
+    }
+
+    /// Drops what ended before `now`, keeping its time for the quota.
+    pub fn expire(&mut self, now: u64) {
+        let ended: Vec<u32> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.until_ms <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ended {
+            if let Some(h) = self.holds.remove(&id) {
+                self.usage.push((h.since_ms, h.until_ms));
+            }
+        }
+        let from = now.saturating_sub(self.policy.window_ms);
+        self.usage.retain(|&(_, end)| end > from);
+    }
+
+    /// Decides a lock (or renew) of `hold` for `lease_ms`, and records it.
+    pub fn lock(
+        &mut self,
+        hold: u32,
+        reason: u32,
+        label: &str,
+        lease_ms: u32,
+        now: u64,
+    ) -> Verdict {
+        self.expire(now);
+        if !self.policy.guest_locks {
+            return Verdict::Refused(wire::REFUSE_POLICY);
+        }
+        if self.migration == Some(Migration::AfterSwitchover) {
+            return Verdict::Refused(wire::REFUSE_MIGRATING);
+        }
+        if !self.holds.contains_key(&hold) && self.holds.len() >= MAX_HOLDS {
+            return Verdict::Refused(wire::REFUSE_TOO_MANY);
+        }
+        // Time already inside this hold is counted; a renewal restarts it.
+        let used = self.used_ms(now);
+        let left = self.policy.quota_ms.saturating_sub(used);
+        let already = self
+            .holds
+            .get(&hold)
+            .map_or(0, |h| h.until_ms.saturating_sub(now));
+        let left = left.saturating_add(already);
+        let lease = u64::from(lease_ms.min(self.policy.max_lease_ms)).min(left);
+        if lease == 0 {
+            return Verdict::Refused(wire::REFUSE_QUOTA);
+        }
+        if let Some(old) = self.holds.get(&hold) {
+            // Close the old interval at `now`; the renewed hold goes on from here.
+            self.usage.push((old.since_ms, now));
+        }
+        self.holds.insert(
+            hold,
+            Hold {
+                reason,
+                label: label.to_string(),
+                since_ms: now,
+                until_ms: now + lease,
+            },
+        );
+        Verdict::Granted(lease as u32)
+    }
+
+    /// Ends `hold` (guest unlock); false if unknown.
+    pub fn unlock(&mut self, hold: u32, now: u64) -> bool {
+        match self.holds.remove(&hold) {
+            Some(h) => {
+                self.usage.push((h.since_ms, h.until_ms.min(now)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records the guest's own report; the host's lease cap bounds it.
+    pub fn report(&mut self, holders: u32, static_lock: bool, expiry_ms: u32, now: u64) {
+        let lease = if static_lock {
+            self.policy.max_lease_ms
+        } else {
+            expiry_ms.min(self.policy.max_lease_ms)
+        };
+        self.reported = Reported {
+            holders,
+            static_lock,
+            until_ms: now + u64::from(lease),
+        };
+        if holders == 0 && !static_lock {
+            // The guest holds nothing: whatever the host remembers is over.
+            for id in self.holds.keys().copied().collect::<Vec<_>>() {
+                self.unlock(id, now);
+            }
+        }
+    }
+
+    /// Drops every hold (forced migration) and the guest's report.
+    pub fn force_release(&mut self, now: u64) -> usize {
+        let n = self.holds.len();
+        for id in self.holds.keys().copied().collect::<Vec<_>>() {
+            self.unlock(id, now);
+        }
+        self.reported = Reported::default();
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_quota() -> Policy {
+        Policy {
+            quota_ms: 1000,
+            window_ms: 10_000,
+            max_lease_ms: 800,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn grant_caps_lease_and_locks() {
+        let mut l = Ledger::new(small_quota());
+        assert_eq!(l.lock(1, 1, "a", 5000, 0), Verdict::Granted(800));
+        assert!(l.locked(799));
+        assert!(!l.locked(800));
+    }
+
+    #[test]
+    fn quota_limits_total_locked_time() {
+        let mut l = Ledger::new(small_quota());
+        assert_eq!(l.lock(1, 1, "a", 800, 0), Verdict::Granted(800));
+        assert!(l.unlock(1, 600));
+        // 600 ms used, 400 left.
+        assert_eq!(l.lock(2, 1, "b", 800, 1000), Verdict::Granted(400));
+        assert_eq!(
+            l.lock(3, 1, "c", 800, 1400),
+            Verdict::Refused(wire::REFUSE_QUOTA)
+        );
+        // The window slides: after it, the quota is back.
+        assert_eq!(l.lock(4, 1, "d", 800, 20_000), Verdict::Granted(800));
+    }
+
+    #[test]
+    fn overlapping_holds_count_once() {
+        let mut l = Ledger::new(small_quota());
+        l.lock(1, 1, "a", 500, 0);
+        l.lock(2, 1, "b", 500, 0);
+        assert_eq!(l.used_ms(400), 400);
+    }
+
+    #[test]
+    fn policy_and_migration_refusals() {
+        let mut l = Ledger::new(Policy {
+            guest_locks: false,
+            ..Policy::default()
+        });
+        assert_eq!(
+            l.lock(1, 1, "a", 10, 0),
+            Verdict::Refused(wire::REFUSE_POLICY)
+        );
+        let mut l = Ledger::new(Policy::default());
+        l.migration = Some(Migration::AfterSwitchover);
+        assert_eq!(
+            l.lock(1, 1, "a", 10, 0),
+            Verdict::Refused(wire::REFUSE_MIGRATING)
+        );
+        assert!(Ledger::new(Policy {
+            migration: false,
+            ..Policy::default()
+        })
+        .locked(0));
+    }
+
+    #[test]
+    fn report_locks_until_capped_expiry() {
+        let mut l = Ledger::new(small_quota());
+        l.report(2, false, 60_000, 0);
+        assert!(l.locked(799));
+        assert!(!l.locked(800));
+        assert_eq!(l.reasons(0).len(), 1);
+        l.report(0, false, 0, 10);
+        assert!(!l.locked(10));
+    }
+
+    #[test]
+    fn survives_serialization() {
+        let mut l = Ledger::new(small_quota());
+        l.lock(7, 2, "db", 500, 100);
+        let s = serde_json::to_string(&l).unwrap();
+        let back: Ledger = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, l);
+        assert!(back.locked(300));
+    }
+}

@@ -1,0 +1,332 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One VM's guest link: dials QEMU's doorbell socket, announces the agent
+//! (so a guest that was waiting resyncs), and answers the guest.
+//!
+//! The guest is untrusted. Every frame is validated by the wire decoder and
+//! again here (reason codes, labels, sizes); a token bucket limits how fast
+//! a guest may talk; a link that keeps sending garbage or floods is cut and
+//! redialled after a pause. Nothing a guest sends can stop the agent or
+//! touch another VM's state.
+
+use crate::agent::{Agent, Vm};
+use crate::ledger::Verdict;
+use miglock_abi::types::{check_label, Reason};
+use miglock_abi::wire::{self, Decoder, Event, Message};
+use serde_json::json;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Frames per second a guest may send on average.
+pub const RATE: f64 = 200.0;
+/// Frames a guest may send in a burst.
+pub const BURST: f64 = 400.0;
+/// Rejections (malformed or over the rate) in one second that cut the link.
+pub const CUT_AFTER: u32 = 2000;
+/// Pause before redialling a link that was cut or could not connect.
+pub const REDIAL: Duration = Duration::from_millis(200);
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE).min(BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Serves `vm` until `stop` is set: dial, serve, redial.
+pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
+    let mut was_connected = false;
+    while !stop.load(Ordering::Relaxed) {
+        match UnixStream::connect(&vm.config.doorbell) {
+            Ok(s) => {
+                agent
+                    .audit
+                    .record(&vm.config.name, "guest-link", json!({"state": "connected"}));
+                was_connected = true;
+                let why = serve(&agent, &vm, s, &stop);
+                vm.link.lock().unwrap_or_else(|e| e.into_inner()).writer = None;
+                agent.audit.record(
+                    &vm.config.name,
+                    "guest-link",
+                    json!({"state": "disconnected", "why": why}),
+                );
+            }
+            Err(e) if was_connected => {
+                agent.audit.record(
+                    &vm.config.name,
+                    "guest-link",
+                    json!({"state": "unreachable", "error": e.to_string()}),
+                );
+                was_connected = false;
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(REDIAL); // redial pacing, not synchronisation
+    }
+}
+
+/// Serves one connection; returns why it ended.
+fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> String {
+    let name = vm.config.name.as_str();
+    let Ok(writer) = stream.try_clone() else {
+        return "cannot clone socket".into();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    {
+        let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+        link.writer = Some(writer);
+        // Announce ourselves: a guest that decided locally meanwhile resyncs.
+        let max_lease_ms = vm
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .policy
+            .max_lease_ms;
+        link.send(
+            &Message::Welcome {
+                epoch: agent.epoch,
+                features: 0,
+                max_lease_ms,
+            },
+            0,
+        );
+    }
+    let mut dec = Decoder::new();
+    let mut bucket = Bucket {
+        tokens: BURST,
+        at: Instant::now(),
+    };
+    let (mut rejected, mut window) = (0u32, Instant::now());
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return "closed by QEMU".into(),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return format!("read error: {e}"),
+        };
+        for &b in &buf[..n] {
+            let ok = match dec.push(b) {
+                Event::Pending => continue,
+                Event::Dropped(_) => {
+                    vm.link
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .stats
+                        .malformed += 1;
+                    false
+                }
+                Event::Frame if !bucket.take() => {
+                    vm.link
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .stats
+                        .rate_dropped += 1;
+                    false
+                }
+                Event::Frame => match wire::decode(dec.frame()) {
+                    Ok((hdr, msg)) => handle(agent, vm, hdr, msg),
+                    Err(_) => false,
+                },
+            };
+            if ok {
+                continue;
+            }
+            if window.elapsed() > Duration::from_secs(1) {
+                (rejected, window) = (0, Instant::now());
+            }
+            rejected += 1;
+            if rejected == CUT_AFTER {
+                let stats = {
+                    let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+                    link.stats.cut += 1;
+                    link.stats
+                };
+                agent.audit.record(
+                    name,
+                    "guest-misbehaving",
+                    json!({"action": "link cut", "stats": stats}),
+                );
+                return "cut: malformed or flooding input".into();
+            }
+        }
+    }
+    "agent stopping".into()
+}
+
+/// Acts on one valid frame; false if it is not something a guest may send.
+fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
+    let name = vm.config.name.as_str();
+    vm.link
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .stats
+        .frames += 1;
+    let reply = |m: Message<'_>| {
+        vm.link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(&m, hdr.seq)
+    };
+    match msg {
+        Message::Hello { boot_id, .. } => {
+            let rebooted = agent.update(vm, |l, now| {
+                let rebooted = l.boot_id.is_some_and(|b| b != boot_id);
+                if rebooted {
+                    // A new boot holds nothing the old one held.
+                    l.force_release(now);
+                }
+                let changed = rebooted || l.boot_id != Some(boot_id);
+                l.boot_id = Some(boot_id);
+                (rebooted, changed)
+            });
+            if rebooted {
+                agent
+                    .audit
+                    .record(name, "guest-rebooted", json!({"boot_id": boot_id}));
+            }
+            let max_lease_ms = vm
+                .ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .policy
+                .max_lease_ms;
+            reply(Message::Welcome {
+                epoch: agent.epoch,
+                features: 0,
+                max_lease_ms,
+            });
+        }
+        Message::Lock {
+            hold,
+            reason,
+            lease_ms,
+            label,
+        } => {
+            let text = check_label(&label)
+                .ok()
+                .and_then(|t| std::str::from_utf8(t).ok());
+            // Each decision is in the audit log before anyone can see it.
+            let verdict = match (Reason::from_u32(reason), text) {
+                (Some(_), Some(text)) => agent.update(vm, |l, now| {
+                    let v = l.lock(hold, reason, text, lease_ms, now);
+                    decide(agent, name, "lock", hold, reason, text, lease_ms, v);
+                    (v, matches!(v, Verdict::Granted(_)))
+                }),
+                _ => {
+                    let v = Verdict::Refused(wire::REFUSE_INVALID);
+                    decide(agent, name, "lock", hold, reason, "?", lease_ms, v);
+                    v
+                }
+            };
+            reply(decision(verdict));
+        }
+        Message::Renew { hold, lease_ms } => {
+            let verdict = agent.update(vm, |l, now| {
+                let v = match l.holds.get(&hold).filter(|h| h.until_ms > now).cloned() {
+                    Some(h) => l.lock(hold, h.reason, &h.label, lease_ms, now),
+                    None => Verdict::Refused(wire::REFUSE_INVALID),
+                };
+                decide(agent, name, "renew", hold, 0, "", lease_ms, v);
+                (v, true)
+            });
+            reply(decision(verdict));
+        }
+        Message::Unlock { hold } => {
+            agent.update(vm, |l, now| {
+                let known = l.unlock(hold, now);
+                if known {
+                    agent.audit.record(name, "unlock", json!({"hold": hold}));
+                }
+                ((), known)
+            });
+        }
+        Message::State {
+            holders,
+            static_lock,
+            earliest_expiry_ms,
+        } => {
+            agent.update(vm, |l, now| {
+                l.report(holders, static_lock, earliest_expiry_ms, now);
+                let locked = l.locked(now);
+                let rec = json!({"holders": holders, "static_lock": static_lock, "locked": locked});
+                agent.audit.record(name, "guest-state", rec);
+                ((), true)
+            });
+        }
+        Message::Hints { batch, ranges } => {
+            let v: Vec<_> = ranges.iter().collect();
+            vm.link.lock().unwrap_or_else(|e| e.into_inner()).hints = Some((batch, v));
+        }
+        Message::Ping => {
+            reply(Message::Pong);
+        }
+        // Host-to-guest kinds have no business coming from a guest.
+        Message::Welcome { .. } | Message::Decision { .. } | Message::Notice(_) | Message::Pong => {
+            return false
+        }
+    }
+    true
+}
+
+fn decision(v: Verdict) -> Message<'static> {
+    match v {
+        Verdict::Granted(lease_ms) => Message::Decision {
+            granted: true,
+            lease_ms,
+            reason: 0,
+        },
+        Verdict::Refused(reason) => Message::Decision {
+            granted: false,
+            lease_ms: 0,
+            reason,
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    agent: &Agent,
+    vm: &str,
+    what: &str,
+    hold: u32,
+    reason: u32,
+    label: &str,
+    lease_ms: u32,
+    v: Verdict,
+) {
+    let (granted, lease, refusal) = match v {
+        Verdict::Granted(l) => (true, l, 0),
+        Verdict::Refused(r) => (false, 0, r),
+    };
+    agent.audit.record(
+        vm,
+        what,
+        json!({
+            "hold": hold, "reason": reason, "label": label, "asked_ms": lease_ms,
+            "granted": granted, "lease_ms": lease, "refusal": refusal,
+        }),
+    );
+}

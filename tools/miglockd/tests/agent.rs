@@ -1,0 +1,381 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The real miglockd binary against scripted guests on fake doorbell
+//! sockets (standing in for QEMU's chardevs) and its control socket.
+
+use miglock_abi::wire::{self, Decoder, Event, Header, Message};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Agent {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_miglockd"))
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .stderr(std::fs::File::create(dir.join("agent.err")).unwrap())
+            .spawn()
+            .expect("start miglockd");
+        Agent {
+            dir: dir.to_path_buf(),
+            child,
+        }
+    }
+
+    fn control(&self, req: Value) -> Value {
+        let sock = self.dir.join("control.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    // The agent is still starting: its socket is not bound yet.
+                    let _ = e;
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("control socket: {e}"),
+            }
+        };
+        writeln!(s, "{req}").unwrap();
+        for line in BufReader::new(s).lines() {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if v["kind"] != "progress" {
+                return v;
+            }
+        }
+        panic!("no reply");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A guest on a fake doorbell socket that the agent dials.
+struct Guest {
+    s: UnixStream,
+    dec: Decoder,
+    seq: u32,
+}
+
+fn listen(path: &Path) -> mpsc::Receiver<UnixStream> {
+    let l = UnixListener::bind(path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            if tx.send(c).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Guest {
+    fn accept(rx: &mpsc::Receiver<UnixStream>) -> Guest {
+        let s = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the agent dials the doorbell");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = Guest {
+            s,
+            dec: Decoder::new(),
+            seq: 0,
+        };
+        // The agent announces itself first.
+        assert!(matches!(g.next(), (_, Kind::Welcome)));
+        g
+    }
+
+    fn send(&mut self, m: Message<'_>) -> u32 {
+        self.seq += 1;
+        let mut b = [0u8; wire::MAX_FRAME];
+        let n = wire::encode(
+            &m,
+            Header {
+                seq: self.seq,
+                reply_to: 0,
+            },
+            &mut b,
+        )
+        .unwrap();
+        self.s.write_all(&b[..n]).unwrap();
+        self.seq
+    }
+
+    fn next(&mut self) -> (u32, Kind) {
+        let mut b = [0u8; 1];
+        loop {
+            self.s.read_exact(&mut b).expect("a frame from the agent");
+            if self.dec.push(b[0]) == Event::Frame {
+                let (h, m) = wire::decode(self.dec.frame()).unwrap();
+                return (h.reply_to, Kind::of(m));
+            }
+        }
+    }
+
+    fn decision(&mut self, seq: u32) -> (bool, u32, u32) {
+        loop {
+            if let (r, Kind::Decision(g, l, why)) = self.next() {
+                if r == seq {
+                    return (g, l, why);
+                }
+            }
+        }
+    }
+
+    fn lock(&mut self, hold: u32, label: &str, lease_ms: u32) -> (bool, u32, u32) {
+        let l = miglock_abi::types::make_label(label).unwrap();
+        let seq = self.send(Message::Lock {
+            hold,
+            reason: 2,
+            lease_ms,
+            label: l,
+        });
+        self.decision(seq)
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Welcome,
+    Decision(bool, u32, u32),
+    Notice,
+    Other,
+}
+
+impl Kind {
+    fn of(m: Message<'_>) -> Kind {
+        match m {
+            Message::Welcome { .. } => Kind::Welcome,
+            Message::Decision {
+                granted,
+                lease_ms,
+                reason,
+            } => Kind::Decision(granted, lease_ms, reason),
+            Message::Notice(_) => Kind::Notice,
+            _ => Kind::Other,
+        }
+    }
+}
+
+fn setup(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("miglockd-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            r#"
+state = "{d}/state.json"
+audit = "{d}/audit.jsonl"
+control = "{d}/control.sock"
+[[vm]]
+name = "good"
+doorbell = "{d}/good.sock"
+[vm.policy]
+max_lease_ms = 20000
+[[vm]]
+name = "bad"
+doorbell = "{d}/bad.sock"
+qmp = "{d}/bad-qmp.sock"
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn audit(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn decides_records_and_survives_a_restart() {
+    let dir = setup("restart");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let seq = g.send(Message::Hello {
+        boot_id: 1,
+        features: 0,
+    });
+    assert!(matches!(g.next(), (r, Kind::Welcome) if r == seq));
+
+    // The policy caps the lease.
+    assert_eq!(g.lock(5, "db commit", 60_000), (true, 20_000, 0));
+    let st = agent.control(json!({"cmd": "status"}));
+    let vm = &st["data"]["vms"]["good"];
+    assert_eq!(vm["locked"], true, "{st}");
+    assert!(
+        vm["reasons"][0].as_str().unwrap().contains("db commit"),
+        "{st}"
+    );
+    assert_eq!(st["data"]["vms"]["bad"]["locked"], false);
+
+    // Killed mid-lock: the new agent still knows, and re-announces itself.
+    drop(agent);
+    let agent = Agent::start(&dir);
+    let st = agent.control(json!({"cmd": "status"}));
+    assert_eq!(
+        st["data"]["vms"]["good"]["locked"], true,
+        "lost the lock across a restart: {st}"
+    );
+    let mut g = Guest::accept(&good);
+    g.send(Message::Unlock { hold: 5 });
+    g.send(Message::State {
+        holders: 0,
+        static_lock: false,
+        earliest_expiry_ms: 0,
+    });
+    // The status follows once the agent has read both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.control(json!({"cmd": "status"}))["data"]["vms"]["good"]["locked"] == true {
+        assert!(Instant::now() < deadline, "unlock not applied");
+        std::thread::yield_now();
+    }
+    let a = audit(&dir);
+    assert!(a
+        .iter()
+        .any(|r| r["event"] == "lock" && r["granted"] == true && r["label"] == "db commit"));
+    assert!(a.iter().any(|r| r["event"] == "unlock" && r["hold"] == 5));
+    assert_eq!(a.iter().filter(|r| r["event"] == "agent-start").count(), 2);
+}
+
+#[test]
+fn refuses_invalid_requests_and_follows_policy() {
+    let dir = setup("policy");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let seq = g.send(Message::Lock {
+        hold: 1,
+        reason: 0,
+        lease_ms: 100,
+        label: [0; 32],
+    });
+    assert_eq!(g.decision(seq), (false, 0, wire::REFUSE_INVALID));
+    let seq = g.send(Message::Lock {
+        hold: 1,
+        reason: 1,
+        lease_ms: 100,
+        label: [b'x'; 32],
+    });
+    assert_eq!(g.decision(seq), (false, 0, wire::REFUSE_INVALID));
+
+    let r = agent.control(json!({"cmd": "policy", "vm": "good", "set": {"guest_locks": false}}));
+    assert_eq!(r["kind"], "ok", "{r}");
+    assert_eq!(g.lock(2, "nope", 1000), (false, 0, wire::REFUSE_POLICY));
+    // A 300 ms quota: a lease is capped by what is left of it, and once the
+    // VM has been locked that long, locks are refused for the window.
+    agent.control(
+        json!({"cmd": "policy", "vm": "good", "set": {"guest_locks": true, "quota_ms": 300}}),
+    );
+    assert_eq!(g.lock(3, "a", 1000), (true, 300, 0));
+    let t0 = Instant::now();
+    while agent.control(json!({"cmd": "status"}))["data"]["vms"]["good"]["locked"] == true {
+        assert!(t0.elapsed() < Duration::from_secs(5), "lease did not end");
+        std::thread::yield_now();
+    }
+    assert_eq!(g.lock(5, "c", 1000), (false, 0, wire::REFUSE_QUOTA));
+
+    // "migration = no" locks the VM on the host side; the gate refuses.
+    agent.control(json!({"cmd": "policy", "vm": "bad", "set": {"migration": false}}));
+    let st = agent.control(json!({"cmd": "status"}));
+    assert_eq!(st["data"]["vms"]["bad"]["locked"], true);
+    let r = agent.control(
+        json!({"cmd": "migrate", "vm": "bad", "to": "tcp:127.0.0.1:1", "mode": "precopy"}),
+    );
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("is locked: policy: migration = no"),
+        "{r}"
+    );
+    assert!(audit(&dir)
+        .iter()
+        .any(|r| r["event"] == "migrate-refused" && r["vm"] == "bad"));
+    let forced = agent.control(
+        json!({"cmd": "migrate", "vm": "bad", "to": "x", "mode": "precopy", "force": true}),
+    );
+    assert!(
+        forced["message"].as_str().unwrap().contains("--reason"),
+        "{forced}"
+    );
+    assert!(audit(&dir)
+        .iter()
+        .any(|r| r["event"] == "policy" && r["vm"] == "good"));
+}
+
+#[test]
+fn a_hostile_guest_never_affects_another_vm() {
+    let dir = setup("hostile");
+    let good = listen(&dir.join("good.sock"));
+    let bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let mut b = Guest::accept(&bad);
+    // The bad guest: garbage, then a flood of valid but excessive frames.
+    let flood = std::thread::spawn(move || {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut junk = vec![0u8; 1 << 20];
+        rng.fill(&mut junk);
+        let _ = b.s.write_all(&junk);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            b.seq += 1;
+            let mut f = [0u8; 64];
+            let n = wire::encode(
+                &Message::Ping,
+                Header {
+                    seq: b.seq,
+                    reply_to: 0,
+                },
+                &mut f,
+            )
+            .unwrap();
+            if b.s.write_all(&f[..n]).is_err() {
+                break; // cut off by the agent: fine
+            }
+        }
+    });
+    // Meanwhile the good guest gets every answer promptly.
+    let mut worst = Duration::ZERO;
+    for i in 0..100 {
+        let t = Instant::now();
+        assert!(g.lock(10 + i, "work", 5000).0);
+        g.send(Message::Unlock { hold: 10 + i });
+        worst = worst.max(t.elapsed());
+    }
+    flood.join().unwrap();
+    assert!(worst < Duration::from_secs(1), "good VM waited {worst:?}");
+    let st = agent.control(json!({"cmd": "status"}));
+    let link = &st["data"]["vms"]["bad"]["link"];
+    assert!(link["malformed"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        link["rate_dropped"].as_u64().unwrap() > 0 || link["cut"].as_u64().unwrap() > 0,
+        "{st}"
+    );
+    assert_eq!(st["data"]["vms"]["good"]["link"]["malformed"], 0);
+    assert_eq!(st["data"]["vms"]["good"]["locked"], false);
+}

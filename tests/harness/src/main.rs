@@ -7,6 +7,7 @@
 //! `out/scenarios/<name>/`, and ends with `harness: N passed, N failed`.
 
 mod accel;
+mod agentdemo;
 mod artifacts;
 mod initramfs;
 mod ktap;
@@ -188,7 +189,7 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Run { names } => run(&cli, names, false),
-        Cmd::Demo => run(&cli, &["demo".into(), "migrate-precopy".into()], true),
+        Cmd::Demo => run(&cli, &["demo".into(), "agent-migrate".into()], true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use crate::artifacts::Variant;
 use crate::ktap;
 use crate::migrate::{self, Mode};
 use crate::stubhost;
-use crate::vm::{Accel, Echo, Vm, VmSpec, Wait};
+use crate::vm::{Accel, Doorbell, Echo, Vm, VmSpec, Wait};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ pub enum Kind {
     StubHost,
     /// The same, but the stub host starts only when the guest asks for it.
     LateStubHost,
+    /// Two QEMUs and two real agents: refuse, unlock, migrate, take over.
+    Agents,
 }
 
 /// Why a scenario failed; selftests expect a particular one.
@@ -174,6 +176,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Agents,
+        timeout: secs(240),
+        ..guest(
+            "agent-migrate",
+            "agent-demo",
+            "real miglockd x2: a locked VM's migration is refused with its reason; after unlock it migrates; the destination agent takes over",
+        )
+    },
+    Scenario {
         kind: Kind::Migrate(Mode::Precopy),
         timeout: secs(240),
         ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")
@@ -220,11 +231,11 @@ pub struct Env<'a> {
 impl Env<'_> {
     /// The spec for one guest of this scenario.
     pub fn spec(&self, name: &str, guest: &str, incoming: bool) -> VmSpec {
-        self.spec_with(name, guest, incoming, false)
+        self.spec_with(name, guest, incoming, Doorbell::None)
     }
 
     /// The spec for one guest, with the doorbell UART if `doorbell`.
-    pub fn spec_with(&self, name: &str, guest: &str, incoming: bool, doorbell: bool) -> VmSpec {
+    pub fn spec_with(&self, name: &str, guest: &str, incoming: bool, doorbell: Doorbell) -> VmSpec {
         VmSpec {
             name: name.into(),
             dir: self.dir.clone(),
@@ -316,6 +327,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::Migrate(mode) => migrate::run(sc, env, mode, deadline),
         Kind::StubHost => run_stub_host(sc, env, deadline, false),
         Kind::LateStubHost => run_stub_host(sc, env, deadline, true),
+        Kind::Agents => crate::agentdemo::run(sc, env, deadline),
     }
 }
 
@@ -327,7 +339,7 @@ fn run_stub_host(
     deadline: Instant,
     late: bool,
 ) -> Result<(), Failure> {
-    let mut vm = Vm::start(&env.spec_with("vm", sc.guest, false, true))?;
+    let mut vm = Vm::start(&env.spec_with("vm", sc.guest, false, Doorbell::Harness))?;
     let bell = vm
         .doorbell
         .take()

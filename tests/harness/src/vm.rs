@@ -58,10 +58,22 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Start as a migration destination (`-incoming defer`).
     pub incoming: bool,
-    /// Give the guest the doorbell UART (I/O 0x520, IRQ 5) on a socket.
-    pub doorbell: bool,
+    /// Give the guest the doorbell UART (I/O 0x520, IRQ 5), and who serves it.
+    pub doorbell: Doorbell,
     /// Which serial lines to echo to stderr as they arrive.
     pub echo: Echo,
+}
+
+/// Who serves a guest's doorbell UART.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doorbell {
+    /// No doorbell UART.
+    None,
+    /// The harness (QEMU dials the harness's socket; see [`Vm::doorbell`]).
+    Harness,
+    /// A host agent: QEMU listens on `<name>-doorbell.sock` and a second QMP
+    /// monitor on `<name>-agent-qmp.sock`, and the agent dials both.
+    Agent,
 }
 
 /// Which guest console lines to show while a guest runs.
@@ -144,7 +156,7 @@ impl Vm {
         let qmp_listener = UnixListener::bind(&qmp_sock)?;
         let bell_sock = spec.dir.join(format!("{}-doorbell.sock", spec.name));
         let _ = fs::remove_file(&bell_sock);
-        let bell_listener = if spec.doorbell {
+        let bell_listener = if spec.doorbell == Doorbell::Harness {
             Some(UnixListener::bind(&bell_sock)?)
         } else {
             None
@@ -186,10 +198,29 @@ impl Vm {
         if spec.incoming {
             cmd.args(["-incoming", "defer"]);
         }
-        if spec.doorbell {
-            cmd.arg("-chardev")
-                .arg(format!("socket,id=mld0,path={}", bell_sock.display()))
-                .args(["-device", "isa-serial,chardev=mld0,iobase=0x520,irq=5"]);
+        match spec.doorbell {
+            Doorbell::None => {}
+            Doorbell::Harness => {
+                cmd.arg("-chardev")
+                    .arg(format!("socket,id=mld0,path={}", bell_sock.display()));
+            }
+            Doorbell::Agent => {
+                let agent_qmp = spec.dir.join(format!("{}-agent-qmp.sock", spec.name));
+                cmd.arg("-chardev")
+                    .arg(format!(
+                        "socket,id=mld0,path={},server=on,wait=off",
+                        bell_sock.display()
+                    ))
+                    .arg("-chardev")
+                    .arg(format!(
+                        "socket,id=aqmp0,path={},server=on,wait=off",
+                        agent_qmp.display()
+                    ))
+                    .args(["-mon", "chardev=aqmp0,mode=control"]);
+            }
+        }
+        if spec.doorbell != Doorbell::None {
+            cmd.args(["-device", "isa-serial,chardev=mld0,iobase=0x520,irq=5"]);
         }
         fs::write(
             spec.dir.join(format!("{}-cmdline.txt", spec.name)),

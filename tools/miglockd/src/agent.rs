@@ -104,6 +104,8 @@ pub struct Vm {
     pub link: Mutex<Link>,
     /// Notified after every change of the ledger.
     pub changed: Condvar,
+    /// The agent's QMP connection to this VM's QEMU (one client at a time).
+    pub qmp: Mutex<Option<miglock_qmp::Qmp>>,
 }
 
 /// The agent.
@@ -142,6 +144,7 @@ impl Agent {
                 ledger: Mutex::new(ledger),
                 link: Mutex::new(Link::default()),
                 changed: Condvar::new(),
+                qmp: Mutex::new(None),
             };
             vms.insert(vc.name.clone(), Arc::new(vm));
         }
@@ -189,6 +192,26 @@ impl Agent {
         if let Err(e) = store::save(&self.state_path, &all) {
             eprintln!("miglockd: cannot save state: {e:#}");
         }
+    }
+
+    /// Announces the agent to `vm`'s guest (`Welcome`, unsolicited): the
+    /// guest answers with its whole state. False if not connected.
+    pub fn announce(&self, vm: &Vm) -> bool {
+        let max_lease_ms = vm
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .policy
+            .max_lease_ms;
+        let welcome = Message::Welcome {
+            epoch: self.epoch,
+            features: 0,
+            max_lease_ms,
+        };
+        vm.link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(&welcome, 0)
     }
 
     /// Sends `vm`'s guest a notice; false if it is not connected.

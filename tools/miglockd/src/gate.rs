@@ -192,12 +192,19 @@ fn run(
     p: Progress<'_>,
 ) -> Reply {
     let name = req.vm.as_str();
-    let mut qmp = match UnixStream::connect(qmp_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|s| Ok(Qmp::handshake(s)?))
-    {
-        Ok(q) => q,
-        Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
+    // QEMU takes one client per QMP socket: use the agent's connection.
+    let mut guard = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        match UnixStream::connect(qmp_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(Qmp::handshake(s)?))
+        {
+            Ok(q) => *guard = Some(q),
+            Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
+        }
+    }
+    let Some(qmp) = guard.as_mut() else {
+        return err("QMP connection lost");
     };
     let mut caps = vec![json!({"capability": "events", "state": true})];
     if req.mode == Mode::Postcopy {

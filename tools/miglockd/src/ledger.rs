@@ -261,7 +261,14 @@ impl Ledger {
     }
 
     /// Records the guest's own report; the host's lease cap bounds it.
-    pub fn report(&mut self, holders: u32, static_lock: bool, expiry_ms: u32, now: u64) {
+    /// Returns the holds it ended (when the guest says it holds nothing).
+    pub fn report(
+        &mut self,
+        holders: u32,
+        static_lock: bool,
+        expiry_ms: u32,
+        now: u64,
+    ) -> Vec<u32> {
         let lease = if static_lock {
             self.policy.max_lease_ms
         } else {
@@ -272,12 +279,15 @@ impl Ledger {
             static_lock,
             until_ms: now + u64::from(lease),
         };
-        if holders == 0 && !static_lock {
-            // The guest holds nothing: whatever the host remembers is over.
-            for id in self.holds.keys().copied().collect::<Vec<_>>() {
-                self.unlock(id, now);
-            }
+        if holders != 0 || static_lock {
+            return Vec::new();
         }
+        // The guest holds nothing: whatever the host remembers is over.
+        let ended: Vec<u32> = self.holds.keys().copied().collect();
+        for &id in &ended {
+            self.unlock(id, now);
+        }
+        ended
     }
 
     /// Drops every hold (forced migration) and the guest's report.

@@ -50,6 +50,8 @@ fn main() -> Result<()> {
     for vm in agent.vms.values() {
         let (a, v, s) = (agent.clone(), vm.clone(), stop.clone());
         std::thread::spawn(move || session::run(a, v, s));
+        let (a, v, s) = (agent.clone(), vm.clone(), stop.clone());
+        std::thread::spawn(move || session::watch_qmp(a, v, s));
     }
     control::serve(agent, listener);
     Ok(())

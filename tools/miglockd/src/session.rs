@@ -80,6 +80,49 @@ pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Watches `vm`'s QEMU over QMP: when the VM starts running here (boot, or
+/// the end of an incoming migration), announces the agent to the guest so
+/// that it resends its state to this host's agent, which from then on owns
+/// it.
+pub fn watch_qmp(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
+    let Some(path) = vm.config.qmp.clone() else {
+        return;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let resumed = {
+            let mut q = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
+            if q.is_none() {
+                *q = UnixStream::connect(&path)
+                    .ok()
+                    .and_then(|s| miglock_qmp::Qmp::handshake(s).ok());
+            }
+            match q.as_mut() {
+                None => None,
+                Some(qmp) => match qmp
+                    .wait_event(Instant::now() + Duration::from_millis(200), |e| {
+                        e.name == "RESUME"
+                    }) {
+                    Ok(ev) => Some(ev.is_some()),
+                    Err(_) => {
+                        *q = None;
+                        None
+                    }
+                },
+            }
+        };
+        match resumed {
+            Some(true) => {
+                let told = agent.announce(&vm);
+                agent
+                    .audit
+                    .record(&vm.config.name, "vm-resumed", json!({"guest_told": told}));
+            }
+            Some(false) => {}
+            None => std::thread::sleep(REDIAL), // redial pacing
+        }
+    }
+}
+
 /// Serves one connection; returns why it ended.
 fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> String {
     let name = vm.config.name.as_str();
@@ -87,25 +130,9 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
         return "cannot clone socket".into();
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    {
-        let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
-        link.writer = Some(writer);
-        // Announce ourselves: a guest that decided locally meanwhile resyncs.
-        let max_lease_ms = vm
-            .ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .policy
-            .max_lease_ms;
-        link.send(
-            &Message::Welcome {
-                epoch: agent.epoch,
-                features: 0,
-                max_lease_ms,
-            },
-            0,
-        );
-    }
+    vm.link.lock().unwrap_or_else(|e| e.into_inner()).writer = Some(writer);
+    // Announce ourselves: a guest that decided locally meanwhile resyncs.
+    agent.announce(vm);
     let mut dec = Decoder::new();
     let mut bucket = Bucket {
         tokens: BURST,
@@ -269,7 +296,11 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             earliest_expiry_ms,
         } => {
             agent.update(vm, |l, now| {
-                l.report(holders, static_lock, earliest_expiry_ms, now);
+                for hold in l.report(holders, static_lock, earliest_expiry_ms, now) {
+                    agent
+                        .audit
+                        .record(name, "unlock", json!({"hold": hold, "via": "state"}));
+                }
                 let locked = l.locked(now);
                 let rec = json!({"holders": holders, "static_lock": static_lock, "locked": locked});
                 agent.audit.record(name, "guest-state", rec);

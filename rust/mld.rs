@@ -47,7 +47,7 @@ struct State {
     last_refusal: u32,
     /// The host announced a migration; cleared when the VM is unlocked.
     migration_pending: bool,
-    /// The host released the lock by force; cleared when the VM is unlocked.
+    /// The host released the lock by force; cleared by the next lock.
     forced_release: bool,
 }
 
@@ -129,7 +129,6 @@ impl Shared {
         let after = st.table.locked();
         if !after {
             st.migration_pending = false;
-            st.forced_release = false;
         }
         let report = report_of(&st.table, now);
         drop(st);
@@ -178,7 +177,11 @@ impl Shared {
             HostEvent::Notice(n) => {
                 self.with_state(|st, _| match n {
                     Notice::MigrationPending { .. } => st.migration_pending = st.table.locked(),
-                    Notice::ForcedRelease { .. } => st.forced_release = st.table.locked(),
+                    // The host has overridden the lock (the paper's hard
+                    // quota, or an administrator): the holds are void.
+                    Notice::ForcedRelease { .. } => {
+                        st.forced_release = st.table.clear() > 0;
+                    }
                     Notice::PolicyChange { .. } => {}
                 });
                 self.events.wake_all();
@@ -216,6 +219,7 @@ impl Shared {
                 .map_err(table_err)?;
             st.last_decision = code;
             st.last_refusal = 0;
+            st.forced_release = false;
             Ok(())
         })
     }

@@ -108,120 +108,194 @@ fn tick_of(line: &str) -> Option<u64> {
     line.strip_prefix("tick ")?.trim().parse().ok()
 }
 
-/// Runs the agent scenario.
-pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
-    let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
-    let bins = bins.parent().context("harness directory")?.to_path_buf();
-    let mut dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
-    let mut src = Vm::start(&env.spec_with("src", sc.guest, false, Doorbell::Agent))?;
-    let src_agent = Agent::start(&bins, &env.dir, "src")?;
-    let dst_agent = Agent::start(&bins, &env.dir, "dst")?;
-    dst.qmp
-        .execute("migrate-incoming", Some(json!({"uri": "tcp:127.0.0.1:0"})))
-        .context("migrate-incoming")?;
-    let q = dst
-        .qmp
-        .execute("query-migrate", None)
-        .context("query-migrate")?;
-    let port = q["socket-address"][0]["port"]
-        .as_str()
-        .context("no incoming port")?
-        .to_string();
-    let uri = format!("tcp:127.0.0.1:{port}");
-    src.qmp
-        .execute(
-            "migrate-set-parameters",
-            Some(json!({"max-bandwidth": 1u64 << 30})),
-        )
-        .context("migrate-set-parameters")?;
+/// Which story an agent scenario tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Story {
+    /// Refused while locked, migrated after the unlock, destination takes over.
+    Demo,
+    /// `--wait-unlock`: the notice wakes the application, which unlocks.
+    Notice,
+    /// `--force --reason`: migrated despite the lock, audited, guest told.
+    Force,
+    /// The agent is killed and restarted mid-lock: still locked.
+    Restart,
+    /// A lock during the copy cancels the migration.
+    Relock,
+}
 
-    wait_for(&mut src, deadline, "@@MIGLOCK locked@@")?;
-    let refused = src_agent.ctl(&["migrate", "guest", "--to", &uri])?;
-    show(&format!("migrate guest --to {uri}"), &refused);
-    let why = String::from_utf8_lossy(&refused.stderr);
-    if refused.status.success() || !why.contains("payment batch") {
-        return Err(host_fail(format!(
-            "migration of the locked VM was not refused with its reason: {why}"
-        )));
+/// Two "hosts": a QEMU and a miglockd each.
+struct Hosts {
+    src: Vm,
+    dst: Vm,
+    src_agent: Agent,
+    dst_agent: Agent,
+    uri: String,
+    bins: PathBuf,
+}
+
+impl Hosts {
+    fn start(sc: &Scenario, env: &Env<'_>) -> Result<Hosts, Failure> {
+        let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
+        let bins = bins.parent().context("harness directory")?.to_path_buf();
+        let mut dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
+        let mut src = Vm::start(&env.spec_with("src", sc.guest, false, Doorbell::Agent))?;
+        let src_agent = Agent::start(&bins, &env.dir, "src")?;
+        let dst_agent = Agent::start(&bins, &env.dir, "dst")?;
+        dst.qmp
+            .execute("migrate-incoming", Some(json!({"uri": "tcp:127.0.0.1:0"})))
+            .context("migrate-incoming")?;
+        let q = dst
+            .qmp
+            .execute("query-migrate", None)
+            .context("query-migrate")?;
+        let port = q["socket-address"][0]["port"]
+            .as_str()
+            .context("no incoming port")?
+            .to_string();
+        src.qmp
+            .execute(
+                "migrate-set-parameters",
+                Some(json!({"max-bandwidth": 1u64 << 30})),
+            )
+            .context("migrate-set-parameters")?;
+        Ok(Hosts {
+            src,
+            dst,
+            src_agent,
+            dst_agent,
+            uri: format!("tcp:127.0.0.1:{port}"),
+            bins,
+        })
     }
 
-    src.send_line("unlock")
-        .context("typing on the guest console")?;
-    wait_for(&mut src, deadline, "@@MIGLOCK unlocked@@")?;
-    // The guest has unlocked; the agent hears it over the doorbell.
-    let t0 = Instant::now();
-    let ok = loop {
-        let st = src_agent.ctl(&["--json", "status"])?;
-        let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
-        if v["data"]["vms"]["guest"]["locked"] == false {
-            break true;
+    fn migrate(&self, extra: &[&str]) -> Result<Output, Failure> {
+        let mut args = vec!["migrate", "guest", "--to", &self.uri];
+        args.extend_from_slice(extra);
+        let out = self.src_agent.ctl(&args)?;
+        show(&args.join(" "), &out);
+        Ok(out)
+    }
+
+    /// Waits until the source agent says the VM is (un)locked.
+    fn wait_locked(&self, locked: bool, deadline: Instant) -> Result<(), Failure> {
+        loop {
+            let st = self.src_agent.ctl(&["--json", "status"])?;
+            let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+            if v["data"]["vms"]["guest"]["locked"] == locked {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(host_fail(format!(
+                    "the source agent never saw locked={locked}"
+                )));
+            }
+            std::thread::yield_now();
         }
-        if Instant::now() >= deadline {
-            break false;
+    }
+
+    /// After a completed migration: the guest goes on at the destination,
+    /// whose agent gets its state; then the guest script finishes there.
+    fn arrive(&mut self, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+        let last = self
+            .src
+            .seen
+            .iter()
+            .filter_map(|l| tick_of(l))
+            .max()
+            .unwrap_or(0);
+        match self
+            .dst
+            .wait_line(deadline, |l| tick_of(l).is_some_and(|t| t > last))
+        {
+            Wait::Line(_) => {}
+            _ => {
+                return Err(Failure::new(
+                    FailKind::Migration,
+                    "the guest did not go on on the destination",
+                ))
+            }
         }
-        std::thread::yield_now();
+        while !self
+            .dst_agent
+            .audit()
+            .iter()
+            .any(|r| r["event"] == "guest-state")
+        {
+            if Instant::now() >= deadline {
+                return Err(host_fail(
+                    "the destination agent never got the guest's state".into(),
+                ));
+            }
+            std::thread::yield_now();
+        }
+        self.dst
+            .send_line("finish")
+            .context("typing on the destination console")?;
+        finish_guest(sc, &mut self.dst, deadline)
+    }
+
+    fn src_events(&self) -> Vec<Value> {
+        self.src_agent.audit()
+    }
+}
+
+fn has(events: &[Value], event: &str, pred: impl Fn(&Value) -> bool) -> bool {
+    events.iter().any(|r| r["event"] == event && pred(r))
+}
+
+fn require(ok: bool, what: &str) -> Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Err(host_fail(what.to_string()))
+    }
+}
+
+/// Runs an agent scenario.
+pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Result<(), Failure> {
+    let mut h = Hosts::start(sc, env)?;
+    let r = match story {
+        Story::Demo => demo(&mut h, sc, deadline),
+        Story::Notice => notice(&mut h, sc, deadline),
+        Story::Force => force(&mut h, sc, deadline),
+        Story::Restart => restart(&mut h, sc, env, deadline),
+        Story::Relock => relock(&mut h, sc, deadline),
     };
-    if !ok {
-        return Err(host_fail(format!(
-            "the agent never saw the unlock ({:?})",
-            t0.elapsed()
-        )));
+    if env.echo != crate::vm::Echo::Off {
+        eprintln!("  source agent's audit log:");
+        for rec in h.src_agent.audit() {
+            eprintln!("    {rec}");
+        }
+        eprintln!("  destination agent's audit log:");
+        for rec in h.dst_agent.audit() {
+            eprintln!("    {rec}");
+        }
     }
-    let done = src_agent.ctl(&["migrate", "guest", "--to", &uri])?;
-    show(&format!("migrate guest --to {uri}"), &done);
-    if !done.status.success() {
-        return Err(host_fail(format!(
-            "migration failed: {}",
-            String::from_utf8_lossy(&done.stderr)
-        )));
-    }
+    let Hosts { src, dst, .. } = h;
+    src.quit()?;
+    dst.quit()?;
+    r
+}
 
-    let last = src
-        .seen
-        .iter()
-        .filter_map(|l| tick_of(l))
-        .max()
-        .unwrap_or(0);
-    match dst.wait_line(deadline, |l| tick_of(l).is_some_and(|t| t > last)) {
-        Wait::Line(_) => {}
-        _ => {
-            return Err(Failure::new(
-                FailKind::Migration,
-                "the guest did not go on on the destination",
-            ))
-        }
-    }
-    // The destination's agent takes over once the VM runs there.
-    let t0 = Instant::now();
-    while !dst_agent
-        .audit()
-        .iter()
-        .any(|r| r["event"] == "guest-state")
-    {
-        if Instant::now() >= deadline {
-            return Err(host_fail(format!(
-                "the destination agent never got the guest's state ({:?})",
-                t0.elapsed()
-            )));
-        }
-        std::thread::yield_now();
-    }
-    dst.send_line("finish")
-        .context("typing on the destination console")?;
-    let r = finish_guest(sc, &mut dst, deadline);
-    eprintln!("  source agent's audit log:");
-    for rec in src_agent.audit() {
-        eprintln!("    {rec}");
-    }
-    eprintln!("  destination agent's audit log:");
-    for rec in dst_agent.audit() {
-        eprintln!("    {rec}");
-    }
-    let src_events: Vec<String> = src_agent
-        .audit()
-        .iter()
-        .filter_map(|r| r["event"].as_str().map(String::from))
-        .collect();
+fn demo(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+    let refused = h.migrate(&[])?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    require(
+        !refused.status.success() && why.contains("payment batch"),
+        "a locked VM's migration was not refused with its reason",
+    )?;
+    h.src
+        .send_line("unlock")
+        .context("typing on the guest console")?;
+    wait_for(&mut h.src, deadline, "@@MIGLOCK unlocked@@")?;
+    h.wait_locked(false, deadline)?;
+    require(
+        h.migrate(&[])?.status.success(),
+        "the migration after the unlock failed",
+    )?;
+    h.arrive(sc, deadline)?;
+    let ev = h.src_events();
     for want in [
         "lock",
         "migrate-refused",
@@ -229,11 +303,157 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failur
         "migrate-start",
         "migrate-done",
     ] {
-        if !src_events.iter().any(|e| e == want) {
-            return Err(host_fail(format!("source audit log lacks '{want}'")));
-        }
+        require(
+            has(&ev, want, |_| true),
+            &format!("source audit log lacks '{want}'"),
+        )?;
     }
-    src.quit()?;
-    dst.quit()?;
-    r
+    Ok(())
+}
+
+fn notice(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+    let out = h.migrate(&["--wait-unlock", "60s"])?;
+    require(
+        out.status.success(),
+        "migrate --wait-unlock did not succeed",
+    )?;
+    h.arrive(sc, deadline)?;
+    // The application says so before or after the switchover: look at both.
+    let _ = h.src.wait_line(Instant::now(), |_| false);
+    let woke = h
+        .src
+        .seen
+        .iter()
+        .chain(&h.dst.seen)
+        .any(|l| l.contains("holder: notice received"));
+    require(woke, "the application's poll() was not woken by the notice")?;
+    let ev = h.src_events();
+    require(
+        has(&ev, "migrate-waiting", |_| true) && has(&ev, "migrate-done", |_| true),
+        "audit: no migrate-waiting then migrate-done",
+    )
+}
+
+fn force(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+    let no_reason = h.migrate(&["--force"])?;
+    require(
+        !no_reason.status.success(),
+        "--force without --reason was accepted",
+    )?;
+    let out = h.migrate(&["--force", "--reason", "host maintenance"])?;
+    require(out.status.success(), "the forced migration failed")?;
+    h.arrive(sc, deadline)?;
+    let ev = h.src_events();
+    require(
+        has(&ev, "migrate-forced", |r| {
+            r["reason"] == "host maintenance" && r["overrode"].to_string().contains("gpu pinned")
+        }),
+        "audit: the forced migration is not recorded with its reason and the lock it overrode",
+    )
+}
+
+fn restart(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+    h.wait_locked(true, deadline)?;
+    // Kill the source agent mid-lock and start a new one on the same state.
+    let bins = h.bins.clone();
+    h.src_agent = Agent::start(&bins, &env.dir, "src")?; // the old one is dropped: killed
+    h.wait_locked(true, deadline)?;
+    let refused = h.migrate(&[])?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    require(
+        !refused.status.success() && why.contains("restart test"),
+        "after the agent restart, the lock was lost",
+    )?;
+    h.src
+        .send_line("unlock")
+        .context("typing on the guest console")?;
+    wait_for(&mut h.src, deadline, "@@MIGLOCK unlocked@@")?;
+    h.wait_locked(false, deadline)?;
+    require(
+        h.migrate(&[])?.status.success(),
+        "the migration after the unlock failed",
+    )?;
+    h.arrive(sc, deadline)?;
+    require(
+        h.src_events()
+            .iter()
+            .filter(|r| r["event"] == "agent-start")
+            .count()
+            == 2,
+        "the agent did not restart",
+    )
+}
+
+fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
+    // Slow the copy so the guest can lock while it runs.
+    h.src
+        .qmp
+        .execute(
+            "migrate-set-parameters",
+            Some(json!({"max-bandwidth": 4u64 << 20})),
+        )
+        .context("migrate-set-parameters")?;
+    let mut ctl = Command::new(h.bins.join("miglockctl"))
+        .arg("--socket")
+        .arg(h.src_agent.dir.join("control.sock"))
+        .args(["migrate", "guest", "--to", &h.uri])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running miglockctl")?;
+    loop {
+        let q = h
+            .src
+            .qmp
+            .execute("query-migrate", None)
+            .context("query-migrate")?;
+        if q["status"] == "active" {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = ctl.kill();
+            return Err(Failure::new(
+                FailKind::Timeout,
+                "the migration never became active",
+            ));
+        }
+        std::thread::yield_now();
+    }
+    h.src
+        .send_line("lock")
+        .context("typing on the guest console")?;
+    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+    let out = ctl.wait_with_output().context("miglockctl")?;
+    show(
+        &format!("migrate guest --to {} (while the guest locks)", h.uri),
+        &out,
+    );
+    let why = String::from_utf8_lossy(&out.stderr);
+    require(
+        !out.status.success() && why.contains("cancelled"),
+        "a lock during the copy did not cancel the migration",
+    )?;
+    let st = h
+        .src
+        .qmp
+        .execute("query-status", None)
+        .context("query-status")?;
+    require(
+        st["status"] == "running",
+        "the source VM is not running after the cancel",
+    )?;
+    require(
+        has(&h.src_events(), "migrate-cancelled", |r| {
+            r["locks"].to_string().contains("late lock")
+        }),
+        "audit: no migrate-cancelled with the lock",
+    )?;
+    h.src
+        .send_line("done")
+        .context("typing on the guest console")?;
+    finish_guest(sc, &mut h.src, deadline)
 }

@@ -2,6 +2,7 @@
 
 //! The scenarios: what each boots, runs in the guest, and checks.
 
+use crate::agentdemo::Story;
 use crate::artifacts::Variant;
 use crate::ktap;
 use crate::migrate::{self, Mode};
@@ -22,8 +23,8 @@ pub enum Kind {
     StubHost,
     /// The same, but the stub host starts only when the guest asks for it.
     LateStubHost,
-    /// Two QEMUs and two real agents: refuse, unlock, migrate, take over.
-    Agents,
+    /// Two QEMUs and two real agents, telling one story.
+    Agents(crate::agentdemo::Story),
 }
 
 /// Why a scenario failed; selftests expect a particular one.
@@ -176,13 +177,33 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
-        kind: Kind::Agents,
+        kind: Kind::Agents(Story::Demo),
         timeout: secs(240),
         ..guest(
             "agent-migrate",
             "agent-demo",
             "real miglockd x2: a locked VM's migration is refused with its reason; after unlock it migrates; the destination agent takes over",
         )
+    },
+    Scenario {
+        kind: Kind::Agents(Story::Notice),
+        timeout: secs(240),
+        ..guest("agent-notice", "agent-notice", "migrate --wait-unlock: the notice wakes the application's poll(), it unlocks, the VM migrates")
+    },
+    Scenario {
+        kind: Kind::Agents(Story::Force),
+        timeout: secs(240),
+        ..guest("agent-force", "agent-force", "migrate --force needs a reason, overrides the lock, is audited; the guest's holds are void")
+    },
+    Scenario {
+        kind: Kind::Agents(Story::Restart),
+        timeout: secs(240),
+        ..guest("agent-restart", "agent-restart", "the agent killed and restarted mid-lock keeps the VM locked")
+    },
+    Scenario {
+        kind: Kind::Agents(Story::Relock),
+        timeout: secs(240),
+        ..guest("agent-relock", "agent-relock", "a guest lock during the copy cancels the migration; the VM keeps running here")
     },
     Scenario {
         kind: Kind::Migrate(Mode::Precopy),
@@ -327,7 +348,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::Migrate(mode) => migrate::run(sc, env, mode, deadline),
         Kind::StubHost => run_stub_host(sc, env, deadline, false),
         Kind::LateStubHost => run_stub_host(sc, env, deadline, true),
-        Kind::Agents => crate::agentdemo::run(sc, env, deadline),
+        Kind::Agents(story) => crate::agentdemo::run(sc, env, deadline, story),
     }
 }
 

@@ -730,6 +730,24 @@ fn host_notice(c: &mut Checks) -> io::Result<()> {
     Ok(())
 }
 
+/// `mldtest hold-until-notice`: locks through its own file, says `locked`,
+/// waits (poll) for the host's pending-migration notice, says so and
+/// unlocks, as an application that finishes its critical section early.
+fn hold_until_notice() -> io::Result<()> {
+    let d = Device::open()?;
+    d.lock(&lock(Reason::CriticalOperation, 60_000, "until notice"))?;
+    println!("locked");
+    io::stdout().flush()?;
+    if readable(d.as_raw_fd(), 60_000)? && d.status()?.migration_pending() {
+        println!("notice received");
+        d.unlock(false)?;
+        Ok(())
+    } else {
+        println!("no notice");
+        Err(io::Error::other("no pending-migration notice"))
+    }
+}
+
 /// `mldtest wait-channel MS`: waits until the host channel is connected.
 fn wait_channel(c: &mut Checks, ms: u64) -> io::Result<()> {
     let took = until(Duration::from_millis(ms), |s| s.channel());
@@ -777,6 +795,7 @@ fn main() -> ExitCode {
         Some("poll") => poll_suite(&mut c),
         Some("syscall") => syscall_suite(&mut c, true),
         Some("host-notice") => host_notice(&mut c),
+        Some("hold-until-notice") => hold_until_notice(),
         Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),
         Some("syscall-absent") => syscall_suite(&mut c, false),
         Some("try-lock") => {

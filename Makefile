@@ -40,7 +40,7 @@ rustfmtcheck:
 	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml --check rust/*.rs
 
 tools:
-	cd tools && $(CARGO) build --release --locked -p miglock-harness -p miglockd -p miglockctl
+	cd tools && $(CARGO) build --release --locked -p miglock-harness -p miglockd
 
 # Runs every fuzz target for FUZZ_SECONDS each (cargo fuzz, nightly).
 FUZZ_SECONDS ?= 60

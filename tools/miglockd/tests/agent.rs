@@ -379,3 +379,45 @@ fn a_hostile_guest_never_affects_another_vm() {
     assert_eq!(st["data"]["vms"]["good"]["link"]["malformed"], 0);
     assert_eq!(st["data"]["vms"]["good"]["locked"], false);
 }
+
+/// The libvirt hook: passes other operations, allows an unlocked VM, refuses
+/// a locked one with the reasons, and by default does not block when the
+/// agent cannot be reached.
+#[test]
+fn libvirt_hook_follows_the_lock() {
+    let dir = setup("hook");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    agent.control(json!({"cmd": "status"})); // the agent is up
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../libvirt/qemu");
+    let run = |socket: &Path, args: &[&str]| {
+        Command::new("sh")
+            .arg(&hook)
+            .args(args)
+            .env("MIGLOCKCTL", env!("CARGO_BIN_EXE_miglockctl"))
+            .env("MIGLOCKD_SOCKET", socket)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let sock = dir.join("control.sock");
+    assert!(run(&sock, &["good", "start", "begin", "-"])
+        .status
+        .success());
+    assert!(run(&sock, &["good", "migrate", "begin", "-"])
+        .status
+        .success());
+    assert!(g.lock(1, "hooked", 10_000).0);
+    let out = run(&sock, &["good", "migrate", "begin", "-"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hooked"),
+        "{out:?}"
+    );
+    let away = dir.join("nobody.sock");
+    assert!(run(&away, &["good", "migrate", "begin", "-"])
+        .status
+        .success());
+}

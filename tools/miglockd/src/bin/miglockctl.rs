@@ -77,6 +77,48 @@ enum Cmd {
     },
     /// Print events as they happen.
     Watch,
+    /// Exit 0 if VM may migrate now, 1 (with the reasons) if it is locked;
+    /// for scripts such as the libvirt hook.
+    Check {
+        /// VM name.
+        vm: String,
+    },
+}
+
+fn ask(socket: &PathBuf, req: &Request) -> Result<serde_json::Value> {
+    let mut s = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to miglockd at {}", socket.display()))?;
+    writeln!(s, "{}", serde_json::to_string(req)?)?;
+    for line in BufReader::new(s).lines() {
+        match serde_json::from_str::<Reply>(&line?).context("bad reply from miglockd")? {
+            Reply::Ok { data } => return Ok(data),
+            Reply::Error { message } => bail!("{message}"),
+            _ => {}
+        }
+    }
+    bail!("miglockd closed the connection without an answer")
+}
+
+fn check(socket: &PathBuf, vm: &str) -> Result<bool> {
+    let st = ask(socket, &Request::Status)?;
+    let v = &st["vms"][vm];
+    if v.is_null() {
+        bail!("miglockd does not manage VM '{vm}'");
+    }
+    if v["locked"] == true {
+        let reasons: Vec<String> = v["reasons"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        eprintln!("miglockctl: VM '{vm}' is locked: {}", reasons.join("; "));
+        return Ok(false);
+    }
+    println!("VM '{vm}' may migrate");
+    Ok(true)
 }
 
 fn mode(s: &str) -> Result<Mode, String> {
@@ -150,6 +192,7 @@ fn run() -> Result<bool> {
             })
         }
         Cmd::Watch => Request::Watch,
+        Cmd::Check { vm } => return check(&cli.socket, &vm),
     };
     let mut s = UnixStream::connect(&cli.socket)
         .with_context(|| format!("connecting to miglockd at {}", cli.socket.display()))?;

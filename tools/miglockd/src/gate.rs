@@ -206,7 +206,13 @@ fn run(
     let Some(qmp) = guard.as_mut() else {
         return err("QMP connection lost");
     };
-    let mut caps = vec![json!({"capability": "events", "state": true})];
+    // QEMU stops at "pre-switchover" with the guest's vCPUs paused and waits
+    // for migrate-continue: the one moment the lock can be checked without a
+    // race, since a paused guest cannot take a new lock.
+    let mut caps = vec![
+        json!({"capability": "events", "state": true}),
+        json!({"capability": "pause-before-switchover", "state": true}),
+    ];
     if req.mode == Mode::Postcopy {
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
     }
@@ -239,33 +245,6 @@ fn run(
             Err(e) => return err(format!("query-migrate: {e}")),
         };
         let status = q["status"].as_str().unwrap_or("").to_string();
-        let switched = matches!(
-            status.as_str(),
-            "postcopy-active" | "postcopy-paused" | "device" | "pre-switchover" | "completed"
-        );
-        let relock = agent.update(vm, |l, now| {
-            if switched {
-                l.migration = Some(Migration::AfterSwitchover);
-            }
-            (!switched && !req.force && l.locked(now), false)
-        });
-        if relock {
-            let _ = qmp.execute("migrate_cancel", None);
-            let reasons = vm
-                .ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .reasons(now_ms());
-            agent.audit.record(
-                name,
-                "migrate-cancelled",
-                json!({"why": "guest locked before switchover", "locks": reasons}),
-            );
-            return err(format!(
-                "cancelled: the guest locked before the switchover: {}",
-                reasons.join("; ")
-            ));
-        }
         match status.as_str() {
             "completed" => return done(agent, name, &q, started),
             "failed" | "cancelled" => {
@@ -274,21 +253,58 @@ fn run(
                     "migrate-failed",
                     json!({"status": status, "error": q["error-desc"]}),
                 );
-                return err(format!(
-                    "migration {status}: {}",
-                    q["error-desc"].as_str().unwrap_or("no description")
-                ));
+                let why = q["error-desc"].as_str().unwrap_or("no description");
+                return err(format!("migration {status}: {why}"));
             }
-            s => say(
-                p,
-                format!(
-                    "{s}: {:.1} MiB sent, {:.1} MiB remaining",
-                    mib(&q["ram"]["transferred"]),
-                    mib(&q["ram"]["remaining"])
-                ),
-            ),
+            "pre-switchover" => {
+                let go = agent.update(vm, |l, now| {
+                    let go = req.force || !l.locked(now);
+                    if go {
+                        // From here on, new locks are refused.
+                        l.migration = Some(Migration::AfterSwitchover);
+                        agent.audit.record(name, "migrate-switchover", json!({}));
+                    }
+                    (go, false)
+                });
+                if !go {
+                    return cancel(agent, vm, qmp, "guest locked before the switchover");
+                }
+                if let Err(e) =
+                    qmp.execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
+                {
+                    return err(format!("migrate-continue: {e}"));
+                }
+            }
+            "postcopy-active" | "postcopy-paused" | "device" => {}
+            s => {
+                // Still copying: a new lock cancels now rather than at the switchover.
+                let relock = agent.update(vm, |l, now| (!req.force && l.locked(now), false));
+                if relock {
+                    return cancel(agent, vm, qmp, "guest locked during the copy");
+                }
+                let (sent, left) = (mib(&q["ram"]["transferred"]), mib(&q["ram"]["remaining"]));
+                say(
+                    p,
+                    format!("{s}: {sent:.1} MiB sent, {left:.1} MiB remaining"),
+                );
+            }
         }
     }
+}
+
+fn cancel(agent: &Agent, vm: &Vm, qmp: &mut Qmp, why: &str) -> Reply {
+    let _ = qmp.execute("migrate_cancel", None);
+    let reasons = vm
+        .ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .reasons(now_ms());
+    agent.audit.record(
+        &vm.config.name,
+        "migrate-cancelled",
+        json!({"why": why, "locks": reasons}),
+    );
+    err(format!("cancelled: {why}: {}", reasons.join("; ")))
 }
 
 fn mib(v: &Value) -> f64 {

@@ -34,6 +34,9 @@ pub enum Error {
     },
 }
 
+/// Events kept for [`Qmp::wait_event`]; the oldest are dropped beyond this.
+pub const MAX_QUEUED_EVENTS: usize = 256;
+
 /// Result of QMP calls.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -164,6 +167,10 @@ impl Qmp {
         let Some(name) = msg.get("event").and_then(Value::as_str) else {
             return false;
         };
+        // Events nobody waits for must not pile up without bound.
+        if self.events.len() == MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
         self.events.push_back(Event {
             name: name.to_string(),
             data: msg.get("data").cloned().unwrap_or(Value::Null),

@@ -95,6 +95,9 @@ pub fn watch_qmp(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
                 *q = UnixStream::connect(&path)
                     .ok()
                     .and_then(|s| miglock_qmp::Qmp::handshake(s).ok());
+                if let Some(qmp) = q.as_mut() {
+                    stuck_switchover(&agent, &vm, qmp);
+                }
             }
             match q.as_mut() {
                 None => None,
@@ -120,6 +123,23 @@ pub fn watch_qmp(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
             Some(false) => {}
             None => std::thread::sleep(REDIAL), // redial pacing
         }
+    }
+}
+
+/// A migration left paused at "pre-switchover" (its agent died while
+/// deciding) is cancelled, so the guest runs on here: nobody checked the
+/// lock for it.
+fn stuck_switchover(agent: &Agent, vm: &Vm, qmp: &mut miglock_qmp::Qmp) {
+    let Ok(q) = qmp.execute("query-migrate", None) else {
+        return;
+    };
+    if q["status"] == "pre-switchover" {
+        let _ = qmp.execute("migrate_cancel", None);
+        agent.audit.record(
+            &vm.config.name,
+            "migrate-cancelled",
+            json!({"why": "found paused before the switchover by a restarted agent"}),
+        );
     }
 }
 

@@ -32,7 +32,8 @@ impl Agent {
             format!(
                 "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\ncontrol = \"{d}/control.sock\"\n\
                  [[vm]]\nname = \"guest\"\ndoorbell = \"{vm}/{host}-doorbell.sock\"\nqmp = \"{vm}/{host}-agent-qmp.sock\"\n\
-                 [vm.policy]\nmax_lease_ms = 120000\n"
+                 [vm.policy]\nmax_lease_ms = 120000\n\
+                 [[vm]]\nname = \"hostile\"\ndoorbell = \"{vm}/{host}-hostile.sock\"\n"
             ),
         )?;
         let child = Command::new(bin_dir.join("miglockd"))
@@ -121,6 +122,8 @@ pub enum Story {
     Restart,
     /// A lock during the copy cancels the migration.
     Relock,
+    /// The demo while another VM of the same agent floods it with garbage.
+    Hostile,
 }
 
 /// Two "hosts": a QEMU and a miglockd each.
@@ -260,6 +263,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Force => force(&mut h, sc, deadline),
         Story::Restart => restart(&mut h, sc, env, deadline),
         Story::Relock => relock(&mut h, sc, deadline),
+        Story::Hostile => hostile(&mut h, sc, env, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
         eprintln!("  source agent's audit log:");
@@ -456,4 +460,81 @@ fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure
         .send_line("done")
         .context("typing on the guest console")?;
     finish_guest(sc, &mut h.src, deadline)
+}
+
+/// Serves the "hostile" VM's doorbell socket (the agent dials it) with
+/// garbage, corrupted frames and a flood of valid ones until `stop`.
+fn flood(
+    path: &Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<u64>> {
+    use miglock_abi::wire::{self, Header, Message};
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let _ = fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    l.set_nonblocking(true)?;
+    Ok(std::thread::spawn(move || {
+        let mut sent = 0u64;
+        let mut seq = 0u32;
+        let mut junk = [0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            // The agent redials after cutting us off: keep accepting.
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::yield_now();
+                continue;
+            };
+            let _ = s.set_nonblocking(false);
+            while !stop.load(Ordering::Relaxed) {
+                seq = seq.wrapping_add(1);
+                for (i, b) in junk.iter_mut().enumerate() {
+                    *b = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seq) as u8;
+                }
+                let mut f = [0u8; 64];
+                let n =
+                    wire::encode(&Message::Ping, Header { seq, reply_to: 0 }, &mut f).unwrap_or(0);
+                let mut bad = f;
+                bad[n - 1] ^= 0xff; // a frame with a wrong checksum
+                let ok = s
+                    .write_all(&junk)
+                    .and_then(|()| s.write_all(&bad[..n]))
+                    .and_then(|()| s.write_all(&f[..n]));
+                if ok.is_err() {
+                    break;
+                }
+                sent += (junk.len() + 2 * n) as u64;
+            }
+        }
+        sent
+    }))
+}
+
+fn hostile(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = flood(&env.dir.join("src-hostile.sock"), stop.clone())?;
+    let r = demo(h, sc, deadline);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooder.join().unwrap_or(0);
+    r?;
+    let st = h.src_agent.ctl(&["--json", "status"])?;
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+    let link = &v["data"]["vms"]["hostile"]["link"];
+    eprintln!(
+        "  the hostile VM sent {:.1} MiB; its link: {link}",
+        sent as f64 / 1048576.0
+    );
+    require(
+        link["malformed"].as_u64().unwrap_or(0) > 0,
+        "the hostile VM's garbage was not counted",
+    )?;
+    require(
+        v["data"]["vms"]["guest"]["link"]["malformed"] == 0,
+        "the good VM's link saw garbage",
+    )?;
+    require(
+        has(&h.src_events(), "guest-misbehaving", |r| {
+            r["vm"] == "hostile"
+        }),
+        "the hostile VM was never cut off",
+    )
 }

@@ -206,6 +206,15 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest("agent-relock", "agent-relock", "a guest lock during the copy cancels the migration; the VM keeps running here")
     },
     Scenario {
+        kind: Kind::Agents(Story::Hostile),
+        timeout: secs(240),
+        ..guest(
+            "agent-hostile",
+            "agent-demo",
+            "another VM floods the same agent with garbage and frames; this VM's lock and migration work as usual",
+        )
+    },
+    Scenario {
         kind: Kind::Migrate(Mode::Precopy),
         timeout: secs(240),
         ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")

@@ -13,7 +13,7 @@ KDIR     ?= $(shell $(TOP)/scripts/kernel.sh kdir)
 CARGO    ?= cargo
 HARNESS  := $(TOP)/tools/target/release/miglock-harness
 
-.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz demo test clean
+.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz bench demo test clean
 
 all: module
 
@@ -55,6 +55,10 @@ fuzz: deps
 			{ echo "fuzz: $$t FAILED"; tail -n 30 $$log; exit 1; }; \
 		tail -n 1 $$log; \
 	done
+
+# Benchmarks (figures, not pass/fail): lock round trip vs qemu-ga guest-ping.
+bench: kernel tools
+	$(HARNESS) run bench-rtt
 
 demo: kernel tools
 	$(HARNESS) demo

@@ -14,7 +14,7 @@ LLVM_MAJOR=19
 DEB_PKGS=(
 	linux-source-6.12 rustc-web rust-web-src rust-web-clippy
 	clang-$LLVM_MAJOR lld-$LLVM_MAJOR llvm-$LLVM_MAJOR libclang-$LLVM_MAJOR-dev
-	qemu-system-x86 busybox-static
+	qemu-system-x86 busybox-static qemu-guest-agent
 	bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc libc6-dev
 )
 

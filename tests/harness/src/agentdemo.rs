@@ -15,14 +15,14 @@ use std::process::{Child, Command, Output};
 use std::time::Instant;
 
 /// One `miglockd` for one "host".
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     dir: PathBuf,
     bin: PathBuf,
 }
 
 impl Agent {
-    fn start(bin_dir: &Path, dir: &Path, host: &str) -> anyhow::Result<Agent> {
+    pub(crate) fn start(bin_dir: &Path, dir: &Path, host: &str) -> anyhow::Result<Agent> {
         let adir = dir.join(format!("{host}-agent"));
         fs::create_dir_all(&adir)?;
         let d = adir.display();

@@ -235,6 +235,7 @@ pub fn initramfs(
     for (name, path) in bins {
         c.host_file(&format!("bin/{name}"), path)?;
     }
+    add_qemu_ga(&mut c)?;
     let dir = p.top.join("tests/scenarios");
     let mut scripts: Vec<_> = fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
     scripts.sort_by_key(|e| e.file_name());
@@ -247,4 +248,43 @@ pub fn initramfs(
     let path = p.out.join(format!("initramfs-{}.cpio", variant.name()));
     initramfs::write(&path, &c.finish())?;
     Ok(path)
+}
+
+/// Adds qemu-ga (Debian's qemu-guest-agent, for the round-trip benchmark)
+/// with the shared libraries `ldd` names, at their paths.
+fn add_qemu_ga(c: &mut Cpio) -> Result<()> {
+    let bin = Path::new("/usr/sbin/qemu-ga");
+    if !bin.exists() {
+        return Ok(()); // only the benchmark needs it; 'make deps' installs it
+    }
+    let out = Command::new("ldd").arg(bin).output().context("ldd")?;
+    let mut files = vec![bin.to_path_buf()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libx.so => /lib/.../libx.so (0x...)" or "/lib64/ld-linux... (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            files.push(PathBuf::from(path));
+        }
+    }
+    let mut dirs: Vec<String> = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix("/").unwrap_or(f);
+        let mut acc = PathBuf::new();
+        for comp in rel.parent().into_iter().flat_map(|p| p.components()) {
+            acc.push(comp);
+            let d = acc.to_string_lossy().into_owned();
+            if !dirs.contains(&d) && !["lib", "bin", "tmp"].contains(&d.as_str()) {
+                c.dir(&d);
+                dirs.push(d);
+            }
+        }
+        c.host_file(&rel.to_string_lossy(), f)?;
+    }
+    Ok(())
 }

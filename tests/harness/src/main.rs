@@ -9,6 +9,7 @@
 mod accel;
 mod agentdemo;
 mod artifacts;
+mod bench;
 mod initramfs;
 mod ktap;
 mod migrate;
@@ -108,7 +109,11 @@ fn prepare(p: &Paths, scenarios: &[&scenario::Scenario]) -> Result<HashMap<Varia
 fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
     let p = paths(cli)?;
     let selected: Vec<&scenario::Scenario> = if names.is_empty() {
-        SCENARIOS.iter().collect()
+        // Benchmarks measure, they do not test: only when named.
+        SCENARIOS
+            .iter()
+            .filter(|s| !matches!(s.kind, scenario::Kind::Bench))
+            .collect()
     } else {
         names
             .iter()

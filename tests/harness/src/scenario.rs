@@ -23,6 +23,8 @@ pub enum Kind {
     StubHost,
     /// The same, but the stub host starts only when the guest asks for it.
     LateStubHost,
+    /// The round-trip benchmark (not part of a plain `run`).
+    Bench,
     /// Two QEMUs and two real agents, telling one story.
     Agents(crate::agentdemo::Story),
 }
@@ -225,6 +227,15 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest("migrate-postcopy", "migrate", "the same with post-copy (userfaultfd on the destination)")
     },
     Scenario {
+        kind: Kind::Bench,
+        timeout: secs(600),
+        ..guest(
+            "bench-rtt",
+            "bench",
+            "benchmark (make bench): lock round trip through miglockd vs qemu-ga guest-ping, p50/p99",
+        )
+    },
+    Scenario {
         variant: Variant::KunitFail,
         kunit: Some("miglock"),
         expect: Expect::Fail(FailKind::Kunit),
@@ -277,6 +288,7 @@ impl Env<'_> {
             accel: self.accel,
             incoming,
             doorbell,
+            qga: false,
             echo: self.echo,
         }
     }
@@ -358,6 +370,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::StubHost => run_stub_host(sc, env, deadline, false),
         Kind::LateStubHost => run_stub_host(sc, env, deadline, true),
         Kind::Agents(story) => crate::agentdemo::run(sc, env, deadline, story),
+        Kind::Bench => crate::bench::run(sc, env, deadline),
     }
 }
 

@@ -60,6 +60,9 @@ pub struct VmSpec {
     pub incoming: bool,
     /// Give the guest the doorbell UART (I/O 0x520, IRQ 5), and who serves it.
     pub doorbell: Doorbell,
+    /// A second legacy UART (ttyS1, 0x2f8, IRQ 3) for qemu-ga, served by the
+    /// harness (see [`Vm::qga`]).
+    pub qga: bool,
     /// Which serial lines to echo to stderr as they arrive.
     pub echo: Echo,
 }
@@ -114,6 +117,8 @@ pub struct Vm {
     pub seen: Vec<String>,
     /// The host end of the doorbell UART, if the guest has one.
     pub doorbell: Option<UnixStream>,
+    /// The host end of qemu-ga's UART, if the guest has one.
+    pub qga: Option<UnixStream>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,6 +161,13 @@ impl Vm {
         let qmp_listener = UnixListener::bind(&qmp_sock)?;
         let bell_sock = spec.dir.join(format!("{}-doorbell.sock", spec.name));
         let _ = fs::remove_file(&bell_sock);
+        let qga_sock = spec.dir.join(format!("{}-qga.sock", spec.name));
+        let _ = fs::remove_file(&qga_sock);
+        let qga_listener = if spec.qga {
+            Some(UnixListener::bind(&qga_sock)?)
+        } else {
+            None
+        };
         let bell_listener = if spec.doorbell == Doorbell::Harness {
             Some(UnixListener::bind(&bell_sock)?)
         } else {
@@ -222,6 +234,11 @@ impl Vm {
         if spec.doorbell != Doorbell::None {
             cmd.args(["-device", "isa-serial,chardev=mld0,iobase=0x520,irq=5"]);
         }
+        if spec.qga {
+            cmd.arg("-chardev")
+                .arg(format!("socket,id=qga0,path={}", qga_sock.display()))
+                .args(["-device", "isa-serial,chardev=qga0,iobase=0x2f8,irq=3"]);
+        }
         fs::write(
             spec.dir.join(format!("{}-cmdline.txt", spec.name)),
             format!("{cmd:?}\n"),
@@ -241,13 +258,17 @@ impl Vm {
                 Some(l) => Some(accept_by(l, deadline, &mut child, "doorbell")?),
                 None => None,
             };
+            let qga = match &qga_listener {
+                Some(l) => Some(accept_by(l, deadline, &mut child, "qemu-ga serial")?),
+                None => None,
+            };
             let mut qmp = Qmp::handshake(qmp_stream).context("QMP handshake")?;
             qmp.set_transcript(Box::new(File::create(
                 spec.dir.join(format!("{}-qmp.log", spec.name)),
             )?));
-            Ok::<_, anyhow::Error>((serial, qmp, doorbell))
+            Ok::<_, anyhow::Error>((serial, qmp, doorbell, qga))
         })();
-        let (serial, qmp, doorbell) = match setup {
+        let (serial, qmp, doorbell, qga) = match setup {
             Ok(v) => v,
             Err(e) => {
                 let _ = child.kill();
@@ -274,6 +295,7 @@ impl Vm {
             serial_log,
             seen: Vec::new(),
             doorbell,
+            qga,
         })
     }
 

@@ -748,6 +748,37 @@ fn hold_until_notice() -> io::Result<()> {
     }
 }
 
+/// `mldtest bench-lock N`: N lock/unlock pairs through the host; prints the
+/// lock round trip (ioctl entry to the host's decision applied).
+fn bench_lock(n: usize) -> io::Result<()> {
+    let d = Device::open()?;
+    if !d.status()?.channel() {
+        return Err(io::Error::other("no host channel: nothing to measure"));
+    }
+    let mut us: Vec<f64> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        d.lock(&lock(Reason::Other, 10_000, "bench"))?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        d.unlock(false)?;
+    }
+    if d.status()?.last_decision() != "granted" {
+        return Err(io::Error::other(
+            "the host did not decide (local decisions measured)",
+        ));
+    }
+    us.sort_by(f64::total_cmp);
+    let pct = |p: f64| us[((us.len() as f64 * p) as usize).min(us.len() - 1)];
+    println!(
+        "bench lock-rtt n={} p50_us={:.0} p99_us={:.0} mean_us={:.0}",
+        n,
+        pct(0.50),
+        pct(0.99),
+        us.iter().sum::<f64>() / n as f64
+    );
+    Ok(())
+}
+
 /// `mldtest wait-channel MS`: waits until the host channel is connected.
 fn wait_channel(c: &mut Checks, ms: u64) -> io::Result<()> {
     let took = until(Duration::from_millis(ms), |s| s.channel());
@@ -796,6 +827,7 @@ fn main() -> ExitCode {
         Some("syscall") => syscall_suite(&mut c, true),
         Some("host-notice") => host_notice(&mut c),
         Some("hold-until-notice") => hold_until_notice(),
+        Some("bench-lock") => bench_lock(num(2, 1000).max(1)),
         Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),
         Some("syscall-absent") => syscall_suite(&mut c, false),
         Some("try-lock") => {

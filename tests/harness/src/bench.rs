@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The round-trip benchmark: an application's lock request to the host
+//! agent's decision (ioctl → shim → doorbell UART → miglockd → back), beside
+//! qemu-guest-agent's `guest-ping` over a legacy UART in the same guest and
+//! run, so the ratio is known. Figures are printed and kept in
+//! `out/scenarios/bench-rtt/rtt.json`; nothing is asserted about them.
+
+use crate::agentdemo::Agent;
+use crate::scenario::{finish_guest, Env, FailKind, Failure, Scenario};
+use crate::vm::{Doorbell, Vm, Wait};
+use anyhow::Context;
+use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+/// guest-ping round trips measured.
+const PINGS: usize = 500;
+
+fn percentiles(mut us: Vec<f64>) -> (f64, f64, f64) {
+    us.sort_by(f64::total_cmp);
+    let p = |q: f64| us[((us.len() as f64 * q) as usize).min(us.len() - 1)];
+    (p(0.5), p(0.99), us.iter().sum::<f64>() / us.len() as f64)
+}
+
+/// Runs the benchmark scenario.
+pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
+    let bins = bins.parent().context("harness directory")?.to_path_buf();
+    let mut spec = env.spec_with("vm", sc.guest, false, Doorbell::Agent);
+    spec.qga = true;
+    spec.append.push_str(" 8250.nr_uarts=2");
+    let mut vm = Vm::start(&spec)?;
+    let _agent = Agent::start(&bins, &env.dir, "vm")?;
+    if let Wait::Timeout | Wait::Closed =
+        vm.wait_line(deadline, |l| l.contains("@@MIGLOCK lock-bench-done@@"))
+    {
+        return Err(Failure::new(
+            FailKind::Timeout,
+            format!(
+                "lock benchmark did not finish; log: {}",
+                vm.serial_log.display()
+            ),
+        ));
+    }
+    let lock_line = vm
+        .seen
+        .iter()
+        .find(|l| l.starts_with("bench lock-rtt"))
+        .cloned()
+        .unwrap_or_default();
+    let field = |k: &str| -> f64 {
+        lock_line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (lock_p50, lock_p99, lock_mean) = (field("p50_us"), field("p99_us"), field("mean_us"));
+
+    // qemu-ga: resynchronise, then time guest-ping.
+    let qga = vm.qga.take().context("no qemu-ga serial")?;
+    qga.set_read_timeout(Some(Duration::from_secs(10)))
+        .context("timeout")?;
+    let mut w = qga.try_clone().context("clone")?;
+    let mut r = BufReader::new(qga);
+    let mut line = Vec::new();
+    let synced = (0..20).any(|i| {
+        let id = 4242 + i;
+        let _ = writeln!(
+            w,
+            "{}",
+            json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})
+        );
+        line.clear();
+        r.read_until(b'\n', &mut line).is_ok()
+            && String::from_utf8_lossy(&line).contains(&id.to_string())
+    });
+    if !synced {
+        return Err(Failure::new(
+            FailKind::Guest,
+            "qemu-ga never answered guest-sync-delimited",
+        ));
+    }
+    let mut us = Vec::with_capacity(PINGS);
+    for _ in 0..PINGS {
+        let t = Instant::now();
+        writeln!(w, "{}", json!({"execute": "guest-ping"})).context("qga write")?;
+        line.clear();
+        r.read_until(b'\n', &mut line).context("qga read")?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        if !String::from_utf8_lossy(&line).contains("return") {
+            return Err(Failure::new(
+                FailKind::Guest,
+                format!("qemu-ga answered {}", String::from_utf8_lossy(&line)),
+            ));
+        }
+    }
+    let (qga_p50, qga_p99, qga_mean) = percentiles(us);
+    eprintln!("  lock -> host decision (app ioctl, doorbell UART, miglockd): p50 {lock_p50:.0} us, p99 {lock_p99:.0} us, mean {lock_mean:.0} us (n=2000)");
+    eprintln!("  qemu-ga guest-ping (host -> ttyS1 -> qemu-ga -> host):     p50 {qga_p50:.0} us, p99 {qga_p99:.0} us, mean {qga_mean:.0} us (n={PINGS})");
+    eprintln!("  ratio lock/guest-ping at p50: {:.2}", lock_p50 / qga_p50);
+    let results = json!({
+        "lock_rtt_us": {"p50": lock_p50, "p99": lock_p99, "mean": lock_mean, "n": 2000},
+        "qga_ping_rtt_us": {"p50": qga_p50, "p99": qga_p99, "mean": qga_mean, "n": PINGS},
+        "accel": format!("{:?}", env.accel),
+    });
+    std::fs::write(
+        env.dir.join("rtt.json"),
+        serde_json::to_string_pretty(&results).unwrap_or_default(),
+    )
+    .context("writing rtt.json")?;
+    vm.send_line("done").context("console")?;
+    let res = finish_guest(sc, &mut vm, deadline);
+    vm.quit()?;
+    res
+}

@@ -223,6 +223,7 @@ impl Shim {
             rx.next_slot = (i + 1) % SLOTS;
         });
         drop(guard);
+        uart.rearm();
         self.answered.notify_all();
         if let Some(seq) = pong_for {
             let _ = self.send(&Message::Pong, seq);

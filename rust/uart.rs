@@ -94,4 +94,13 @@ impl Uart {
         }
         n
     }
+
+    /// Re-arms the receive interrupt. ISA interrupts are edge-triggered: a
+    /// byte that arrived after the last drain check leaves the line high
+    /// with no new edge, and would wait for the next message. Dropping and
+    /// raising the enable makes the UART signal again if data is pending.
+    pub(crate) fn rearm(&self) {
+        self.io.write(IER, 0);
+        self.io.write(IER, IER_RX_DATA);
+    }
 }

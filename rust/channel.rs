@@ -44,6 +44,10 @@ pub(crate) trait HostChannel: Send + Sync {
     /// Asks the host for hold `hold`. Called without the state lock held.
     fn request_lock(&self, hold: u32, reason: Reason, lease_ms: u32, label: &[u8]) -> Decision;
 
+    /// Asks the host to restart hold `hold`'s lease. Called without the
+    /// state lock held.
+    fn request_renew(&self, hold: u32, lease_ms: u32) -> Decision;
+
     /// Tells the host that hold `hold` ended.
     fn released(&self, hold: u32);
 

@@ -150,6 +150,22 @@ fn wire_round_trip(test: &mut Test) {
     kunit_expect!(test, decode(&out[..n]).is_err());
 }
 
+/// The vmcall backend's signature check reads EBX, ECX, EDX in order, and
+/// stock hypervisors' signatures are not ours.
+fn vmcall_signature(test: &mut Test) {
+    use crate::vmcall::{signature, SIGNATURE};
+    // "KVMKVMKVM\0\0\0" as KVM returns it.
+    let kvm = signature(0x4b4d_564b, 0x564b_4d56, 0x0000_004d);
+    kunit_expect!(test, &kvm[..9] == b"KVMKVMKVM");
+    kunit_expect!(test, kvm != SIGNATURE);
+    let ours = signature(
+        u32::from_le_bytes([b'M', b'i', b'g', b'L']),
+        u32::from_le_bytes([b'o', b'c', b'k', b'H']),
+        u32::from_le_bytes([b'V', b'c', b'a', b'l']),
+    );
+    kunit_expect!(test, ours == SIGNATURE);
+}
+
 /// Proves the harness notices a failing case; only in the selftest build.
 #[cfg(miglock_selftest = "kunit_fail")]
 fn selftest_deliberate_failure(test: &mut Test) {
@@ -170,6 +186,7 @@ kunit_suite!(
         lock_table_full,
         label_validation,
         wire_round_trip,
+        vmcall_signature,
         #[cfg(miglock_selftest = "kunit_fail")]
         selftest_deliberate_failure,
     ]

@@ -26,6 +26,7 @@ mod syscall;
 mod sysfs;
 mod timer;
 mod uart;
+mod vmcall;
 mod waitqueue;
 
 module! {
@@ -85,6 +86,14 @@ param::module_param!(
     bool = false,
     param_ops_bool,
     "Fail locks the host does not answer (default: record locally, sync later)"
+);
+
+param::module_param!(
+    VMCALL,
+    "vmcall",
+    bool = true,
+    param_ops_bool,
+    "Use the vmcall backend when the hypervisor advertises it (CPUID signature MigLockHVcal)"
 );
 
 /// The longest `max_lease_ms` accepted: a day.
@@ -156,8 +165,27 @@ impl kernel::Module for Miglock {
                 }
             },
         };
+        let (hypercall, seen) = if VMCALL.get() {
+            vmcall::probe()
+        } else {
+            (None, vmcall::Detected::BareMetal)
+        };
+        match seen {
+            vmcall::Detected::Offered => {
+                pr_info!("vmcall backend: offered by the hypervisor, used for lock decisions\n")
+            }
+            vmcall::Detected::Other(sig) => pr_info!(
+                "vmcall backend: not offered (hypervisor {:?}); using the port-I/O doorbell\n",
+                core::str::from_utf8(&sig)
+                    .unwrap_or("?")
+                    .trim_end_matches('\0')
+            ),
+            vmcall::Detected::BareMetal => {
+                pr_info!("vmcall backend: off or no hypervisor; using the port-I/O doorbell\n")
+            }
+        }
         let boot_id = boot_id();
-        let shared = mld::Shared::new(config, LOCKED.get(), uart, boot_id)?;
+        let shared = mld::Shared::new(config, LOCKED.get(), uart, hypercall, boot_id)?;
         let irq = if shared.channel_present() {
             Some(irq::Irq::request(
                 DOORBELL_IRQ.get(),

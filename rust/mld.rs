@@ -90,6 +90,7 @@ impl Shared {
         config: Config,
         static_lock: bool,
         uart: Option<Uart>,
+        hypercall: Option<crate::vmcall::Hypercall>,
         boot_id: u64,
     ) -> Result<Arc<Self>> {
         Arc::pin_init(
@@ -105,7 +106,7 @@ impl Shared {
                 // SAFETY: `expiry_fired` only touches `Shared`, whose drop
                 // cancels the timer first.
                 expiry <- unsafe { Timer::new(expiry_fired) },
-                shim <- Shim::new(uart, boot_id),
+                shim <- Shim::new(uart, hypercall, boot_id),
                 config,
                 next_id: AtomicU64::new(1),
             }),
@@ -511,6 +512,28 @@ impl MldFile {
             self.check_privilege()?;
         }
         let lease = self.lease(req.lease_ms)?;
+        // Nothing to renew: fail before asking the host.
+        self.with_state(|st, _| {
+            st.table
+                .hold(owner)
+                .map(drop)
+                .ok_or_else(crate::errno::enolck)
+        })?;
+        let shim = &self.shared.shim;
+        let lease = match shim.request_renew(self.hold_id(owner), lease) {
+            Decision::Granted { lease_ms } => lease_ms.min(lease),
+            Decision::Local if self.shared.config.host_required && shim.present() => {
+                return Err(crate::errno::etimedout())
+            }
+            Decision::Local => lease,
+            Decision::Refused { reason } => {
+                self.shared.with_state(|st, _| {
+                    st.last_decision = MLD_DECISION_REFUSED;
+                    st.last_refusal = reason;
+                });
+                return Err(EACCES);
+            }
+        };
         self.with_state(|st, now| {
             st.table
                 .renew(owner, lease, now)

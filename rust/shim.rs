@@ -15,6 +15,7 @@ use crate::abi::types::Reason;
 use crate::abi::wire::{self, Header, Message, Notice};
 use crate::channel::{Decision, HostChannel, Report};
 use crate::uart::Uart;
+use crate::vmcall::{Hypercall, Op};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::{
     new_condvar, new_mutex,
@@ -65,6 +66,8 @@ struct Rx {
 #[pin_data]
 pub(crate) struct Shim {
     uart: Option<Uart>,
+    /// Lock decisions as hypercalls, when the hypervisor offers them.
+    hypercall: Option<Hypercall>,
     /// Serialises requests, and with them writes to the UART.
     #[pin]
     tx: Mutex<()>,
@@ -80,9 +83,14 @@ pub(crate) struct Shim {
 
 impl Shim {
     /// A shim over `uart` (none: decide locally).
-    pub(crate) fn new(uart: Option<Uart>, boot_id: u64) -> impl PinInit<Self> {
+    pub(crate) fn new(
+        uart: Option<Uart>,
+        hypercall: Option<Hypercall>,
+        boot_id: u64,
+    ) -> impl PinInit<Self> {
         pin_init!(Self {
             uart,
+            hypercall,
             tx <- new_mutex!(()),
             rx <- new_mutex!(Rx {
                 dec: wire::Decoder::new(),
@@ -262,12 +270,35 @@ impl Shim {
     }
 }
 
+/// A hypercall's answer: a granted lease (> 0) or a refusal (< 0).
+fn hc_decision(r: i64) -> Decision {
+    if r > 0 {
+        Decision::Granted {
+            lease_ms: r.min(u32::MAX.into()) as u32,
+        }
+    } else {
+        Decision::Refused {
+            reason: r.unsigned_abs().min(u32::MAX.into()) as u32,
+        }
+    }
+}
+
 impl HostChannel for Shim {
     fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.hypercall.is_some() || self.connected.load(Ordering::Relaxed)
     }
 
     fn request_lock(&self, hold: u32, reason: Reason, lease_ms: u32, label: &[u8]) -> Decision {
+        if let Some(hc) = &self.hypercall {
+            return match hc.call(Op::Lock, hold, reason as u32, lease_ms) {
+                r if r > 0 => Decision::Granted {
+                    lease_ms: r.min(u32::MAX.into()) as u32,
+                },
+                r => Decision::Refused {
+                    reason: r.unsigned_abs().min(u32::MAX.into()) as u32,
+                },
+            };
+        }
         // Disconnected: decide locally at once rather than time out on every
         // lock; the host's next `Welcome` reconnects and resyncs.
         if !self.connected() {
@@ -297,7 +328,33 @@ impl HostChannel for Shim {
         }
     }
 
+    fn request_renew(&self, hold: u32, lease_ms: u32) -> Decision {
+        if let Some(hc) = &self.hypercall {
+            return hc_decision(hc.call(Op::Renew, hold, 0, lease_ms));
+        }
+        if !self.connected() {
+            return Decision::Local;
+        }
+        match self.request(&Message::Renew { hold, lease_ms }) {
+            Ok(Answer::Decision {
+                granted: true,
+                lease_ms,
+                ..
+            }) => Decision::Granted { lease_ms },
+            Ok(Answer::Decision {
+                granted: false,
+                reason,
+                ..
+            }) => Decision::Refused { reason },
+            _ => Decision::Local,
+        }
+    }
+
     fn released(&self, hold: u32) {
+        if let Some(hc) = &self.hypercall {
+            hc.call(Op::Unlock, hold, 0, 0);
+            return;
+        }
         if self.connected() {
             let _ = self.send(&Message::Unlock { hold }, 0);
         }

@@ -4,6 +4,8 @@
 . /lib/miglock.sh
 ml_insmod
 dmesg | grep -q 'host channel: connected' || ml_fail "module did not connect: $(dmesg | grep miglock)"
+# Stock QEMU offers no vmcall backend: the module must have noticed and kept the UART.
+dmesg | grep -q 'vmcall backend: not offered' || ml_fail "no vmcall fallback message: $(dmesg | grep vmcall)"
 [ "$(cat /sys/kernel/miglock/channel)" = connected ] || ml_fail "sysfs channel: $(cat /sys/kernel/miglock/channel)"
 json() { miglock status --json; }
 json | grep -q '"host_channel":true' || ml_fail "status: no host channel"
@@ -20,6 +22,10 @@ json | grep -q '"locked":false' || ml_fail "a refused lock changed state: $(json
 miglock lock --label capped --lease 2m
 lease=$(cat /sys/kernel/miglock/lease)
 [ "$lease" -le 60000 ] || ml_fail "host lease cap not applied: $lease ms left"
+# A renewal asks the host too, and gets its cap.
+miglock renew --lease 3m
+lease=$(cat /sys/kernel/miglock/lease)
+[ "$lease" -gt 1000 ] && [ "$lease" -le 60000 ] || ml_fail "renew: $lease ms left"
 miglock unlock
 
 mldtest host-notice

@@ -413,6 +413,9 @@ fn run_stub_host(
     if rec.states == 0 {
         wrong.push("no State".to_string());
     }
+    if !late && rec.renews == 0 {
+        wrong.push("no Renew".to_string());
+    }
     let wanted: &[&str] = if late {
         &["after-reconnect"]
     } else {

@@ -27,6 +27,8 @@ pub struct Record {
     pub locks: Vec<(u32, String)>,
     /// Holds of every `Unlock`.
     pub unlocks: Vec<u32>,
+    /// `Renew`s received.
+    pub renews: usize,
     /// `State` messages.
     pub states: usize,
     /// Holder counts reported in `State` messages.
@@ -140,6 +142,15 @@ pub fn serve(
                             );
                         }
                         rec.locks.push((hold, text));
+                    }
+                    Message::Renew { lease_ms, .. } => {
+                        rec.renews += 1;
+                        let decision = Message::Decision {
+                            granted: true,
+                            lease_ms: lease_ms.min(MAX_LEASE_MS),
+                            reason: 0,
+                        };
+                        send(&decision, hdr.seq, &mut log);
                     }
                     Message::Unlock { hold } => rec.unlocks.push(hold),
                     Message::State { holders, .. } => {

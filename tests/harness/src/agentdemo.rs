@@ -317,7 +317,13 @@ fn demo(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> 
 
 fn notice(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
     wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
-    let out = h.migrate(&["--wait-unlock", "60s"])?;
+    // No value: the VM policy's grace period (30 s by default).
+    let out = h.migrate(&["--wait-unlock"])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    require(
+        said.contains("waiting up to 30000 ms"),
+        "--wait-unlock without a value did not use the policy's grace period",
+    )?;
     require(
         out.status.success(),
         "migrate --wait-unlock did not succeed",

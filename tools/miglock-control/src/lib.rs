@@ -64,6 +64,9 @@ pub struct MigrateRequest {
     /// If locked: notify the guest and wait this long for it to unlock.
     #[serde(default)]
     pub wait_unlock_ms: Option<u64>,
+    /// If locked: notify the guest and wait the VM policy's grace period.
+    #[serde(default)]
+    pub wait_grace: bool,
     /// Migrate even if locked; requires `reason`, audited.
     #[serde(default)]
     pub force: bool,

@@ -107,7 +107,15 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
                 p,
                 format!("VM locked ({}); forcing: {reason}", reasons.join("; ")),
             );
-        } else if let Some(wait) = req.wait_unlock_ms {
+        } else if let Some(wait) = req.wait_unlock_ms.or_else(|| {
+            let grace = vm
+                .ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .policy
+                .grace_ms;
+            req.wait_grace.then_some(u64::from(grace))
+        }) {
             agent.audit.record(
                 name,
                 "migrate-waiting",

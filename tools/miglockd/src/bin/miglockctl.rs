@@ -65,9 +65,10 @@ enum Cmd {
         /// precopy or postcopy.
         #[arg(long, default_value = "precopy", value_parser = mode)]
         mode: Mode,
-        /// If locked: ask the guest to unlock and wait this long.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        wait_unlock: Option<Duration>,
+        /// If locked: ask the guest to unlock and wait this long (without a
+        /// value: the VM policy's grace period).
+        #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1)]
+        wait_unlock: Option<Option<Duration>>,
         /// Migrate even if locked (needs --reason; audited).
         #[arg(long)]
         force: bool,
@@ -186,7 +187,8 @@ fn run() -> Result<bool> {
                 vm,
                 to,
                 mode,
-                wait_unlock_ms: ms(wait_unlock),
+                wait_unlock_ms: ms(wait_unlock.flatten()),
+                wait_grace: matches!(wait_unlock, Some(None)),
                 force,
                 reason,
             })

@@ -1,17 +1,24 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A threaded interrupt handler.
+//! A threaded interrupt handler with a quiescing primary handler.
 //!
-//! The handler runs in a kernel thread (process context), so it may take
-//! mutexes and sleep; the line stays masked until it returns
-//! (`IRQF_ONESHOT`).
+//! The primary handler runs in hard-interrupt context and only silences the
+//! device (so an edge-triggered ISA line can rise again later); the thread
+//! then does the work in process context, where it may take mutexes and
+//! sleep, and lets the device interrupt again. Masking the line instead
+//! (`IRQF_ONESHOT`) would lose an edge that arrives while the thread runs.
 
 use core::ffi::c_void;
 use kernel::{bindings, error::to_result, prelude::*, str::CStr, sync::Arc};
 
 /// What a threaded interrupt does.
 pub(crate) trait Handler: Send + Sync {
-    /// Handles one interrupt; returns whether it was ours.
+    /// Hard-interrupt context: silence the device; false if it was not ours.
+    /// Must not sleep or take sleeping locks.
+    fn quiesce(&self) -> bool;
+
+    /// Thread context: handle the interrupt, then let the device interrupt
+    /// again; returns whether there was anything to do.
     fn handle(&self) -> bool;
 }
 
@@ -25,6 +32,19 @@ pub(crate) struct Irq<T: Handler> {
 ///
 /// `data` is the `Arc<T>` pointer passed to `request_threaded_irq` by
 /// [`Irq::request`], alive until `free_irq` returns.
+unsafe extern "C" fn primary_fn<T: Handler>(_irq: i32, data: *mut c_void) -> bindings::irqreturn_t {
+    // SAFETY: as for `thread_fn`.
+    let h = unsafe { &*data.cast::<T>() };
+    if h.quiesce() {
+        bindings::irqreturn_IRQ_WAKE_THREAD
+    } else {
+        bindings::irqreturn_IRQ_NONE
+    }
+}
+
+/// # Safety
+///
+/// As for [`primary_fn`].
 unsafe extern "C" fn thread_fn<T: Handler>(_irq: i32, data: *mut c_void) -> bindings::irqreturn_t {
     // SAFETY: per the contract, `data` points to a live `T`.
     let h = unsafe { &*data.cast::<T>() };
@@ -46,9 +66,9 @@ impl<T: Handler> Irq<T> {
         to_result(unsafe {
             bindings::request_threaded_irq(
                 irq,
-                None,
+                Some(primary_fn::<T>),
                 Some(thread_fn::<T>),
-                bindings::IRQF_ONESHOT as _,
+                0,
                 name.as_char_ptr(),
                 data,
             )

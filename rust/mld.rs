@@ -161,6 +161,11 @@ impl Shared {
         self.shim.present()
     }
 
+    /// The host channel's counters.
+    pub(crate) fn channel_stats(&self) -> crate::shim::Stats {
+        self.shim.stats()
+    }
+
     /// Whether the host answered recently.
     pub(crate) fn channel_connected(&self) -> bool {
         self.shim.connected()
@@ -358,6 +363,10 @@ fn report_of(t: &Table, now: u64) -> Report {
 }
 
 impl crate::irq::Handler for Shared {
+    fn quiesce(&self) -> bool {
+        self.shim.quiesce()
+    }
+
     fn handle(&self) -> bool {
         let mut events = KVec::new();
         let ours = self.shim.receive(&mut events);

@@ -55,8 +55,24 @@ pub(crate) enum HostEvent {
     Resync,
 }
 
+/// Counters for `/sys/kernel/miglock/channel_stats`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Stats {
+    /// Requests sent (first attempts).
+    pub(crate) requests: u64,
+    /// Attempts that got no answer in time and were sent again.
+    pub(crate) retries: u64,
+    /// Requests that got no answer at all.
+    pub(crate) failures: u64,
+    /// Received frames that failed to decode.
+    pub(crate) dropped: u64,
+    /// Answers that arrived for no waiting request (late or duplicate).
+    pub(crate) stale: u64,
+}
+
 struct Rx {
     dec: wire::Decoder,
+    stats: Stats,
     answers: [Option<(u32, Answer)>; SLOTS],
     next_slot: usize,
     dropped_frames: u64,
@@ -97,6 +113,7 @@ impl Shim {
                 answers: [None; SLOTS],
                 next_slot: 0,
                 dropped_frames: 0,
+                stats: Stats::default(),
             }),
             answered <- new_condvar!(),
             seq: AtomicU32::new(1),
@@ -134,7 +151,11 @@ impl Shim {
 
     /// Sends `msg` and waits for its answer, retrying.
     fn request(&self, msg: &Message<'_>) -> Result<Answer> {
-        for _ in 0..ATTEMPTS {
+        self.rx.lock().stats.requests += 1;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                self.rx.lock().stats.retries += 1;
+            }
             let seq = self.send(msg, 0)?;
             let mut rx = self.rx.lock();
             let mut left = msecs_to_jiffies(REQUEST_TIMEOUT_MS);
@@ -155,6 +176,7 @@ impl Shim {
                 }
             }
         }
+        self.rx.lock().stats.failures += 1;
         self.connected.store(false, Ordering::Relaxed);
         Err(crate::errno::etimedout())
     }
@@ -187,6 +209,7 @@ impl Shim {
                 wire::Event::Frame => {}
                 wire::Event::Dropped(_) => {
                     rx.dropped_frames += 1;
+                    rx.stats.dropped += 1;
                     return;
                 }
                 wire::Event::Pending => return,
@@ -227,11 +250,14 @@ impl Shim {
                 _ => return,
             };
             let i = rx.next_slot;
+            if rx.answers[i].is_some() {
+                rx.stats.stale += 1;
+            }
             rx.answers[i] = Some((hdr.reply_to, answer));
             rx.next_slot = (i + 1) % SLOTS;
         });
         drop(guard);
-        uart.rearm();
+        uart.unmask();
         self.answered.notify_all();
         if let Some(seq) = pong_for {
             let _ = self.send(&Message::Pong, seq);
@@ -249,6 +275,20 @@ impl Shim {
             },
             0,
         );
+    }
+
+    /// The channel's counters.
+    pub(crate) fn stats(&self) -> Stats {
+        self.rx.lock().stats
+    }
+
+    /// Hard-interrupt context: silences the UART until `receive` ran.
+    pub(crate) fn quiesce(&self) -> bool {
+        // Only this module's UART is on this line: always ours if present.
+        self.uart.as_ref().is_some_and(|u| {
+            u.quiesce();
+            true
+        })
     }
 
     /// Turns the UART on; false without one.

@@ -24,14 +24,16 @@ enum File {
     Lease,
     Channel,
     Holds,
+    ChannelStats,
 }
 
-const FILES: [(File, &CStr); 5] = [
+const FILES: [(File, &CStr); 6] = [
     (File::State, c_str!("state")),
     (File::Holders, c_str!("holders")),
     (File::Lease, c_str!("lease")),
     (File::Channel, c_str!("channel")),
     (File::Holds, c_str!("holds")),
+    (File::ChannelStats, c_str!("channel_stats")),
 ];
 
 #[repr(transparent)]
@@ -64,6 +66,7 @@ static ATTRS: [Attr; FILES.len()] = [
     attr(FILES[2].1),
     attr(FILES[3].1),
     attr(FILES[4].1),
+    attr(FILES[5].1),
 ];
 
 static ATTR_LIST: AttrList = AttrList([
@@ -72,6 +75,7 @@ static ATTR_LIST: AttrList = AttrList([
     ptr::addr_of!(ATTRS[2].0.attr).cast_mut(),
     ptr::addr_of!(ATTRS[3].0.attr).cast_mut(),
     ptr::addr_of!(ATTRS[4].0.attr).cast_mut(),
+    ptr::addr_of!(ATTRS[5].0.attr).cast_mut(),
     ptr::null_mut(),
 ]);
 
@@ -159,6 +163,15 @@ impl Write for Page {
 }
 
 fn render(file: File, shared: &Shared, out: &mut Page) -> fmt::Result {
+    if let File::ChannelStats = file {
+        // Not under the state lock: the counters have their own.
+        let s = shared.channel_stats();
+        return writeln!(
+            out,
+            "requests {} retries {} failures {} dropped {} stale {}",
+            s.requests, s.retries, s.failures, s.dropped, s.stale
+        );
+    }
     shared.with_table(|t, now| match file {
         File::State => writeln!(out, "{}", if t.locked() { "locked" } else { "unlocked" }),
         File::Holders => writeln!(out, "{}", t.holders()),
@@ -197,6 +210,7 @@ fn render(file: File, shared: &Shared, out: &mut Page) -> fmt::Result {
             }
             Ok(())
         }
+        File::ChannelStats => Ok(()),
     })
 }
 

@@ -95,12 +95,16 @@ impl Uart {
         n
     }
 
-    /// Re-arms the receive interrupt. ISA interrupts are edge-triggered: a
-    /// byte that arrived after the last drain check leaves the line high
-    /// with no new edge, and would wait for the next message. Dropping and
-    /// raising the enable makes the UART signal again if data is pending.
-    pub(crate) fn rearm(&self) {
+    /// Silences the receive interrupt (hard-interrupt context: one port
+    /// write). Returns whether the UART has something pending.
+    pub(crate) fn quiesce(&self) -> bool {
         self.io.write(IER, 0);
+        self.io.read(LSR) & LSR_DATA_READY != 0
+    }
+
+    /// Lets the UART interrupt again; it does at once if data is pending,
+    /// which gives the edge-triggered ISA line a fresh edge.
+    pub(crate) fn unmask(&self) {
         self.io.write(IER, IER_RX_DATA);
     }
 }

@@ -23,6 +23,16 @@ pub(crate) struct Agent {
 
 impl Agent {
     pub(crate) fn start(bin_dir: &Path, dir: &Path, host: &str) -> anyhow::Result<Agent> {
+        Self::start_with(bin_dir, dir, host, "")
+    }
+
+    /// Like `start`, with `extra` appended to the configuration.
+    pub(crate) fn start_with(
+        bin_dir: &Path,
+        dir: &Path,
+        host: &str,
+        extra: &str,
+    ) -> anyhow::Result<Agent> {
         let adir = dir.join(format!("{host}-agent"));
         fs::create_dir_all(&adir)?;
         let d = adir.display();
@@ -33,7 +43,7 @@ impl Agent {
                 "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\ncontrol = \"{d}/control.sock\"\n\
                  [[vm]]\nname = \"guest\"\ndoorbell = \"{vm}/{host}-doorbell.sock\"\nqmp = \"{vm}/{host}-agent-qmp.sock\"\n\
                  [vm.policy]\nmax_lease_ms = 120000\n\
-                 [[vm]]\nname = \"hostile\"\ndoorbell = \"{vm}/{host}-hostile.sock\"\n"
+                 [[vm]]\nname = \"hostile\"\ndoorbell = \"{vm}/{host}-hostile.sock\"\n{extra}\n"
             ),
         )?;
         let child = Command::new(bin_dir.join("miglockd"))
@@ -49,7 +59,7 @@ impl Agent {
         })
     }
 
-    fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+    pub(crate) fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
         let out = Command::new(&self.bin)
             .arg("--socket")
             .arg(self.dir.join("control.sock"))

@@ -23,18 +23,16 @@ fn percentiles(mut us: Vec<f64>) -> (f64, f64, f64) {
     (p(0.5), p(0.99), us.iter().sum::<f64>() / us.len() as f64)
 }
 
-/// Runs the benchmark scenario.
-pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
-    let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
-    let bins = bins.parent().context("harness directory")?.to_path_buf();
-    let mut spec = env.spec_with("vm", sc.guest, false, Doorbell::Agent);
-    spec.qga = true;
-    spec.append.push_str(" 8250.nr_uarts=2");
-    let mut vm = Vm::start(&spec)?;
-    let _agent = Agent::start(&bins, &env.dir, "vm")?;
-    if let Wait::Timeout | Wait::Closed =
-        vm.wait_line(deadline, |l| l.contains("@@MIGLOCK lock-bench-done@@"))
-    {
+/// Waits for the guest's lock benchmark to end at `marker` and returns its
+/// figures with the guest's and the agent's channel counters.
+fn lock_bench(
+    vm: &mut Vm,
+    agent: &Agent,
+    deadline: Instant,
+    marker: &str,
+) -> Result<serde_json::Value, Failure> {
+    let from = vm.seen.len();
+    if let Wait::Timeout | Wait::Closed = vm.wait_line(deadline, |l| l.contains(marker)) {
         return Err(Failure::new(
             FailKind::Timeout,
             format!(
@@ -43,20 +41,56 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failur
             ),
         ));
     }
-    let lock_line = vm
-        .seen
+    let lines = &vm.seen[from..];
+    let line = lines
         .iter()
         .find(|l| l.starts_with("bench lock-rtt"))
         .cloned()
         .unwrap_or_default();
     let field = |k: &str| -> f64 {
-        lock_line
-            .split_whitespace()
+        line.split_whitespace()
             .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN)
     };
-    let (lock_p50, lock_p99, lock_mean) = (field("p50_us"), field("p99_us"), field("mean_us"));
+    let guest_channel = lines
+        .iter()
+        .find(|l| l.starts_with("channel:"))
+        .cloned()
+        .unwrap_or_default();
+    let agent_link = agent
+        .ctl(&["--json", "status"])
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .map(|v| v["data"]["vms"]["guest"]["link"].clone())
+        .unwrap_or_default();
+    eprintln!("  guest {guest_channel}; agent's link: {agent_link}");
+    Ok(json!({
+        "p50": field("p50_us"), "p99": field("p99_us"), "mean": field("mean_us"), "n": field("n"),
+        "guest_channel": guest_channel, "agent_link": agent_link,
+    }))
+}
+
+/// Runs the benchmark scenario.
+pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
+    let bins = bins.parent().context("harness directory")?.to_path_buf();
+    let mut spec = env.spec_with("vm", sc.guest, false, Doorbell::Agent);
+    spec.qga = true;
+    spec.append.push_str(" 8250.nr_uarts=2");
+    let mut vm = Vm::start(&spec)?;
+    let agent = Agent::start(&bins, &env.dir, "vm")?;
+    let limited = lock_bench(&mut vm, &agent, deadline, "@@MIGLOCK lock-bench-done@@")?;
+    // Again with the per-guest rate limit out of the way: the path alone.
+    drop(agent);
+    let agent = Agent::start_with(
+        &bins,
+        &env.dir,
+        "vm",
+        "[limits]\nrate = 1000000.0\nburst = 1000000.0",
+    )?;
+    vm.send_line("go").context("console")?;
+    let unlimited = lock_bench(&mut vm, &agent, deadline, "@@MIGLOCK lock-bench2-done@@")?;
 
     // qemu-ga: resynchronise, then time guest-ping.
     let qga = vm.qga.take().context("no qemu-ga serial")?;
@@ -97,12 +131,34 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failur
         }
     }
     let (qga_p50, qga_p99, qga_mean) = percentiles(us);
-    eprintln!("  lock -> host decision (app ioctl, doorbell UART, miglockd): p50 {lock_p50:.0} us, p99 {lock_p99:.0} us, mean {lock_mean:.0} us (n=2000)");
-    eprintln!("  qemu-ga guest-ping (host -> ttyS1 -> qemu-ga -> host):     p50 {qga_p50:.0} us, p99 {qga_p99:.0} us, mean {qga_mean:.0} us (n={PINGS})");
-    eprintln!("  ratio lock/guest-ping at p50: {:.2}", lock_p50 / qga_p50);
+    let show = |what: &str, r: &serde_json::Value| {
+        eprintln!(
+            "  {what}: p50 {:.0} us, p99 {:.0} us, mean {:.0} us (n={})",
+            r["p50"].as_f64().unwrap_or(f64::NAN),
+            r["p99"].as_f64().unwrap_or(f64::NAN),
+            r["mean"].as_f64().unwrap_or(f64::NAN),
+            r["n"]
+        );
+    };
+    show(
+        "lock -> host decision, agent's default rate limit",
+        &limited,
+    );
+    show(
+        "lock -> host decision, rate limit raised          ",
+        &unlimited,
+    );
+    let qga = json!({"p50": qga_p50, "p99": qga_p99, "mean": qga_mean, "n": PINGS});
+    show("qemu-ga guest-ping over ttyS1                     ", &qga);
+    eprintln!(
+        "  ratio lock/guest-ping at p50: {:.2} (rate limit raised: {:.2})",
+        limited["p50"].as_f64().unwrap_or(f64::NAN) / qga_p50,
+        unlimited["p50"].as_f64().unwrap_or(f64::NAN) / qga_p50
+    );
     let results = json!({
-        "lock_rtt_us": {"p50": lock_p50, "p99": lock_p99, "mean": lock_mean, "n": 2000},
-        "qga_ping_rtt_us": {"p50": qga_p50, "p99": qga_p99, "mean": qga_mean, "n": PINGS},
+        "lock_rtt_us_default_limits": limited,
+        "lock_rtt_us_unlimited": unlimited,
+        "qga_ping_rtt_us": qga,
         "accel": format!("{:?}", env.accel),
     });
     std::fs::write(

@@ -42,9 +42,31 @@ pub struct Config {
     pub audit: PathBuf,
     /// Control socket for miglockctl.
     pub control: PathBuf,
+    /// How fast a guest may talk.
+    #[serde(default)]
+    pub limits: Limits,
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
+}
+
+/// Per-guest rate limit (token bucket).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Frames per second on average.
+    pub rate: f64,
+    /// Frames in a burst.
+    pub burst: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rate: 200.0,
+            burst: 400.0,
+        }
+    }
 }
 
 /// A guest link's counters.
@@ -116,6 +138,8 @@ pub struct Agent {
     pub audit: Audit,
     /// Random per agent start; guests learn it in `Welcome`.
     pub epoch: u64,
+    /// The per-guest rate limit.
+    pub limits: Limits,
     state_path: PathBuf,
     save_lock: Mutex<()>,
 }
@@ -152,6 +176,7 @@ impl Agent {
             vms,
             audit,
             epoch: epoch(),
+            limits: config.limits,
             state_path: config.state.clone(),
             save_lock: Mutex::new(()),
         })

@@ -20,10 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Frames per second a guest may send on average.
-pub const RATE: f64 = 200.0;
-/// Frames a guest may send in a burst.
-pub const BURST: f64 = 400.0;
 /// Rejections (malformed or over the rate) in one second that cut the link.
 pub const CUT_AFTER: u32 = 2000;
 /// Pause before redialling a link that was cut or could not connect.
@@ -32,12 +28,14 @@ pub const REDIAL: Duration = Duration::from_millis(200);
 struct Bucket {
     tokens: f64,
     at: Instant,
+    limits: crate::agent::Limits,
 }
 
 impl Bucket {
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE).min(BURST);
+        let (rate, burst) = (self.limits.rate, self.limits.burst);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -155,8 +153,9 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
     agent.announce(vm);
     let mut dec = Decoder::new();
     let mut bucket = Bucket {
-        tokens: BURST,
+        tokens: agent.limits.burst,
         at: Instant::now(),
+        limits: agent.limits,
     };
     let (mut rejected, mut window) = (0u32, Instant::now());
     let mut buf = [0u8; 4096];

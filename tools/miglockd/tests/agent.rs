@@ -421,3 +421,25 @@ fn libvirt_hook_follows_the_lock() {
         .status
         .success());
 }
+
+/// `watch` streams each audit record as it is written.
+#[test]
+fn watch_streams_events() {
+    let dir = setup("watch");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    agent.control(json!({"cmd": "status"})); // the control socket is up
+    let mut s = UnixStream::connect(dir.join("control.sock")).unwrap();
+    writeln!(s, "{}", json!({"cmd": "watch"})).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["kind"], "progress"); // the watch is registered
+    assert!(g.lock(9, "watched", 1000).0);
+    let ev: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ev["kind"], "event", "{ev}");
+    assert_eq!(ev["event"]["event"], "lock");
+    assert_eq!(ev["event"]["label"], "watched");
+}

@@ -310,6 +310,23 @@ impl Shim {
     }
 }
 
+/// The host's answer to a lock or renew; no answer means decide locally.
+fn decision_of(answer: Result<Answer>) -> Decision {
+    match answer {
+        Ok(Answer::Decision {
+            granted: true,
+            lease_ms,
+            ..
+        }) => Decision::Granted { lease_ms },
+        Ok(Answer::Decision {
+            granted: false,
+            reason,
+            ..
+        }) => Decision::Refused { reason },
+        _ => Decision::Local,
+    }
+}
+
 /// A hypercall's answer: a granted lease (> 0) or a refusal (< 0).
 fn hc_decision(r: i64) -> Decision {
     if r > 0 {
@@ -353,19 +370,7 @@ impl HostChannel for Shim {
             lease_ms,
             label: l,
         };
-        match self.request(&msg) {
-            Ok(Answer::Decision {
-                granted: true,
-                lease_ms,
-                ..
-            }) => Decision::Granted { lease_ms },
-            Ok(Answer::Decision {
-                granted: false,
-                reason,
-                ..
-            }) => Decision::Refused { reason },
-            _ => Decision::Local,
-        }
+        decision_of(self.request(&msg))
     }
 
     fn request_renew(&self, hold: u32, lease_ms: u32) -> Decision {
@@ -375,19 +380,7 @@ impl HostChannel for Shim {
         if !self.connected() {
             return Decision::Local;
         }
-        match self.request(&Message::Renew { hold, lease_ms }) {
-            Ok(Answer::Decision {
-                granted: true,
-                lease_ms,
-                ..
-            }) => Decision::Granted { lease_ms },
-            Ok(Answer::Decision {
-                granted: false,
-                reason,
-                ..
-            }) => Decision::Refused { reason },
-            _ => Decision::Local,
-        }
+        decision_of(self.request(&Message::Renew { hold, lease_ms }))
     }
 
     fn released(&self, hold: u32) {

@@ -291,13 +291,19 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
     r
 }
 
-fn demo(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
-    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+/// The migration is refused naming the hold `label`; the guest unlocks
+/// ("unlock" on its console); then it migrates and arrives.
+fn refused_until_unlocked(
+    h: &mut Hosts,
+    sc: &Scenario,
+    deadline: Instant,
+    label: &str,
+) -> Result<(), Failure> {
     let refused = h.migrate(&[])?;
     let why = String::from_utf8_lossy(&refused.stderr);
     require(
-        !refused.status.success() && why.contains("payment batch"),
-        "a locked VM's migration was not refused with its reason",
+        !refused.status.success() && why.contains(label),
+        &format!("the locked VM's migration was not refused naming \"{label}\""),
     )?;
     h.src
         .send_line("unlock")
@@ -308,7 +314,12 @@ fn demo(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> 
         h.migrate(&[])?.status.success(),
         "the migration after the unlock failed",
     )?;
-    h.arrive(sc, deadline)?;
+    h.arrive(sc, deadline)
+}
+
+fn demo(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+    refused_until_unlocked(h, sc, deadline, "payment batch")?;
     let ev = h.src_events();
     for want in [
         "lock",
@@ -381,22 +392,7 @@ fn restart(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Re
     let bins = h.bins.clone();
     h.src_agent = Agent::start(&bins, &env.dir, "src")?; // the old one is dropped: killed
     h.wait_locked(true, deadline)?;
-    let refused = h.migrate(&[])?;
-    let why = String::from_utf8_lossy(&refused.stderr);
-    require(
-        !refused.status.success() && why.contains("restart test"),
-        "after the agent restart, the lock was lost",
-    )?;
-    h.src
-        .send_line("unlock")
-        .context("typing on the guest console")?;
-    wait_for(&mut h.src, deadline, "@@MIGLOCK unlocked@@")?;
-    h.wait_locked(false, deadline)?;
-    require(
-        h.migrate(&[])?.status.success(),
-        "the migration after the unlock failed",
-    )?;
-    h.arrive(sc, deadline)?;
+    refused_until_unlocked(h, sc, deadline, "restart test")?;
     require(
         h.src_events()
             .iter()

@@ -219,20 +219,25 @@ impl Agent {
         }
     }
 
-    /// Announces the agent to `vm`'s guest (`Welcome`, unsolicited): the
-    /// guest answers with its whole state. False if not connected.
-    pub fn announce(&self, vm: &Vm) -> bool {
+    /// The `Welcome` this agent sends `vm`'s guest.
+    pub fn welcome(&self, vm: &Vm) -> Message<'static> {
         let max_lease_ms = vm
             .ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .policy
             .max_lease_ms;
-        let welcome = Message::Welcome {
+        Message::Welcome {
             epoch: self.epoch,
             features: 0,
             max_lease_ms,
-        };
+        }
+    }
+
+    /// Announces the agent to `vm`'s guest (`Welcome`, unsolicited): the
+    /// guest answers with its whole state. False if not connected.
+    pub fn announce(&self, vm: &Vm) -> bool {
+        let welcome = self.welcome(vm);
         vm.link
             .lock()
             .unwrap_or_else(|e| e.into_inner())

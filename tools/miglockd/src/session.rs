@@ -253,17 +253,7 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                     .audit
                     .record(name, "guest-rebooted", json!({"boot_id": boot_id}));
             }
-            let max_lease_ms = vm
-                .ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .policy
-                .max_lease_ms;
-            reply(Message::Welcome {
-                epoch: agent.epoch,
-                features: 0,
-                max_lease_ms,
-            });
+            reply(agent.welcome(vm));
         }
         Message::Lock {
             hold,

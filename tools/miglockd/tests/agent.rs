@@ -8,29 +8,19 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-struct Agent {
-    dir: PathBuf,
-    child: Child,
+#[path = "support.rs"]
+mod support;
+use support::Agent;
+
+trait Control {
+    fn control(&self, req: Value) -> Value;
 }
 
-impl Agent {
-    fn start(dir: &Path) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_miglockd"))
-            .arg("--config")
-            .arg(dir.join("agent.toml"))
-            .stderr(std::fs::File::create(dir.join("agent.err")).unwrap())
-            .spawn()
-            .expect("start miglockd");
-        Agent {
-            dir: dir.to_path_buf(),
-            child,
-        }
-    }
-
+impl Control for Agent {
     fn control(&self, req: Value) -> Value {
         let sock = self.dir.join("control.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -53,13 +43,6 @@ impl Agent {
             }
         }
         panic!("no reply");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

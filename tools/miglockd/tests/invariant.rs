@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,28 +104,9 @@ fn fake_qemu(path: &Path, held: Held, log: Arc<Mutex<QemuLog>>, seed: u64) {
     });
 }
 
-struct Agent {
-    child: Child,
-}
-
-impl Agent {
-    fn start(dir: &Path) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_miglockd"))
-            .arg("--config")
-            .arg(dir.join("agent.toml"))
-            .stderr(std::fs::File::create(dir.join("agent.err")).unwrap())
-            .spawn()
-            .unwrap();
-        Agent { child }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support.rs"]
+mod support;
+use support::Agent;
 
 fn control(dir: &Path, req: Value) -> Option<Value> {
     let mut s = UnixStream::connect(dir.join("control.sock")).ok()?;
@@ -329,8 +309,9 @@ fn schedule(seed: u64, steps: usize) -> (usize, usize, usize) {
     for m in migrations {
         let _ = m.join();
     }
+    let audit_path = agent.dir.join("audit.jsonl");
     drop(agent);
-    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    let audit = std::fs::read_to_string(audit_path).unwrap();
     let bad = replay(&audit);
     let lg = log.lock().unwrap();
     assert!(bad.is_empty(), "seed {seed}: audit replay: {bad:?}");

@@ -217,7 +217,7 @@ impl Shared {
                 Decision::Refused { reason } => {
                     st.last_decision = MLD_DECISION_REFUSED;
                     st.last_refusal = reason;
-                    return Err(EACCES);
+                    return Err(refusal_errno(reason));
                 }
             };
             st.table
@@ -374,6 +374,16 @@ impl crate::irq::Handler for Shared {
             self.host_event(e);
         }
         ours
+    }
+}
+
+/// The errno for a host refusal: EAGAIN when the guest should simply try
+/// again later (it asked too fast), EACCES otherwise.
+fn refusal_errno(reason: u32) -> Error {
+    if reason == crate::abi::wire::REFUSE_RATE {
+        EAGAIN
+    } else {
+        EACCES
     }
 }
 
@@ -540,7 +550,7 @@ impl MldFile {
                     st.last_decision = MLD_DECISION_REFUSED;
                     st.last_refusal = reason;
                 });
-                return Err(EACCES);
+                return Err(refusal_errno(reason));
             }
         };
         self.with_state(|st, now| {

@@ -484,19 +484,16 @@ fn flood(
     use std::io::Write;
     use std::sync::atomic::Ordering;
     let _ = fs::remove_file(path);
+    // Blocking accept: the agent redials within its REDIAL pause after
+    // cutting us off, so a stop is noticed promptly without spinning.
     let l = std::os::unix::net::UnixListener::bind(path)?;
-    l.set_nonblocking(true)?;
     Ok(std::thread::spawn(move || {
         let mut sent = 0u64;
         let mut seq = 0u32;
         let mut junk = [0u8; 4096];
         while !stop.load(Ordering::Relaxed) {
             // The agent redials after cutting us off: keep accepting.
-            let Ok((mut s, _)) = l.accept() else {
-                std::thread::yield_now();
-                continue;
-            };
-            let _ = s.set_nonblocking(false);
+            let Ok((mut s, _)) = l.accept() else { break };
             while !stop.load(Ordering::Relaxed) {
                 seq = seq.wrapping_add(1);
                 for (i, b) in junk.iter_mut().enumerate() {

@@ -67,6 +67,7 @@ fn lock_bench(
     eprintln!("  guest {guest_channel}; agent's link: {agent_link}");
     Ok(json!({
         "p50": field("p50_us"), "p99": field("p99_us"), "mean": field("mean_us"), "n": field("n"),
+        "refused_for_rate": field("refused_for_rate"),
         "guest_channel": guest_channel, "agent_link": agent_link,
     }))
 }
@@ -132,12 +133,14 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failur
     }
     let (qga_p50, qga_p99, qga_mean) = percentiles(us);
     let show = |what: &str, r: &serde_json::Value| {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         eprintln!(
-            "  {what}: p50 {:.0} us, p99 {:.0} us, mean {:.0} us (n={})",
-            r["p50"].as_f64().unwrap_or(f64::NAN),
-            r["p99"].as_f64().unwrap_or(f64::NAN),
-            r["mean"].as_f64().unwrap_or(f64::NAN),
-            r["n"]
+            "  {what}: p50 {:.0} us, p99 {:.0} us, mean {:.0} us (n={}, refused for rate {})",
+            f("p50"),
+            f("p99"),
+            f("mean"),
+            f("n"),
+            r["refused_for_rate"].as_f64().unwrap_or(0.0)
         );
     };
     show(

@@ -92,6 +92,9 @@ pub struct Link {
     pub stats: LinkStats,
     /// The latest hint batch: (batch number, ranges).
     pub hints: Option<(u32, Vec<wire::HintRange>)>,
+    /// The guest has reported its state since the agent last asked for it
+    /// (connect or announce); the first report after that is always recorded.
+    pub synced: bool,
 }
 
 impl Link {

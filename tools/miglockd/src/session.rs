@@ -185,11 +185,7 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
                     false
                 }
                 Event::Frame if !bucket.take() => {
-                    vm.link
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .stats
-                        .rate_dropped += 1;
+                    over_rate(vm, dec.frame());
                     false
                 }
                 Event::Frame => match wire::decode(dec.frame()) {
@@ -220,6 +216,22 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
         }
     }
     "agent stopping".into()
+}
+
+/// A frame beyond the guest's rate: a lock or renew is refused at once with
+/// `REFUSE_RATE` (the guest reports EAGAIN rather than waiting for a
+/// retry); everything else is dropped. Either way it counts as rejected.
+fn over_rate(vm: &Vm, frame: &[u8]) {
+    let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+    link.stats.rate_dropped += 1;
+    if let Ok((hdr, Message::Lock { .. } | Message::Renew { .. })) = wire::decode(frame) {
+        let refusal = Message::Decision {
+            granted: false,
+            lease_ms: 0,
+            reason: wire::REFUSE_RATE,
+        };
+        link.send(&refusal, hdr.seq);
+    }
 }
 
 /// Acts on one valid frame; false if it is not something a guest may send.
@@ -304,16 +316,30 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             static_lock,
             earliest_expiry_ms,
         } => {
+            // The answer to our announce (a resync) is always worth a record.
+            let resync = !std::mem::replace(
+                &mut vm.link.lock().unwrap_or_else(|e| e.into_inner()).synced,
+                true,
+            );
             agent.update(vm, |l, now| {
-                for hold in l.report(holders, static_lock, earliest_expiry_ms, now) {
+                let before = (l.reported.holders, l.reported.static_lock, l.locked(now));
+                let ended = l.report(holders, static_lock, earliest_expiry_ms, now);
+                for &hold in &ended {
                     agent
                         .audit
                         .record(name, "unlock", json!({"hold": hold, "via": "state"}));
                 }
                 let locked = l.locked(now);
-                let rec = json!({"holders": holders, "static_lock": static_lock, "locked": locked});
-                agent.audit.record(name, "guest-state", rec);
-                ((), true)
+                // A report that changes nothing costs no disk write: a guest
+                // repeating itself cannot make the agent fsync in a loop.
+                let changed =
+                    resync || !ended.is_empty() || before != (holders, static_lock, locked);
+                if changed {
+                    let rec =
+                        json!({"holders": holders, "static_lock": static_lock, "locked": locked});
+                    agent.audit.record(name, "guest-state", rec);
+                }
+                ((), changed)
             });
         }
         Message::Hints { batch, ranges } => {

@@ -75,7 +75,6 @@ struct Rx {
     stats: Stats,
     answers: [Option<(u32, Answer)>; SLOTS],
     next_slot: usize,
-    dropped_frames: u64,
 }
 
 /// The shim's state; inert (always local) without a UART.
@@ -112,7 +111,6 @@ impl Shim {
                 dec: wire::Decoder::new(),
                 answers: [None; SLOTS],
                 next_slot: 0,
-                dropped_frames: 0,
                 stats: Stats::default(),
             }),
             answered <- new_condvar!(),
@@ -208,7 +206,6 @@ impl Shim {
             match rx.dec.push(b) {
                 wire::Event::Frame => {}
                 wire::Event::Dropped(_) => {
-                    rx.dropped_frames += 1;
                     rx.stats.dropped += 1;
                     return;
                 }

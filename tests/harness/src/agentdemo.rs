@@ -5,6 +5,7 @@
 //! migrate` is refused while the guest holds its lock, and succeeds once it
 //! lets go; the destination's agent then owns the guest's lock state.
 
+use crate::migrate::tick_of;
 use crate::scenario::{finish_guest, Env, FailKind, Failure, Scenario};
 use crate::vm::{Doorbell, Vm, Wait};
 use anyhow::Context;
@@ -113,10 +114,6 @@ fn show(what: &str, out: &Output) {
     {
         eprintln!("    {l}");
     }
-}
-
-fn tick_of(line: &str) -> Option<u64> {
-    line.strip_prefix("tick ")?.trim().parse().ok()
 }
 
 /// Which story an agent scenario tells.

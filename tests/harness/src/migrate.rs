@@ -23,7 +23,8 @@ pub enum Mode {
     Postcopy,
 }
 
-fn tick_of(line: &str) -> Option<u64> {
+/// The tick number in a workload line `tick N`.
+pub(crate) fn tick_of(line: &str) -> Option<u64> {
     line.strip_prefix("tick ")?.trim().parse().ok()
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Most holds the host keeps for one VM (as many as the guest can have).
-pub const MAX_HOLDS: usize = 64;
+pub const MAX_HOLDS: usize = miglock_lockstate::table::MAX_HOLDERS;
 
 /// A VM's policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

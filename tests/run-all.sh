@@ -59,7 +59,7 @@ cargo_in_tools() { (cd tools && cargo "$@"); }
 
 phase workspace-fmt      single        cargo_in_tools fmt --all -- --check
 phase workspace-clippy   single        cargo_in_tools clippy --release --locked --workspace --all-targets -- -D warnings
-phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --workspace
+phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --workspace --no-fail-fast
 phase fuzz               single        make -s fuzz FUZZ_SECONDS=10
 phase module-build       single        make -s module
 phase module-clippy      single        make -s clippy
@@ -75,6 +75,13 @@ failed=$((failed + f))
 [ "$f" = 0 ] || failures+=("guest-scenarios")
 printf 'test: guest scenarios: %d passed, %d failed (%d s)\n' "$p" "$f" $((SECONDS - t0)) >&2
 
+# Repeat what failed next to the summary, where a reader of the tail looks.
+for name in "${failures[@]}"; do
+	log=$logs/$name.log
+	[ "$name" = guest-scenarios ] && log=$logs/guest-scenarios.log
+	printf 'test: %s failed; first failures (log: %s):\n' "$name" "$log" >&2
+	grep -E -A1 -- '^test .* FAILED$|panicked at|^harness: FAIL|^error' "$log" | head -n 12 | sed 's/^/    /' >&2
+done
 [ ${#failures[@]} -eq 0 ] || printf 'test: failed phases: %s\n' "${failures[*]}" >&2
 echo "summary: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -119,6 +119,13 @@ impl Guest {
         }
     }
 
+    /// Waits until the agent has handled everything sent so far: it answers
+    /// in order, so its Pong to a Ping means the frames before were handled.
+    fn sync(&mut self) {
+        let seq = self.send(Message::Ping);
+        while self.next() != (seq, Kind::Other) {}
+    }
+
     fn lock(&mut self, hold: u32, label: &str, lease_ms: u32) -> (bool, u32, u32) {
         let l = miglock_abi::types::make_label(label).unwrap();
         let seq = self.send(Message::Lock {
@@ -131,7 +138,7 @@ impl Guest {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum Kind {
     Welcome,
     Decision(bool, u32, u32),
@@ -234,12 +241,9 @@ fn decides_records_and_survives_a_restart() {
         static_lock: false,
         earliest_expiry_ms: 0,
     });
-    // The status follows once the agent has read both.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.control(json!({"cmd": "status"}))["data"]["vms"]["good"]["locked"] == true {
-        assert!(Instant::now() < deadline, "unlock not applied");
-        std::thread::yield_now();
-    }
+    g.sync();
+    let st = agent.control(json!({"cmd": "status"}));
+    assert_eq!(st["data"]["vms"]["good"]["locked"], false, "{st}");
     let a = audit(&dir);
     assert!(a
         .iter()
@@ -356,6 +360,7 @@ fn a_hostile_guest_never_affects_another_vm() {
         worst = worst.max(t.elapsed());
     }
     flood.join().unwrap();
+    g.sync();
     assert!(worst < Duration::from_secs(1), "good VM waited {worst:?}");
     let st = agent.control(json!({"cmd": "status"}));
     let link = &st["data"]["vms"]["bad"]["link"];
@@ -493,15 +498,7 @@ fn unchanged_state_reports_cost_nothing() {
             earliest_expiry_ms: 5000,
         });
     }
-    // The agent answers in order: its Pong means the States were handled.
-    let seq = g.send(Message::Ping);
-    loop {
-        if let (r, Kind::Other) = g.next() {
-            if r == seq {
-                break;
-            }
-        }
-    }
+    g.sync();
     let n = audit(&dir)
         .iter()
         .filter(|r| r["event"] == "guest-state")

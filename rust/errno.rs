@@ -13,3 +13,13 @@ pub(crate) fn enolck() -> Error {
 pub(crate) fn etimedout() -> Error {
     Error::from_errno(-(bindings::ETIMEDOUT as i32))
 }
+
+/// `EOPNOTSUPP`: hints are turned off (`hint_rate=0`).
+pub(crate) fn eopnotsupp() -> Error {
+    Error::from_errno(-(bindings::EOPNOTSUPP as i32))
+}
+
+/// `ENOTCONN`: the host channel is not connected.
+pub(crate) fn enotconn() -> Error {
+    Error::from_errno(-(bindings::ENOTCONN as i32))
+}

@@ -166,6 +166,56 @@ fn vmcall_signature(test: &mut Test) {
     kunit_expect!(test, ours == SIGNATURE);
 }
 
+/// Hint batches: ranges must be non-empty and below `pfn_limit`, the
+/// reserved field zero, the count honest.
+fn hint_batch_checks(test: &mut Test) {
+    use crate::hints::{check, frames_for};
+    let range = |start: u64, pages: u32| {
+        let mut r = [0u8; 16];
+        r[..8].copy_from_slice(&start.to_le_bytes());
+        r[8..12].copy_from_slice(&pages.to_le_bytes());
+        r
+    };
+    let req = |count: u32| types::MldHints {
+        count,
+        pfn_limit: 100,
+        interval_ms: 1000,
+        ..Default::default()
+    };
+    kunit_expect!(test, check(&req(1), &range(10, 5)).is_ok());
+    kunit_expect!(test, check(&req(1), &range(98, 2)).is_ok());
+    kunit_expect!(test, check(&req(1), &range(98, 3)).is_err());
+    kunit_expect!(test, check(&req(1), &range(10, 0)).is_err());
+    kunit_expect!(test, check(&req(1), &range(u64::MAX, 2)).is_err());
+    kunit_expect!(test, check(&req(2), &range(10, 5)).is_err());
+    let reserved = types::MldHints {
+        reserved: 1,
+        ..req(0)
+    };
+    kunit_expect!(test, check(&reserved, &[]).is_err());
+    kunit_expect!(test, check(&req(types::MLD_MAX_HINTS + 1), &[]).is_err());
+    // A Workload frame, then 63 ranges a frame.
+    kunit_expect_eq!(test, frames_for(0), 2);
+    kunit_expect_eq!(test, frames_for(63), 2);
+    kunit_expect_eq!(test, frames_for(64), 3);
+    kunit_expect_eq!(test, frames_for(1024), 18);
+}
+
+/// The hint rate: a full bucket, refusal when empty, refill with time.
+fn hint_rate_limit(test: &mut Test) {
+    use crate::hints::Limiter;
+    const SEC: u64 = 1_000_000_000;
+    let mut l = Limiter::new(20);
+    // The bucket holds at least one full batch (18 frames) and a second's worth.
+    kunit_expect!(test, l.admit(18, SEC).is_ok());
+    kunit_expect!(test, l.admit(2, SEC).is_ok());
+    kunit_expect_eq!(test, l.admit(1, SEC), Err(EAGAIN));
+    // 20 frames a second: 100 ms later, two frames' worth.
+    kunit_expect!(test, l.admit(2, SEC + SEC / 10).is_ok());
+    kunit_expect_eq!(test, l.admit(1, SEC + SEC / 10), Err(EAGAIN));
+    kunit_expect!(test, Limiter::new(0).admit(1, SEC).is_err());
+}
+
 /// Proves the harness notices a failing case; only in the selftest build.
 #[cfg(miglock_selftest = "kunit_fail")]
 fn selftest_deliberate_failure(test: &mut Test) {
@@ -187,6 +237,8 @@ kunit_suite!(
         label_validation,
         wire_round_trip,
         vmcall_signature,
+        hint_batch_checks,
+        hint_rate_limit,
         #[cfg(miglock_selftest = "kunit_fail")]
         selftest_deliberate_failure,
     ]

@@ -12,6 +12,7 @@ mod bindings;
 mod channel;
 mod cred;
 mod errno;
+mod hints;
 mod ioport;
 mod irq;
 mod kunit;
@@ -89,6 +90,14 @@ param::module_param!(
 );
 
 param::module_param!(
+    HINT_RATE,
+    "hint_rate",
+    u32 = 64,
+    param_ops_uint,
+    "Hint frames per second forwarded to the host (1 KiB each); 0: hints off"
+);
+
+param::module_param!(
     VMCALL,
     "vmcall",
     bool = true,
@@ -146,6 +155,7 @@ impl kernel::Module for Miglock {
             max_lease_ms,
             lock_gid,
             host_required: HOST_REQUIRED.get(),
+            hint_rate: HINT_RATE.get(),
         };
         let uart = match DOORBELL_IO.get() {
             0 => None,

@@ -11,6 +11,7 @@ use crate::abi::wire::Notice;
 use crate::abi::{ioctl as nr, types::*};
 use crate::channel::{Decision, HostChannel, Report};
 use crate::cred;
+use crate::hints::{self, Limiter};
 use crate::lockstate::table::{Error as TableError, Owner, Table, LABEL_LEN};
 use crate::miscdev::{MiscDevice, PollTable, EPOLLIN, EPOLLRDNORM};
 use crate::shim::{HostEvent, Shim};
@@ -18,7 +19,7 @@ use crate::timer::Timer;
 use crate::uart::Uart;
 use crate::waitqueue::{StaticKey, WaitQueue};
 use core::mem::size_of;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
     bindings, c_str, new_mutex,
     prelude::*,
@@ -38,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) lock_gid: Option<u32>,
     /// Fail a lock the host did not answer instead of recording it locally.
     pub(crate) host_required: bool,
+    /// Hint frames per second forwarded to the host; 0: hints off.
+    pub(crate) hint_rate: u32,
 }
 
 /// The lock state behind the mutex.
@@ -49,6 +52,8 @@ struct State {
     migration_pending: bool,
     /// The host released the lock by force; cleared by the next lock.
     forced_release: bool,
+    /// How many times the host announced post-copy.
+    postcopy_gen: u32,
 }
 
 /// State shared by every open file of `/dev/mld`.
@@ -65,6 +70,9 @@ pub(crate) struct Shared {
     /// The host channel (decides locally without a doorbell).
     #[pin]
     shim: Shim,
+    /// The hint rate limit.
+    #[pin]
+    hints: Mutex<Limiter>,
     config: Config,
     next_id: AtomicU64,
 }
@@ -101,7 +109,9 @@ impl Shared {
                     last_refusal: 0,
                     migration_pending: false,
                     forced_release: false,
+                    postcopy_gen: 0,
                 }),
+                hints <- new_mutex!(Limiter::new(config.hint_rate)),
                 events <- WaitQueue::new(c_str!("miglock_events"), &EVENTS_KEY),
                 // SAFETY: `expiry_fired` only touches `Shared`, whose drop
                 // cancels the timer first.
@@ -189,10 +199,28 @@ impl Shared {
                         st.forced_release = st.table.clear() > 0;
                     }
                     Notice::PolicyChange { .. } => {}
+                    // Pollers (the tracer) run ahead of the workload's faults.
+                    Notice::PostcopyStarted => st.postcopy_gen = st.postcopy_gen.wrapping_add(1),
                 });
                 self.events.wake_all();
             }
         }
+    }
+
+    /// Forwards a hint batch within the rate.
+    fn hints(&self, req: &MldHints, raw: &[u8]) -> Result {
+        hints::check(req, raw)?;
+        self.hints
+            .lock()
+            .admit(hints::frames_for(req.count), now_ns())?;
+        let w = crate::abi::wire::Message::Workload {
+            batch: req.batch,
+            interval_ms: req.interval_ms,
+            wss_pages: req.wss_pages,
+            dirty_pages_per_s: req.dirty_pages_per_s,
+            pfn_limit: req.pfn_limit,
+        };
+        self.shim.send_hints(&w, req.batch, raw)
     }
 
     /// Takes a hold once the host agreed (or, without a host, locally).
@@ -306,6 +334,8 @@ pub(crate) struct MldFile {
     id: u64,
     /// This file took a hold and has not seen it end yet.
     expect_hold: AtomicBool,
+    /// The post-copy announcement this file last saw in its status.
+    seen_postcopy: AtomicU32,
 }
 
 impl MiscDevice for MldDevice {
@@ -317,6 +347,7 @@ impl MiscDevice for MldDevice {
             shared: shared.clone(),
             id: shared.next_id.fetch_add(1, Ordering::Relaxed),
             expect_hold: AtomicBool::new(false),
+            seen_postcopy: AtomicU32::new(shared.with_state(|st, _| st.postcopy_gen)),
         };
         Ok(KBox::new(file, GFP_KERNEL)?)
     }
@@ -411,6 +442,7 @@ impl MldFile {
             nr::MLD_IOC_LOCK => self.lock(&read_arg::<MldLock>(arg)?),
             nr::MLD_IOC_UNLOCK => self.unlock(read_arg::<u32>(arg)?),
             nr::MLD_IOC_RENEW => self.renew(&read_arg::<MldRenew>(arg)?),
+            nr::MLD_IOC_HINTS => self.hints(&read_arg::<MldHints>(arg)?),
             nr::MLD_IOC_STATUS => {
                 let status = self.status();
                 UserSlice::new(arg, size_of::<MldStatus>())
@@ -449,14 +481,32 @@ impl MldFile {
     }
 
     /// Whether something happened this file must react to: its hold ended
-    /// without it unlocking (lease expiry; until it reads its status), or
-    /// the host announced a migration or released the lock by force.
+    /// without it unlocking (lease expiry; until it reads its status), the
+    /// host announced a migration or post-copy (until it reads its status),
+    /// or released the lock by force.
     fn has_event(&self) -> bool {
         let (mine, host) = self.shared.with_state(|st, _| {
             let mine = st.table.hold(Owner::File(self.id)).is_some();
-            (mine, st.migration_pending || st.forced_release)
+            let postcopy = st.postcopy_gen != self.seen_postcopy.load(Ordering::Relaxed);
+            (mine, st.migration_pending || st.forced_release || postcopy)
         });
         host || (!mine && self.expect_hold.load(Ordering::Relaxed))
+    }
+
+    /// `MLD_IOC_HINTS`: a privileged caller's batch, copied in and checked
+    /// before any of it reaches the host.
+    fn hints(&self, req: &MldHints) -> Result {
+        self.check_privilege()?;
+        if req.count > MLD_MAX_HINTS {
+            return Err(EINVAL);
+        }
+        let len = req.count as usize * size_of::<MldHintRange>();
+        let mut raw = KVec::with_capacity(len, GFP_KERNEL)?;
+        let addr = usize::try_from(req.ranges).map_err(|_| EFAULT)?;
+        UserSlice::new(addr, len)
+            .reader()
+            .read_all(&mut raw, GFP_KERNEL)?;
+        self.shared.hints(req, &raw)
     }
 
     /// The hold id the host knows an owner by.
@@ -585,6 +635,9 @@ impl MldFile {
         if mine.is_none() && self.expect_hold.swap(false, Ordering::Relaxed) {
             flags |= MLD_ST_LEASE_EXPIRED;
         }
+        if self.seen_postcopy.swap(st.postcopy_gen, Ordering::Relaxed) != st.postcopy_gen {
+            flags |= MLD_ST_POSTCOPY;
+        }
         MldStatus {
             flags,
             holders: t.holders() as u32,
@@ -593,7 +646,8 @@ impl MldFile {
             last_decision: st.last_decision,
             last_refusal: st.last_refusal,
             max_lease_ms: self.shared.config.max_lease_ms,
-            reserved: [0; 7],
+            postcopy_gen: st.postcopy_gen,
+            reserved: [0; 6],
         }
     }
 }

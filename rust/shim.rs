@@ -68,6 +68,10 @@ pub(crate) struct Stats {
     pub(crate) dropped: u64,
     /// Answers that arrived for no waiting request (late or duplicate).
     pub(crate) stale: u64,
+    /// Hint batches sent.
+    pub(crate) hint_batches: u64,
+    /// Hint frames sent (a batch is a `Workload` and its `Hints` frames).
+    pub(crate) hint_frames: u64,
 }
 
 struct Rx {
@@ -260,6 +264,45 @@ impl Shim {
             let _ = self.send(&Message::Pong, seq);
         }
         got > 0
+    }
+
+    /// Sends a hint batch: its `Workload` frame, then the ranges (`raw`, in
+    /// wire layout) in frames of [`wire::MAX_HINTS`]. The transmit lock is
+    /// taken per frame, so a lock request waits for one frame at most.
+    pub(crate) fn send_hints(&self, w: &Message<'_>, batch: u32, raw: &[u8]) -> Result {
+        let uart = self.uart.as_ref().ok_or(ENODEV)?;
+        if !self.connected.load(Ordering::Relaxed) {
+            return Err(crate::errno::enotconn());
+        }
+        let mut buf = KVec::from_elem(0u8, wire::MAX_FRAME, GFP_KERNEL)?;
+        let mut frames = 0;
+        let mut chunks = raw.chunks(wire::MAX_HINTS * wire::HINT_LEN);
+        let mut first = Some(*w);
+        loop {
+            let msg = match first.take() {
+                Some(m) => m,
+                None => match chunks.next() {
+                    Some(c) => Message::Hints {
+                        batch,
+                        ranges: wire::Hints::from_raw(c).ok_or(EINVAL)?,
+                    },
+                    None => break,
+                },
+            };
+            let hdr = Header {
+                seq: self.next_seq(),
+                reply_to: 0,
+            };
+            let n = wire::encode(&msg, hdr, &mut buf).map_err(|_| EINVAL)?;
+            let tx = self.tx.lock();
+            uart.send(&buf[..n])?;
+            drop(tx);
+            frames += 1;
+        }
+        let mut rx = self.rx.lock();
+        rx.stats.hint_batches += 1;
+        rx.stats.hint_frames += frames;
+        Ok(())
     }
 
     /// Sends the whole state after a (re)connect.

@@ -168,8 +168,8 @@ fn render(file: File, shared: &Shared, out: &mut Page) -> fmt::Result {
         let s = shared.channel_stats();
         return writeln!(
             out,
-            "requests {} retries {} failures {} dropped {} stale {}",
-            s.requests, s.retries, s.failures, s.dropped, s.stale
+            "requests {} retries {} failures {} dropped {} stale {} hint_batches {} hint_frames {}",
+            s.requests, s.retries, s.failures, s.dropped, s.stale, s.hint_batches, s.hint_frames
         );
     }
     shared.with_table(|t, now| match file {

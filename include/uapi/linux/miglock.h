@@ -66,6 +66,7 @@ struct mld_renew {
 #define MLD_ST_MIGRATION_PENDING	(1U << 5)
 #define MLD_ST_FORCED_RELEASE		(1U << 6)
 #define MLD_ST_LEASE_EXPIRED		(1U << 7)
+#define MLD_ST_POSTCOPY			(1U << 8)
 
 #define MLD_DECISION_NONE	0
 #define MLD_DECISION_GRANTED	1
@@ -81,6 +82,7 @@ struct mld_renew {
  * @last_decision:      the last MLD_DECISION_*
  * @last_refusal:       the host's refusal reason, 0 if none
  * @max_lease_ms:       the maximum lease
+ * @postcopy_gen:       times the host announced post-copy (MLD_ST_POSTCOPY)
  * @reserved:           zero
  */
 struct mld_status {
@@ -91,7 +93,44 @@ struct mld_status {
 	__u32 last_decision;
 	__u32 last_refusal;
 	__u32 max_lease_ms;
-	__u32 reserved[7];
+	__u32 postcopy_gen;
+	__u32 reserved[6];
+};
+
+#define MLD_MAX_HINTS		1024
+
+/**
+ * struct mld_hint_range - one ranked guest-physical range
+ * @start_pfn: first page frame number
+ * @pages:     number of pages, at least one
+ * @score:     higher is hotter; ranges come hottest first
+ */
+struct mld_hint_range {
+	__u64 start_pfn;
+	__u32 pages;
+	__u32 score;
+};
+
+/**
+ * struct mld_hints - MLD_IOC_HINTS argument
+ * @batch:             batch number, higher than the last
+ * @count:             ranges at @ranges, at most MLD_MAX_HINTS
+ * @ranges:            user address of @count struct mld_hint_range
+ * @wss_pages:         pages the workload touched recently
+ * @dirty_pages_per_s: pages written per second
+ * @pfn_limit:         every frame number is below this
+ * @interval_ms:       the tracer's sampling interval
+ * @reserved:          must be zero
+ */
+struct mld_hints {
+	__u32 batch;
+	__u32 count;
+	__u64 ranges;
+	__u64 wss_pages;
+	__u64 dirty_pages_per_s;
+	__u64 pfn_limit;
+	__u32 interval_ms;
+	__u32 reserved;
 };
 
 /* flag: 1 = may migrate, 0 = locked ("Who Decides Migration?") */
@@ -100,5 +139,6 @@ struct mld_status {
 #define MLD_IOC_UNLOCK		_IOW(MLD_IOC_MAGIC, 0x02, __u32)
 #define MLD_IOC_RENEW		_IOW(MLD_IOC_MAGIC, 0x03, struct mld_renew)
 #define MLD_IOC_STATUS		_IOR(MLD_IOC_MAGIC, 0x04, struct mld_status)
+#define MLD_IOC_HINTS		_IOW(MLD_IOC_MAGIC, 0x05, struct mld_hints)
 
 #endif /* _UAPI_LINUX_MIGLOCK_H */

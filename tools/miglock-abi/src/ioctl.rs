@@ -5,7 +5,7 @@
 //! Encoded exactly like the kernel's `_IOC()` on x86 and the other
 //! asm-generic architectures: `dir << 30 | size << 16 | type << 8 | nr`.
 
-use super::types::{MldLock, MldRenew, MldStatus};
+use super::types::{MldHints, MldLock, MldRenew, MldStatus};
 
 /// ioctl type byte of `/dev/mld`; 0xB9 is unassigned in
 /// `Documentation/userspace-api/ioctl/ioctl-number.rst`.
@@ -65,17 +65,22 @@ pub const MLD_IOC_RENEW: u32 = iow::<MldRenew>(0x03);
 /// `MLD_IOC_STATUS`: read the lock state ([`MldStatus`]).
 pub const MLD_IOC_STATUS: u32 = ior::<MldStatus>(0x04);
 
+/// `MLD_IOC_HINTS`: hand the host a hint batch ([`MldHints`]). Rate limited:
+/// `EAGAIN` over the rate (the batch is dropped; send the next one later).
+pub const MLD_IOC_HINTS: u32 = iow::<MldHints>(0x05);
+
 /// x86_64 number of `set_migration_flag(int flag, int *result)`, the
 /// paper's system call, added by the test kernel's patch (not upstream).
 pub const NR_SET_MIGRATION_FLAG: i64 = 499;
 
 /// Every `/dev/mld` ioctl with its C name, for golden tests and tools.
-pub const ALL: [(&str, u32); 5] = [
+pub const ALL: [(&str, u32); 6] = [
     ("SET_MIGRATION_FLAG", SET_MIGRATION_FLAG),
     ("MLD_IOC_LOCK", MLD_IOC_LOCK),
     ("MLD_IOC_UNLOCK", MLD_IOC_UNLOCK),
     ("MLD_IOC_RENEW", MLD_IOC_RENEW),
     ("MLD_IOC_STATUS", MLD_IOC_STATUS),
+    ("MLD_IOC_HINTS", MLD_IOC_HINTS),
 ];
 
 #[cfg(test)]

@@ -111,6 +111,10 @@ pub const MLD_ST_MIGRATION_PENDING: u32 = 1 << 5;
 pub const MLD_ST_FORCED_RELEASE: u32 = 1 << 6;
 /// Status flag: this file's lease ended since its last status call.
 pub const MLD_ST_LEASE_EXPIRED: u32 = 1 << 7;
+/// Status flag: the host said post-copy is running (this VM now runs on the
+/// destination and fetches pages it has not received yet on demand).
+/// `postcopy_gen` counts these announcements.
+pub const MLD_ST_POSTCOPY: u32 = 1 << 8;
 
 /// Host decision: none yet.
 pub const MLD_DECISION_NONE: u32 = 0;
@@ -139,8 +143,49 @@ pub struct MldStatus {
     pub last_refusal: u32,
     /// The maximum lease in milliseconds.
     pub max_lease_ms: u32,
+    /// How many times the host announced post-copy since the module loaded.
+    pub postcopy_gen: u32,
     /// Zero.
-    pub reserved: [u32; 7],
+    pub reserved: [u32; 6],
+}
+
+/// Most ranges in one `MLD_IOC_HINTS` call.
+pub const MLD_MAX_HINTS: u32 = 1024;
+
+/// One ranked guest-physical range of a hint batch (same layout as a wire
+/// hint range).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MldHintRange {
+    /// First page frame number.
+    pub start_pfn: u64,
+    /// Number of pages, at least one.
+    pub pages: u32,
+    /// Higher is hotter; ranges come hottest first.
+    pub score: u32,
+}
+
+/// `MLD_IOC_HINTS` argument: a hint batch and the workload figures the host
+/// planner uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MldHints {
+    /// Batch number; each batch must number higher than the last.
+    pub batch: u32,
+    /// Ranges at `ranges`, at most [`MLD_MAX_HINTS`].
+    pub count: u32,
+    /// User address of `count` [`MldHintRange`]s.
+    pub ranges: u64,
+    /// Pages the workload touched recently (its working set).
+    pub wss_pages: u64,
+    /// Pages written per second.
+    pub dirty_pages_per_s: u64,
+    /// Every frame number is below this.
+    pub pfn_limit: u64,
+    /// The tracer's sampling interval in milliseconds.
+    pub interval_ms: u32,
+    /// Must be zero.
+    pub reserved: u32,
 }
 
 /// Why a label is not acceptable.
@@ -196,6 +241,11 @@ mod tests {
         assert_eq!(offset_of!(MldStatus, earliest_expiry_ms), 8);
         assert_eq!(offset_of!(MldStatus, last_decision), 24);
         assert_eq!(offset_of!(MldStatus, max_lease_ms), 32);
+        assert_eq!(offset_of!(MldStatus, postcopy_gen), 36);
+        assert_eq!(size_of::<MldHintRange>(), 16);
+        assert_eq!(size_of::<MldHints>(), 48);
+        assert_eq!(offset_of!(MldHints, ranges), 8);
+        assert_eq!(offset_of!(MldHints, interval_ms), 40);
     }
 
     #[test]

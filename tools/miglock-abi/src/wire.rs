@@ -86,6 +86,8 @@ pub enum Kind {
     Ping = 10,
     /// Either way: answer to `Ping`.
     Pong = 11,
+    /// Guest → host: working-set figures; the `Hints` of the same batch follow.
+    Workload = 12,
 }
 
 impl Kind {
@@ -103,6 +105,7 @@ impl Kind {
             9 => Kind::Hints,
             10 => Kind::Ping,
             11 => Kind::Pong,
+            12 => Kind::Workload,
             _ => return None,
         })
     }
@@ -126,6 +129,9 @@ pub enum Notice {
         /// New maximum lease in milliseconds.
         max_lease_ms: u32,
     },
+    /// Post-copy is running: the VM runs on the destination and pages not
+    /// received yet are fetched when touched. Sent by the destination agent.
+    PostcopyStarted,
 }
 
 /// One ranked guest-physical range in a hint batch.
@@ -146,6 +152,13 @@ pub struct Hints<'a> {
 }
 
 impl<'a> Hints<'a> {
+    /// Hint ranges already in wire layout (16 bytes each, at most
+    /// [`MAX_HINTS`]); `None` if `raw` is not.
+    pub fn from_raw(raw: &'a [u8]) -> Option<Self> {
+        (raw.len().is_multiple_of(HINT_LEN) && raw.len() / HINT_LEN <= MAX_HINTS)
+            .then_some(Hints { raw })
+    }
+
     /// Number of ranges.
     pub fn len(&self) -> usize {
         self.raw.len() / HINT_LEN
@@ -235,6 +248,19 @@ pub enum Message<'a> {
         /// The ranges.
         ranges: Hints<'a>,
     },
+    /// The workload behind a hint batch (sent before its `Hints` frames).
+    Workload {
+        /// The batch these figures go with.
+        batch: u32,
+        /// The tracer's sampling interval in milliseconds.
+        interval_ms: u32,
+        /// Pages touched recently.
+        wss_pages: u64,
+        /// Pages written per second.
+        dirty_pages_per_s: u64,
+        /// Every frame number is below this.
+        pfn_limit: u64,
+    },
     /// Liveness probe.
     Ping,
     /// Liveness answer.
@@ -254,6 +280,7 @@ impl Message<'_> {
             Message::Decision { .. } => Kind::Decision,
             Message::Notice(_) => Kind::Notice,
             Message::Hints { .. } => Kind::Hints,
+            Message::Workload { .. } => Kind::Workload,
             Message::Ping => Kind::Ping,
             Message::Pong => Kind::Pong,
         }
@@ -367,6 +394,7 @@ impl Writer<'_> {
 const NOTICE_PENDING: u32 = 1;
 const NOTICE_FORCED: u32 = 2;
 const NOTICE_POLICY: u32 = 3;
+const NOTICE_POSTCOPY: u32 = 4;
 
 /// Encodes a hint batch from `ranges` (at most [`MAX_HINTS`]).
 pub fn encode_hints(
@@ -445,6 +473,7 @@ pub fn encode(msg: &Message<'_>, hdr: Header, out: &mut [u8]) -> Result<usize, E
                 Notice::MigrationPending { deadline_ms } => (NOTICE_PENDING, deadline_ms),
                 Notice::ForcedRelease { reason } => (NOTICE_FORCED, reason),
                 Notice::PolicyChange { max_lease_ms } => (NOTICE_POLICY, max_lease_ms),
+                Notice::PostcopyStarted => (NOTICE_POSTCOPY, 0),
             };
             w.u32(k)?;
             w.u32(v)
@@ -453,6 +482,19 @@ pub fn encode(msg: &Message<'_>, hdr: Header, out: &mut [u8]) -> Result<usize, E
             w.u32(batch)?;
             w.u32(ranges.len() as u32)?;
             w.put(ranges.raw)
+        }
+        Message::Workload {
+            batch,
+            interval_ms,
+            wss_pages,
+            dirty_pages_per_s,
+            pfn_limit,
+        } => {
+            w.u32(batch)?;
+            w.u32(interval_ms)?;
+            w.u64(wss_pages)?;
+            w.u64(dirty_pages_per_s)?;
+            w.u64(pfn_limit)
         }
         Message::Ping | Message::Pong => Ok(()),
     })
@@ -596,6 +638,7 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message<'_>), DecodeError> {
                 NOTICE_PENDING => Notice::MigrationPending { deadline_ms: v },
                 NOTICE_FORCED => Notice::ForcedRelease { reason: v },
                 NOTICE_POLICY => Notice::PolicyChange { max_lease_ms: v },
+                NOTICE_POSTCOPY if v == 0 => Notice::PostcopyStarted,
                 _ => return Err(bad),
             })
         }
@@ -610,6 +653,16 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message<'_>), DecodeError> {
             Message::Hints {
                 batch: u32_at(p, 0),
                 ranges: Hints { raw: &p[8..] },
+            }
+        }
+        Kind::Workload => {
+            need(32)?;
+            Message::Workload {
+                batch: u32_at(p, 0),
+                interval_ms: u32_at(p, 4),
+                wss_pages: u64_at(p, 8),
+                dirty_pages_per_s: u64_at(p, 16),
+                pfn_limit: u64_at(p, 24),
             }
         }
         Kind::Ping | Kind::Pong => {

@@ -19,7 +19,12 @@ const PROBE: &str = r#"
 int main(void)
 {
 	P(SET_MIGRATION_FLAG); P(MLD_IOC_LOCK); P(MLD_IOC_UNLOCK);
-	P(MLD_IOC_RENEW); P(MLD_IOC_STATUS); P(MLD_IOC_MAGIC);
+	P(MLD_IOC_RENEW); P(MLD_IOC_STATUS); P(MLD_IOC_HINTS); P(MLD_IOC_MAGIC);
+	P(sizeof(struct mld_hints)); P(sizeof(struct mld_hint_range)); P(MLD_MAX_HINTS);
+	P(offsetof(struct mld_hints, ranges)); P(offsetof(struct mld_hints, wss_pages));
+	P(offsetof(struct mld_hints, dirty_pages_per_s)); P(offsetof(struct mld_hints, pfn_limit));
+	P(offsetof(struct mld_hints, interval_ms)); P(offsetof(struct mld_hint_range, score));
+	P(offsetof(struct mld_status, postcopy_gen)); P(MLD_ST_POSTCOPY);
 	P(sizeof(struct mld_lock)); P(sizeof(struct mld_renew)); P(sizeof(struct mld_status));
 	P(offsetof(struct mld_lock, reason)); P(offsetof(struct mld_lock, flags));
 	P(offsetof(struct mld_lock, lease_ms)); P(offsetof(struct mld_lock, reserved));
@@ -81,6 +86,42 @@ fn c_header_matches_rust_abi() {
         ("MLD_IOC_UNLOCK", ioctl::MLD_IOC_UNLOCK.into()),
         ("MLD_IOC_RENEW", ioctl::MLD_IOC_RENEW.into()),
         ("MLD_IOC_STATUS", ioctl::MLD_IOC_STATUS.into()),
+        ("MLD_IOC_HINTS", ioctl::MLD_IOC_HINTS.into()),
+        ("sizeof(struct mld_hints)", size_of::<MldHints>() as u64),
+        (
+            "sizeof(struct mld_hint_range)",
+            size_of::<MldHintRange>() as u64,
+        ),
+        ("MLD_MAX_HINTS", MLD_MAX_HINTS.into()),
+        (
+            "offsetof(struct mld_hints, ranges)",
+            offset_of!(MldHints, ranges) as u64,
+        ),
+        (
+            "offsetof(struct mld_hints, wss_pages)",
+            offset_of!(MldHints, wss_pages) as u64,
+        ),
+        (
+            "offsetof(struct mld_hints, dirty_pages_per_s)",
+            offset_of!(MldHints, dirty_pages_per_s) as u64,
+        ),
+        (
+            "offsetof(struct mld_hints, pfn_limit)",
+            offset_of!(MldHints, pfn_limit) as u64,
+        ),
+        (
+            "offsetof(struct mld_hints, interval_ms)",
+            offset_of!(MldHints, interval_ms) as u64,
+        ),
+        (
+            "offsetof(struct mld_hint_range, score)",
+            offset_of!(MldHintRange, score) as u64,
+        ),
+        (
+            "offsetof(struct mld_status, postcopy_gen)",
+            offset_of!(MldStatus, postcopy_gen) as u64,
+        ),
+        ("MLD_ST_POSTCOPY", MLD_ST_POSTCOPY.into()),
         ("MLD_IOC_MAGIC", ioctl::MLD_IOC_MAGIC.into()),
         ("sizeof(struct mld_lock)", size_of::<MldLock>() as u64),
         ("sizeof(struct mld_renew)", size_of::<MldRenew>() as u64),

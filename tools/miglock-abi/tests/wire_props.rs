@@ -16,6 +16,7 @@ fn notice() -> impl Strategy<Value = Notice> {
         any::<u32>().prop_map(|d| Notice::MigrationPending { deadline_ms: d }),
         any::<u32>().prop_map(|r| Notice::ForcedRelease { reason: r }),
         any::<u32>().prop_map(|m| Notice::PolicyChange { max_lease_ms: m }),
+        Just(Notice::PostcopyStarted),
     ]
 }
 
@@ -55,6 +56,20 @@ fn message() -> impl Strategy<Value = Message<'static>> {
             reason: r
         }),
         notice().prop_map(Message::Notice),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(b, i, w, d, p)| Message::Workload {
+                batch: b,
+                interval_ms: i,
+                wss_pages: w,
+                dirty_pages_per_s: d,
+                pfn_limit: p
+            }),
         Just(Message::Ping),
         Just(Message::Pong),
     ]

@@ -21,8 +21,19 @@ pub enum Request {
     },
     /// Migrate a VM if its lock allows.
     Migrate(MigrateRequest),
+    /// Receive a VM: listen, follow the migration, and tell the guest when
+    /// post-copy starts.
+    Incoming(IncomingRequest),
     /// Stream events (decisions, migrations) as they happen.
     Watch,
+    /// A VM's latest hint batch from its guest.
+    Hints {
+        /// VM name.
+        vm: String,
+        /// Every range, not just the hottest.
+        #[serde(default)]
+        all: bool,
+    },
 }
 
 /// Policy fields an administrator may change.
@@ -50,6 +61,9 @@ pub enum Mode {
     Precopy,
     /// Post-copy after the first pre-copy pass.
     Postcopy,
+    /// Planned from the guest's hints: pre-copy, post-copy, or pre-copy
+    /// then post-copy, with downtime limit and bandwidth.
+    Auto,
 }
 
 /// `migrate` arguments.
@@ -73,6 +87,29 @@ pub struct MigrateRequest {
     /// Why (required with `force`).
     #[serde(default)]
     pub reason: Option<String>,
+    /// QEMU `max-bandwidth` in bytes/s (default: QEMU's current setting).
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// QEMU `downtime-limit` in ms (default: QEMU's current setting).
+    #[serde(default)]
+    pub downtime_limit_ms: Option<u64>,
+    /// Cancel a migration still copying after this long (pre-copy that
+    /// does not converge would otherwise run forever).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `incoming` arguments: the destination side of a migration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IncomingRequest {
+    /// VM name (its QEMU runs with `-incoming defer`).
+    pub vm: String,
+    /// Where to listen, e.g. `tcp:127.0.0.1:0` (port 0: any; the reply's
+    /// first progress line names it).
+    pub uri: String,
+    /// Allow post-copy (the source must enable it too).
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 /// One line of the agent's answer.

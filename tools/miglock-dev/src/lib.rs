@@ -27,6 +27,7 @@ nix::ioctl_write_ptr_bad!(ioc_lock, nr::MLD_IOC_LOCK, MldLock);
 nix::ioctl_write_ptr_bad!(ioc_unlock, nr::MLD_IOC_UNLOCK, u32);
 nix::ioctl_write_ptr_bad!(ioc_renew, nr::MLD_IOC_RENEW, MldRenew);
 nix::ioctl_read_bad!(ioc_status, nr::MLD_IOC_STATUS, MldStatus);
+nix::ioctl_write_ptr_bad!(ioc_hints, nr::MLD_IOC_HINTS, MldHints);
 
 /// A lock request.
 #[derive(Clone, Debug)]
@@ -39,6 +40,23 @@ pub struct Lock {
     pub label: String,
     /// Not owned by the file: lasts until unlocked or the lease ends.
     pub detached: bool,
+}
+
+/// A hint batch for [`Device::hints`].
+#[derive(Clone, Debug, Default)]
+pub struct HintBatch {
+    /// Batch number, higher than the last one sent.
+    pub batch: u32,
+    /// Ranked ranges, hottest first (at most `MLD_MAX_HINTS`).
+    pub ranges: Vec<MldHintRange>,
+    /// Pages the workload touched recently.
+    pub wss_pages: u64,
+    /// Pages written per second.
+    pub dirty_pages_per_s: u64,
+    /// Every frame number is below this.
+    pub pfn_limit: u64,
+    /// The sampling interval.
+    pub interval: Duration,
 }
 
 /// The lock state as the module reports it.
@@ -102,6 +120,14 @@ impl Status {
             MLD_DECISION_LOCAL => "local (no host channel)",
             _ => "unknown",
         }
+    }
+    /// The host announced post-copy.
+    pub fn postcopy(&self) -> bool {
+        self.flag(MLD_ST_POSTCOPY)
+    }
+    /// How many times the host announced post-copy.
+    pub fn postcopy_gen(&self) -> u32 {
+        self.0.postcopy_gen
     }
     /// The maximum lease.
     pub fn max_lease(&self) -> Duration {
@@ -211,6 +237,33 @@ impl Device {
         // SAFETY: `st` is a valid, writable `MldStatus` for the call.
         unsafe { ioc_status(self.fd(), &mut st) }.map_err(io)?;
         Ok(Status(st))
+    }
+
+    /// Hands a hint batch to the module, which forwards it to the host.
+    /// `EAGAIN`: over the module's hint rate; try again next interval.
+    pub fn hints(&self, b: &HintBatch) -> io::Result<()> {
+        let count = u32::try_from(b.ranges.len())
+            .ok()
+            .filter(|&n| n <= MLD_MAX_HINTS)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "too many hint ranges"))?;
+        let raw = MldHints {
+            batch: b.batch,
+            count,
+            ranges: b.ranges.as_ptr() as u64,
+            wss_pages: b.wss_pages,
+            dirty_pages_per_s: b.dirty_pages_per_s,
+            pfn_limit: b.pfn_limit,
+            interval_ms: u32::try_from(b.interval.as_millis()).unwrap_or(u32::MAX),
+            reserved: 0,
+        };
+        self.hints_raw(&raw)
+    }
+
+    /// Passes a raw hint request (tests use this to send invalid ones).
+    pub fn hints_raw(&self, raw: &MldHints) -> io::Result<()> {
+        // SAFETY: `raw` is valid for the call; the kernel reads `raw.count`
+        // ranges at `raw.ranges` and checks that address itself.
+        unsafe { ioc_hints(self.fd(), raw) }.map(drop).map_err(io)
     }
 
     /// The raw file descriptor (tests pass bad pointers through it).

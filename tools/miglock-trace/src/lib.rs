@@ -205,7 +205,9 @@ impl<W: Write> Writer<W> {
         }
         let limit = self.header.pfn_limit;
         if !check_ranges(&s.accessed, limit) || !check_ranges(&s.dirtied, limit) {
-            return Err(bad("ranges must be non-empty, sorted, disjoint and below pfn_limit"));
+            return Err(bad(
+                "ranges must be non-empty, sorted, disjoint and below pfn_limit",
+            ));
         }
         self.buf.clear();
         self.buf.push(TAG_SAMPLE);

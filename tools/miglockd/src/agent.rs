@@ -58,6 +58,11 @@ pub struct Limits {
     pub rate: f64,
     /// Frames in a burst.
     pub burst: f64,
+    /// Hint frames per second (their own bucket: hints never use up the
+    /// rate lock requests need).
+    pub hint_rate: f64,
+    /// Hint frames in a burst.
+    pub hint_burst: f64,
 }
 
 impl Default for Limits {
@@ -65,6 +70,8 @@ impl Default for Limits {
         Limits {
             rate: 200.0,
             burst: 400.0,
+            hint_rate: 128.0,
+            hint_burst: 128.0,
         }
     }
 }
@@ -90,8 +97,8 @@ pub struct Link {
     seq: u32,
     /// Counters.
     pub stats: LinkStats,
-    /// The latest hint batch: (batch number, ranges).
-    pub hints: Option<(u32, Vec<wire::HintRange>)>,
+    /// The latest hint batch.
+    pub hints: crate::hints::HintStore,
     /// The guest has reported its state since the agent last asked for it
     /// (connect or announce); the first report after that is always recorded.
     pub synced: bool,

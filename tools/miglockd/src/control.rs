@@ -58,7 +58,11 @@ fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
             },
             Ok(Request::Policy { vm, set }) => policy(agent, &vm, set),
             Ok(Request::Watch) => return watch(agent, &mut w),
+            Ok(Request::Hints { vm, all }) => hints(agent, &vm, all),
             Ok(Request::Migrate(req)) => gate::migrate(agent, &req, &mut |p| send(&mut w, p)),
+            Ok(Request::Incoming(req)) => {
+                crate::incoming::incoming(agent, &req, &mut |p| send(&mut w, p))
+            }
         };
         send(&mut w, &reply)?;
     }
@@ -90,8 +94,41 @@ pub fn vm_status(vm: &Vm) -> Value {
         "boot_id": l.boot_id,
         "migration": l.migration.map(|m| format!("{m:?}")),
         "link": link.stats,
-        "hint_ranges": link.hints.as_ref().map_or(0, |(_, v)| v.len()),
+        "hint_ranges": link.hints.latest.as_ref().map_or(0, |b| b.ranges.len()),
     })
+}
+
+/// Ranges shown without `all`.
+const TOP_RANGES: usize = 16;
+
+fn hints(agent: &Agent, name: &str, all: bool) -> Reply {
+    let Some(vm) = agent.vm(name) else {
+        return Reply::Error {
+            message: format!("no VM '{name}'"),
+        };
+    };
+    let link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+    let h = &link.hints;
+    let batch = h.latest.as_ref().map(|b| {
+        let shown = if all { b.ranges.len() } else { TOP_RANGES };
+        let ranges: Vec<Value> = b
+            .ranges
+            .iter()
+            .take(shown)
+            .map(|r| json!({"start_pfn": r.start_pfn, "pages": r.pages, "score": r.score}))
+            .collect();
+        json!({
+            "batch": b.batch,
+            "age_ms": now_ms().saturating_sub(b.received_ms),
+            "workload": b.workload,
+            "ranges": b.ranges.len(),
+            "pages": b.pages(),
+            "top": ranges,
+        })
+    });
+    Reply::Ok {
+        data: json!({"vm": name, "latest": batch, "stats": h.stats}),
+    }
 }
 
 fn status(agent: &Agent) -> Value {

@@ -11,6 +11,7 @@
 use crate::agent::{Agent, Vm};
 use crate::audit::now_ms;
 use crate::ledger::Migration;
+use crate::planner::{self, Choice, Plan};
 use miglock_abi::wire::{Notice, FORCED_BY_ADMIN};
 use miglock_control::{MigrateRequest, Mode, Reply};
 use miglock_qmp::Qmp;
@@ -214,6 +215,15 @@ fn run(
     let Some(qmp) = guard.as_mut() else {
         return err("QMP connection lost");
     };
+    let plan = match settings(agent, vm, req, qmp, p) {
+        Ok(plan) => plan,
+        Err(e) => return err(format!("setting up the migration: {e:#}")),
+    };
+    let choice = match (req.mode, &plan) {
+        (Mode::Auto, Some(plan)) => plan.choice,
+        (Mode::Postcopy, _) => Choice::Postcopy,
+        _ => Choice::Precopy,
+    };
     // QEMU stops at "pre-switchover" with the guest's vCPUs paused and waits
     // for migrate-continue: the one moment the lock can be checked without a
     // race, since a paused guest cannot take a new lock.
@@ -221,7 +231,7 @@ fn run(
         json!({"capability": "events", "state": true}),
         json!({"capability": "pause-before-switchover", "state": true}),
     ];
-    if req.mode == Mode::Postcopy {
+    if choice != Choice::Precopy {
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
     }
     let started = Instant::now();
@@ -240,10 +250,12 @@ fn run(
     agent.audit.record(
         name,
         "migrate-start",
-        json!({"to": req.to, "mode": req.mode, "forced": req.force}),
+        json!({"to": req.to, "mode": req.mode, "forced": req.force, "plan": plan}),
     );
-    if req.mode == Mode::Postcopy {
+    let mut postcopy_asked = false;
+    if choice == Choice::Postcopy {
         let _ = qmp.execute("migrate-start-postcopy", None);
+        postcopy_asked = true;
     }
     loop {
         let tick = Instant::now() + Duration::from_millis(250);
@@ -254,7 +266,7 @@ fn run(
         };
         let status = q["status"].as_str().unwrap_or("").to_string();
         match status.as_str() {
-            "completed" => return done(agent, name, &q, started),
+            "completed" => return done(agent, name, &q, started, plan.as_ref()),
             "failed" | "cancelled" => {
                 agent.audit.record(
                     name,
@@ -290,6 +302,21 @@ fn run(
                 if relock {
                     return cancel(agent, vm, qmp, "guest locked during the copy");
                 }
+                // The first pass is done once QEMU synced the dirty log again.
+                let passes = q["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
+                if choice == Choice::PrecopyThenPostcopy && !postcopy_asked && passes >= 2 {
+                    postcopy_asked = true;
+                    say(p, "first pre-copy pass done: switching to post-copy".into());
+                    let _ = qmp.execute("migrate-start-postcopy", None);
+                }
+                if let Some(limit) = req.timeout_ms {
+                    if !postcopy_asked && started.elapsed() > Duration::from_millis(limit) {
+                        let why = format!(
+                            "still copying after {limit} ms ({passes} dirty syncs): pre-copy is not converging"
+                        );
+                        return cancel(agent, vm, qmp, &why);
+                    }
+                }
                 let (sent, left) = (mib(&q["ram"]["transferred"]), mib(&q["ram"]["remaining"]));
                 say(
                     p,
@@ -298,6 +325,56 @@ fn run(
             }
         }
     }
+}
+
+/// Applies the request's bandwidth and downtime limit and, for `auto`,
+/// plans from the guest's latest hints; says what it chose and why.
+fn settings(
+    agent: &Agent,
+    vm: &Vm,
+    req: &MigrateRequest,
+    qmp: &mut Qmp,
+    p: Progress<'_>,
+) -> anyhow::Result<Option<Plan>> {
+    let params = qmp.execute("query-migrate-parameters", None)?;
+    let bandwidth = req
+        .bandwidth
+        .or_else(|| params["max-bandwidth"].as_u64())
+        .unwrap_or(128 << 20);
+    let downtime_limit_ms = req
+        .downtime_limit_ms
+        .or_else(|| params["downtime-limit"].as_u64())
+        .unwrap_or(300);
+    let plan = if req.mode == Mode::Auto {
+        let ram_bytes = qmp.execute("query-memory-size-summary", None)?["base-memory"]
+            .as_u64()
+            .unwrap_or(0);
+        let workload = {
+            let link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+            link.hints.latest.as_ref().and_then(|b| b.workload)
+        };
+        let plan = planner::plan(&planner::Input {
+            ram_bytes,
+            workload,
+            bandwidth,
+            downtime_limit_ms,
+        });
+        say(p, format!("plan: {:?}: {}", plan.choice, plan.why));
+        agent
+            .audit
+            .record(&vm.config.name, "migrate-plan", json!(plan));
+        Some(plan)
+    } else {
+        None
+    };
+    let (bw, dl) = plan.as_ref().map_or((bandwidth, downtime_limit_ms), |p| {
+        (p.max_bandwidth, p.downtime_limit_ms)
+    });
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({"max-bandwidth": bw, "downtime-limit": dl})),
+    )?;
+    Ok(plan)
 }
 
 fn cancel(agent: &Agent, vm: &Vm, qmp: &mut Qmp, why: &str) -> Reply {
@@ -319,8 +396,9 @@ fn mib(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0) / 1048576.0
 }
 
-fn done(agent: &Agent, name: &str, q: &Value, started: Instant) -> Reply {
+fn done(agent: &Agent, name: &str, q: &Value, started: Instant, plan: Option<&Plan>) -> Reply {
     let stats = json!({
+        "plan": plan,
         "total_time_ms": q["total-time"],
         "downtime_ms": q["downtime"],
         "transferred_bytes": q["ram"]["transferred"],

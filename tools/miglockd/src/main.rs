@@ -10,7 +10,10 @@ mod agent;
 mod audit;
 mod control;
 mod gate;
+mod hints;
+mod incoming;
 mod ledger;
+mod planner;
 mod session;
 mod store;
 

@@ -28,13 +28,23 @@ pub const REDIAL: Duration = Duration::from_millis(200);
 struct Bucket {
     tokens: f64,
     at: Instant,
-    limits: crate::agent::Limits,
+    rate: f64,
+    burst: f64,
 }
 
 impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Bucket {
+            tokens: burst,
+            at: Instant::now(),
+            rate,
+            burst,
+        }
+    }
+
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        let (rate, burst) = (self.limits.rate, self.limits.burst);
+        let (rate, burst) = (self.rate, self.burst);
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
         self.at = now;
         if self.tokens >= 1.0 {
@@ -152,11 +162,8 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
     // Announce ourselves: a guest that decided locally meanwhile resyncs.
     agent.announce(vm);
     let mut dec = Decoder::new();
-    let mut bucket = Bucket {
-        tokens: agent.limits.burst,
-        at: Instant::now(),
-        limits: agent.limits,
-    };
+    let mut bucket = Bucket::new(agent.limits.rate, agent.limits.burst);
+    let mut hint_bucket = Bucket::new(agent.limits.hint_rate, agent.limits.hint_burst);
     let (mut rejected, mut window) = (0u32, Instant::now());
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
@@ -184,7 +191,12 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
                         .malformed += 1;
                     false
                 }
-                Event::Frame if !bucket.take() => {
+                Event::Frame if is_hint(dec.frame()) && !hint_bucket.take() => {
+                    let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+                    link.hints.stats.rate_dropped += 1;
+                    false
+                }
+                Event::Frame if !is_hint(dec.frame()) && !bucket.take() => {
                     over_rate(vm, dec.frame());
                     false
                 }
@@ -216,6 +228,14 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
         }
     }
     "agent stopping".into()
+}
+
+/// Hint traffic (kind byte of a frame the decoder accepted).
+fn is_hint(frame: &[u8]) -> bool {
+    matches!(
+        frame.get(3).copied().and_then(wire::Kind::from_u8),
+        Some(wire::Kind::Hints | wire::Kind::Workload)
+    )
 }
 
 /// A frame beyond the guest's rate: a lock or renew is refused at once with
@@ -342,9 +362,26 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                 ((), changed)
             });
         }
+        Message::Workload {
+            batch,
+            interval_ms,
+            wss_pages,
+            dirty_pages_per_s,
+            pfn_limit,
+        } => {
+            let w = crate::hints::Workload {
+                interval_ms,
+                wss_pages,
+                dirty_pages_per_s,
+                pfn_limit,
+            };
+            let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+            return link.hints.workload(batch, w, crate::audit::now_ms());
+        }
         Message::Hints { batch, ranges } => {
+            let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
             let v: Vec<_> = ranges.iter().collect();
-            vm.link.lock().unwrap_or_else(|e| e.into_inner()).hints = Some((batch, v));
+            return link.hints.hints(batch, &v, crate::audit::now_ms());
         }
         Message::Ping => {
             reply(Message::Pong);

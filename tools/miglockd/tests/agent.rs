@@ -505,3 +505,110 @@ fn unchanged_state_reports_cost_nothing() {
         .count();
     assert_eq!(n, 1, "20 identical reports wrote {n} records");
 }
+
+impl Guest {
+    fn send_hints(&mut self, batch: u32, ranges: &[wire::HintRange]) {
+        self.seq += 1;
+        let mut b = [0u8; wire::MAX_FRAME];
+        let hdr = Header {
+            seq: self.seq,
+            reply_to: 0,
+        };
+        let n = wire::encode_hints(batch, ranges, hdr, &mut b).unwrap();
+        self.s.write_all(&b[..n]).unwrap();
+    }
+}
+
+fn hint(i: u64) -> wire::HintRange {
+    wire::HintRange {
+        start_pfn: i * 10,
+        pages: (i % 7 + 1) as u32,
+        score: 1000 - i as u32,
+    }
+}
+
+/// A batch (workload figures, then two frames of ranges) arrives intact and
+/// in order; invalid ranges are refused; `hints` shows the latest batch.
+#[test]
+fn hint_batches_arrive_intact_and_in_order() {
+    let dir = setup("hints");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let ranges: Vec<_> = (0..100).map(hint).collect();
+    g.send(Message::Workload {
+        batch: 4,
+        interval_ms: 1000,
+        wss_pages: 5000,
+        dirty_pages_per_s: 300,
+        pfn_limit: 262_144,
+    });
+    g.send_hints(4, &ranges[..wire::MAX_HINTS]);
+    g.send_hints(4, &ranges[wire::MAX_HINTS..]);
+    // Beyond pfn_limit: refused whole, the batch stays as it was.
+    g.send_hints(
+        4,
+        &[wire::HintRange {
+            start_pfn: 262_143,
+            pages: 2,
+            score: 1,
+        }],
+    );
+    g.sync();
+    let h = agent.control(json!({"cmd": "hints", "vm": "good", "all": true}));
+    let d = &h["data"];
+    assert_eq!(d["latest"]["batch"], 4, "{h}");
+    assert_eq!(d["latest"]["workload"]["wss_pages"], 5000);
+    assert_eq!(d["latest"]["workload"]["dirty_pages_per_s"], 300);
+    let got: Vec<(u64, u64, u64)> = d["latest"]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["start_pfn"].as_u64().unwrap(),
+                r["pages"].as_u64().unwrap(),
+                r["score"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, u64, u64)> = ranges
+        .iter()
+        .map(|r| (r.start_pfn, r.pages.into(), r.score.into()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(d["stats"]["invalid"], 1);
+    // The next batch replaces it.
+    g.send_hints(5, &ranges[..3]);
+    g.sync();
+    let h = agent.control(json!({"cmd": "hints", "vm": "good"}));
+    assert_eq!(h["data"]["latest"]["batch"], 5);
+    assert_eq!(h["data"]["latest"]["ranges"], 3);
+    let other = agent.control(json!({"cmd": "hints", "vm": "bad"}));
+    assert!(other["data"]["latest"].is_null(), "{other}");
+}
+
+/// A flood of hints is cut to the hint rate and never costs lock requests
+/// their rate: the lock right after it is granted.
+#[test]
+fn hint_floods_never_delay_locks() {
+    let dir = setup("hintflood");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let ranges: Vec<_> = (0..wire::MAX_HINTS as u64).map(hint).collect();
+    for b in 0..1000 {
+        g.send_hints(b, &ranges);
+    }
+    let t = Instant::now();
+    let (granted, _, why) = g.lock(1, "after the flood", 5000);
+    assert!(granted, "refused ({why}) after a hint flood");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let h = agent.control(json!({"cmd": "hints", "vm": "good"}));
+    let dropped = h["data"]["stats"]["rate_dropped"].as_u64().unwrap();
+    assert!(dropped > 500, "{h}");
+    let st = agent.control(json!({"cmd": "status"}));
+    assert_eq!(st["data"]["vms"]["good"]["link"]["rate_dropped"], 0, "{st}");
+}

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use miglock_control::{MigrateRequest, Mode, PolicyUpdate, Reply, Request};
+use miglock_control::{IncomingRequest, MigrateRequest, Mode, PolicyUpdate, Reply, Request};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -62,9 +62,18 @@ enum Cmd {
         /// Destination URI, e.g. tcp:127.0.0.1:4444.
         #[arg(long)]
         to: String,
-        /// precopy or postcopy.
+        /// precopy, postcopy, or auto (planned from the guest's hints).
         #[arg(long, default_value = "precopy", value_parser = mode)]
         mode: Mode,
+        /// Bandwidth cap, bytes/s with an optional K/M/G suffix (binary).
+        #[arg(long, value_parser = bytes)]
+        bandwidth: Option<u64>,
+        /// Longest pause allowed at the switchover.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        downtime_limit: Option<Duration>,
+        /// Give up on a migration still copying after this long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
         /// If locked: ask the guest to unlock and wait this long (without a
         /// value: the VM policy's grace period).
         #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1)]
@@ -78,6 +87,26 @@ enum Cmd {
     },
     /// Print events as they happen.
     Watch,
+    /// The latest hints from a VM's guest (working set, dirty rate, ranges).
+    Hints {
+        /// VM name.
+        vm: String,
+        /// Every range, not only the hottest 16.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Receive a VM here (its QEMU runs with -incoming defer): listen,
+    /// follow the migration, tell the guest when post-copy starts.
+    Incoming {
+        /// VM name.
+        vm: String,
+        /// Where to listen, e.g. tcp:0.0.0.0:4444 (port 0: any).
+        #[arg(long)]
+        listen: String,
+        /// Allow post-copy.
+        #[arg(long)]
+        postcopy: bool,
+    },
     /// Exit 0 if VM may migrate now, 1 (with the reasons) if it is locked;
     /// for scripts such as the libvirt hook.
     Check {
@@ -126,8 +155,29 @@ fn mode(s: &str) -> Result<Mode, String> {
     match s {
         "precopy" => Ok(Mode::Precopy),
         "postcopy" => Ok(Mode::Postcopy),
-        _ => Err(format!("unknown mode '{s}' (precopy or postcopy)")),
+        "auto" => Ok(Mode::Auto),
+        _ => Err(format!("unknown mode '{s}' (precopy, postcopy or auto)")),
     }
+}
+
+fn bytes(s: &str) -> Result<u64, String> {
+    let (num, mul) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1),
+        Some((i, _)) => (
+            &s[..i],
+            match s[i..].trim_end_matches(['B', 'i']) {
+                "K" | "k" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                u => return Err(format!("unknown unit '{u}' (K, M or G)")),
+            },
+        ),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}' is not a bandwidth (e.g. 100M)"))
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -179,6 +229,9 @@ fn run() -> Result<bool> {
             wait_unlock,
             force,
             reason,
+            bandwidth,
+            downtime_limit,
+            timeout,
         } => {
             if force && reason.is_none() {
                 bail!("--force needs --reason");
@@ -191,9 +244,22 @@ fn run() -> Result<bool> {
                 wait_grace: matches!(wait_unlock, Some(None)),
                 force,
                 reason,
+                bandwidth,
+                downtime_limit_ms: ms(downtime_limit),
+                timeout_ms: ms(timeout),
             })
         }
         Cmd::Watch => Request::Watch,
+        Cmd::Hints { vm, all } => Request::Hints { vm, all },
+        Cmd::Incoming {
+            vm,
+            listen,
+            postcopy,
+        } => Request::Incoming(IncomingRequest {
+            vm,
+            uri: listen,
+            postcopy,
+        }),
         Cmd::Check { vm } => return check(&cli.socket, &vm),
     };
     let mut s = UnixStream::connect(&cli.socket)

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The destination side of a migration: listen, follow it to the end, and
+//! tell the guest the moment it runs here under post-copy, so its tracer can
+//! touch its hot pages before the workload faults on them.
+
+use crate::agent::Agent;
+use miglock_abi::wire::Notice;
+use miglock_control::{IncomingRequest, Reply};
+use miglock_qmp::Qmp;
+use serde_json::json;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+type Progress<'a> = &'a mut dyn FnMut(&Reply) -> std::io::Result<()>;
+
+fn err(m: impl Into<String>) -> Reply {
+    Reply::Error { message: m.into() }
+}
+
+/// Runs `incoming` for `req`, reporting progress through `p`.
+pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply {
+    let Some(vm) = agent.vm(&req.vm) else {
+        return err(format!("no VM '{}'", req.vm));
+    };
+    let name = req.vm.as_str();
+    let Some(qmp_path) = vm.config.qmp.clone() else {
+        return err(format!("VM '{name}' has no QMP socket configured"));
+    };
+    let mut guard = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        match UnixStream::connect(&qmp_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(Qmp::handshake(s)?))
+        {
+            Ok(q) => *guard = Some(q),
+            Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
+        }
+    }
+    let Some(qmp) = guard.as_mut() else {
+        return err("QMP connection lost");
+    };
+    let mut caps = vec![json!({"capability": "events", "state": true})];
+    if req.postcopy {
+        caps.push(json!({"capability": "postcopy-ram", "state": true}));
+    }
+    let listen = qmp
+        .execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": caps })),
+        )
+        .and_then(|_| qmp.execute("migrate-incoming", Some(json!({"uri": req.uri}))))
+        .and_then(|_| qmp.execute("query-migrate", None));
+    let q = match listen {
+        Ok(q) => q,
+        Err(e) => return err(format!("QEMU cannot receive: {e:#}")),
+    };
+    // The address really bound (port 0 asks for any).
+    let at = &q["socket-address"][0];
+    let bound = match (at["host"].as_str(), at["port"].as_str()) {
+        (Some(h), Some(port)) => format!("tcp:{h}:{port}"),
+        _ => req.uri.clone(),
+    };
+    agent
+        .audit
+        .record(name, "incoming-listen", json!({"uri": bound}));
+    let _ = p(&Reply::Progress {
+        message: format!("listening on {bound}"),
+    });
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let tick = Instant::now() + Duration::from_millis(50);
+        let _ = qmp.wait_event(tick, |e| e.name == "MIGRATION" || e.name == "RESUME");
+        let q = match qmp.execute("query-migrate", None) {
+            Ok(q) => q,
+            Err(e) => return err(format!("query-migrate: {e:#}")),
+        };
+        match q["status"].as_str().unwrap_or("") {
+            "completed" => {
+                let data = json!({"uri": bound, "wall_ms": started.elapsed().as_millis() as u64,
+                                  "postcopy_notice": told});
+                agent.audit.record(name, "incoming-done", data.clone());
+                return Reply::Ok { data };
+            }
+            s @ ("failed" | "cancelled") => {
+                agent
+                    .audit
+                    .record(name, "incoming-failed", json!({"status": s}));
+                return err(format!("incoming migration {s}"));
+            }
+            // Listening starts before the device state arrives: wait until
+            // the guest runs here, or the notice would land in a UART that
+            // is about to be overwritten.
+            "postcopy-active" if !told => {
+                let running = qmp
+                    .execute("query-status", None)
+                    .is_ok_and(|s| s["running"] == true);
+                if running {
+                    told = agent.notify(vm, Notice::PostcopyStarted);
+                    agent
+                        .audit
+                        .record(name, "incoming-postcopy", json!({"guest_told": told}));
+                    let _ = p(&Reply::Progress {
+                        message: format!(
+                            "post-copy: the guest runs here; {}",
+                            if told {
+                                "told it to run ahead"
+                            } else {
+                                "guest link not connected"
+                            }
+                        ),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}

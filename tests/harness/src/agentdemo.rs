@@ -131,6 +131,8 @@ pub enum Story {
     Relock,
     /// The demo while another VM of the same agent floods it with garbage.
     Hostile,
+    /// Hint batches from the guest reach the agent intact.
+    Hints,
 }
 
 /// Two "hosts": a QEMU and a miglockd each.
@@ -271,6 +273,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Restart => restart(&mut h, sc, env, deadline),
         Story::Relock => relock(&mut h, sc, deadline),
         Story::Hostile => hostile(&mut h, sc, env, deadline),
+        Story::Hints => hints(&mut h, sc, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
         eprintln!("  source agent's audit log:");
@@ -469,6 +472,67 @@ fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure
         .send_line("done")
         .context("typing on the guest console")?;
     finish_guest(sc, &mut h.src, deadline)
+}
+
+/// FNV-1a over hint ranges in wire layout (as `mldtest hints` prints it).
+fn hints_sum(ranges: &[Value]) -> Option<u64> {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for r in ranges {
+        let mut b = r["start_pfn"].as_u64()?.to_le_bytes().to_vec();
+        b.extend(u32::try_from(r["pages"].as_u64()?).ok()?.to_le_bytes());
+        b.extend(u32::try_from(r["score"].as_u64()?).ok()?.to_le_bytes());
+        for x in b {
+            h = (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    Some(h)
+}
+
+/// The guest's last hint batch, as the source agent kept it, must be the
+/// one the guest sent: same number, figures, ranges and order.
+fn hints(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    let said = match h
+        .src
+        .wait_line(deadline, |l| l.contains("@@MIGLOCK hints batch="))
+    {
+        Wait::Line(l) => l,
+        _ => return finish_guest(sc, &mut h.src, deadline),
+    };
+    finish_guest(sc, &mut h.src, deadline)?;
+    let field = |k: &str| {
+        said.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(|v| v.trim_end_matches('@').to_string())
+            .unwrap_or_default()
+    };
+    let out = h.src_agent.ctl(&["--json", "hints", "guest", "--all"])?;
+    let v: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    let latest = &v["data"]["latest"];
+    let ranges = latest["top"].as_array().cloned().unwrap_or_default();
+    let sum = hints_sum(&ranges).map(|s| format!("{s:016x}"));
+    eprintln!(
+        "  agent kept batch {} with {} ranges (sum {}), stats {}",
+        latest["batch"],
+        ranges.len(),
+        sum.as_deref().unwrap_or("?"),
+        v["data"]["stats"]
+    );
+    require(
+        latest["batch"].to_string() == field("batch="),
+        "the agent's latest batch is not the guest's last",
+    )?;
+    require(
+        ranges.len().to_string() == field("ranges=") && sum.as_deref() == Some(&field("sum=")),
+        "the ranges the agent kept differ from what the guest sent",
+    )?;
+    require(
+        latest["workload"]["wss_pages"] == 11000,
+        "the batch's working-set figures did not arrive",
+    )
 }
 
 /// Serves the "hostile" VM's doorbell socket (the agent dials it) with

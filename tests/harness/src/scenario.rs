@@ -217,6 +217,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Agents(Story::Hints),
+        timeout: secs(240),
+        ..guest(
+            "agent-hints",
+            "agent-hints",
+            "hint batches via /dev/mld reach miglockd intact; bad ones fail; a flood is cut to the rate, locks keep their round trip",
+        )
+    },
+    Scenario {
         kind: Kind::Migrate(Mode::Precopy),
         timeout: secs(240),
         ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")

@@ -819,6 +819,176 @@ fn try_lock_as(uid: u32, groups: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
+/// Range `i` of test batch `b`: a fixed function, so the host side can
+/// check what arrived against the checksum the guest prints.
+fn test_range(b: u32, i: u32) -> MldHintRange {
+    MldHintRange {
+        start_pfn: u64::from(b.wrapping_mul(7919).wrapping_add(i * 37) % 60_000),
+        pages: i % 13 + 1,
+        score: 100_000 - i,
+    }
+}
+
+fn test_batch(b: u32, n: u32) -> miglock_dev::HintBatch {
+    miglock_dev::HintBatch {
+        batch: b,
+        ranges: (0..n).map(|i| test_range(b, i)).collect(),
+        wss_pages: 1000 + u64::from(b),
+        dirty_pages_per_s: 50,
+        pfn_limit: 65_536,
+        interval: Duration::from_secs(1),
+    }
+}
+
+/// FNV-1a over the ranges' wire bytes, in order.
+fn hints_sum(ranges: &[MldHintRange]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for r in ranges {
+        let mut b = r.start_pfn.to_le_bytes().to_vec();
+        b.extend(r.pages.to_le_bytes());
+        b.extend(r.score.to_le_bytes());
+        for x in b {
+            h = (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// `mldtest hints`: bad hint requests fail and send nothing; batches reach
+/// the host (the harness checks the last one); a flood is cut to the rate
+/// while locks keep their round trip.
+fn hints_suite(c: &mut Checks) -> io::Result<()> {
+    let d = Device::open()?;
+    let ok = test_batch(1, 10);
+    let raw = |f: &dyn Fn(&mut MldHints)| {
+        let mut r = MldHints {
+            batch: 1,
+            count: ok.ranges.len() as u32,
+            ranges: ok.ranges.as_ptr() as u64,
+            wss_pages: 1,
+            dirty_pages_per_s: 1,
+            pfn_limit: 65_536,
+            interval_ms: 1000,
+            reserved: 0,
+        };
+        f(&mut r);
+        d.hints_raw(&r)
+    };
+    c.errno(
+        "hints: reserved set",
+        raw(&|r| r.reserved = 1),
+        libc::EINVAL,
+    );
+    c.errno(
+        "hints: interval 0",
+        raw(&|r| r.interval_ms = 0),
+        libc::EINVAL,
+    );
+    c.errno(
+        "hints: too many ranges",
+        raw(&|r| r.count = MLD_MAX_HINTS + 1),
+        libc::EINVAL,
+    );
+    c.errno("hints: bad pointer", raw(&|r| r.ranges = 8), libc::EFAULT);
+    c.errno(
+        "hints: range beyond pfn_limit",
+        raw(&|r| r.pfn_limit = 100),
+        libc::EINVAL,
+    );
+    let mut empty = test_batch(1, 3);
+    empty.ranges[2].pages = 0;
+    c.errno("hints: empty range", d.hints(&empty), libc::EINVAL);
+
+    // A lock's round trip alone, then under a flood of full batches.
+    let rtt = |n: usize| -> io::Result<Vec<f64>> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            d.lock(&lock(Reason::Other, 10_000, "hint flood"))?;
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+            d.unlock(false)?;
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v)
+    };
+    let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    let quiet = rtt(50)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> io::Result<(u32, u32, f64)> {
+            let d = Device::open()?;
+            let t = Instant::now();
+            let (mut sent, mut refused, mut b) = (0, 0, 100);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                b += 1;
+                match d.hints(&test_batch(b, MLD_MAX_HINTS)) {
+                    Ok(()) => sent += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => refused += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((sent, refused, t.elapsed().as_secs_f64()))
+        })
+    };
+    let loaded = rtt(50);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, refused, secs) = flood
+        .join()
+        .map_err(|_| io::Error::other("flood thread panicked"))??;
+    let loaded = loaded?;
+    println!(
+        "hints: flood {sent} batches sent, {refused} refused (EAGAIN) in {secs:.1} s; \
+         lock rtt p50/p99 {:.1}/{:.1} ms quiet, {:.1}/{:.1} ms under the flood",
+        pct(&quiet, 0.5),
+        pct(&quiet, 0.99),
+        pct(&loaded, 0.5),
+        pct(&loaded, 0.99)
+    );
+    c.check("hints: a flood is refused with EAGAIN", refused > 0, || {
+        "no batch was refused".into()
+    });
+    // 18 frames a full batch at the default 64 frames/s, plus one bucket.
+    let allowed = ((secs * 64.0 + 64.0) / 18.0).ceil() as u32 + 1;
+    c.check(
+        "hints: the flood is cut to the rate",
+        sent <= allowed,
+        || format!("{sent} batches in {secs:.1} s, at most {allowed} allowed"),
+    );
+    c.check(
+        "hints: locks keep their round trip under a flood",
+        pct(&loaded, 0.99) < pct(&quiet, 0.99) + 250.0,
+        || {
+            format!(
+                "p99 {:.1} ms vs {:.1} ms quiet",
+                pct(&loaded, 0.99),
+                pct(&quiet, 0.99)
+            )
+        },
+    );
+    // The last batch, sent once the rate allows; the harness compares it
+    // with what the host agent kept.
+    let last = test_batch(10_000, 200);
+    let t = Instant::now();
+    loop {
+        match d.hints(&last) {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && t.elapsed().as_secs() < 10 => {
+                // Pacing for the token bucket to refill, not synchronisation.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    println!(
+        "@@MIGLOCK hints batch={} ranges={} sum={:016x}@@",
+        last.batch,
+        last.ranges.len(),
+        hints_sum(&last.ranges)
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let mut c = Checks {
@@ -836,6 +1006,7 @@ fn main() -> ExitCode {
         Some("poll") => poll_suite(&mut c),
         Some("syscall") => syscall_suite(&mut c, true),
         Some("host-notice") => host_notice(&mut c),
+        Some("hints") => hints_suite(&mut c),
         Some("hold-until-notice") => hold_until_notice(),
         Some("bench-lock") => bench_lock(num(2, 1000).max(1)),
         Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),

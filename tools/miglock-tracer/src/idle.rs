@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Idle page tracking (`/sys/kernel/mm/page_idle/bitmap`): one bit per
+//! frame, read and written in 64-bit words. Writing a one marks an LRU page
+//! idle (and clears its PTEs' young bits); any access through a page table
+//! clears it again, which a read reports as a zero. So each sample reads
+//! the words (zero = accessed since the last write, or not an LRU page; see
+//! [`crate::lru`]) and writes all-ones back for the next interval.
+//!
+//! Only the words covering RAM ranges are touched: reads over holes fail
+//! with EINVAL/ENXIO on some kernels. A range whose I/O fails is reported
+//! once and then treated as idle (nothing accessed) from then on.
+
+use crate::bitset::Bitset;
+use crate::sysmem::PfnRange;
+use anyhow::{Context, Result};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Words per read or write (64 KiB, 512 Ki frames per call).
+const CHUNK_WORDS: usize = 8192;
+
+/// A word span `[start, end)` of the bitmap and whether it still works.
+#[derive(Clone, Debug)]
+struct Span {
+    start: u64,
+    end: u64,
+    broken: bool,
+}
+
+/// The open bitmap.
+pub struct IdleBitmap {
+    file: File,
+    path: PathBuf,
+    spans: Vec<Span>,
+    buf: Vec<u8>,
+    /// Human-readable notes about spans that failed (printed by the caller).
+    pub warnings: Vec<String>,
+}
+
+/// The word spans covering `ram`, merged where they touch.
+fn word_spans(ram: &[PfnRange]) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::new();
+    for r in ram {
+        let (s, e) = (r.start / 64, r.end.div_ceil(64));
+        match out.last_mut() {
+            Some(l) if s <= l.end => l.end = l.end.max(e),
+            _ => out.push(Span {
+                start: s,
+                end: e,
+                broken: false,
+            }),
+        }
+    }
+    out
+}
+
+impl IdleBitmap {
+    /// Opens the bitmap at `path` for the frames in `ram`.
+    pub fn open(path: &Path, ram: &[PfnRange]) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "opening {} (needs root and CONFIG_IDLE_PAGE_TRACKING)",
+                    path.display()
+                )
+            })?;
+        Ok(IdleBitmap {
+            file,
+            path: path.to_owned(),
+            spans: word_spans(ram),
+            buf: vec![0; CHUNK_WORDS * 8],
+            warnings: Vec::new(),
+        })
+    }
+
+    fn fail(&mut self, i: usize, what: &str, e: io::Error) {
+        let s = &mut self.spans[i];
+        s.broken = true;
+        self.warnings.push(format!(
+            "{}: {what} frames {:#x}..{:#x} failed ({e}); treating them as idle from now on",
+            self.path.display(),
+            s.start * 64,
+            s.end * 64
+        ));
+    }
+
+    /// Marks every RAM frame idle.
+    pub fn mark_all_idle(&mut self) {
+        self.buf.fill(0xff);
+        for i in 0..self.spans.len() {
+            let Span { start, end, broken } = self.spans[i];
+            if broken {
+                continue;
+            }
+            let mut w = start;
+            while w < end {
+                let n = ((end - w) as usize).min(CHUNK_WORDS);
+                if let Err(e) = self.file.write_all_at(&self.buf[..n * 8], w * 8) {
+                    self.fail(i, "marking", e);
+                    break;
+                }
+                w += n as u64;
+            }
+        }
+    }
+
+    /// Reads the idle bits into `idle` (one bit per frame; frames outside
+    /// working spans read as idle).
+    pub fn read(&mut self, idle: &mut Bitset) {
+        for w in idle.words_mut() {
+            *w = u64::MAX;
+        }
+        for i in 0..self.spans.len() {
+            let Span { start, end, broken } = self.spans[i];
+            if broken {
+                continue;
+            }
+            let mut w = start;
+            while w < end {
+                let n = ((end - w) as usize).min(CHUNK_WORDS);
+                let got = match read_full(&self.file, &mut self.buf[..n * 8], w * 8) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        self.fail(i, "reading", e);
+                        break;
+                    }
+                };
+                let words = idle.words_mut();
+                for (k, c) in self.buf[..got].chunks_exact(8).enumerate() {
+                    if let Some(dst) = words.get_mut(w as usize + k) {
+                        *dst = u64::from_ne_bytes(c.try_into().unwrap_or([0xff; 8]));
+                    }
+                }
+                if got < n * 8 {
+                    break; // end of the bitmap (max_pfn): nothing more to read
+                }
+                w += n as u64;
+            }
+        }
+    }
+
+    /// One sample: reads the idle bits, then marks everything idle again.
+    pub fn sample(&mut self, idle: &mut Bitset) {
+        self.read(idle);
+        self.mark_all_idle();
+    }
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+pub(crate) fn read_full(f: &File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words_file(path: &Path, words: &[u64]) {
+        let b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        std::fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn reads_ram_words_and_marks_idle() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bitmap");
+        // Frames 0..256: words 0..4. RAM is 10..70 and 192..256, so word 2
+        // (frames 128..192) is a hole and must be neither read nor written.
+        words_file(&p, &[!0b1010, !0, 0x1234, !(1 << 63)]);
+        let ram = [
+            PfnRange { start: 10, end: 70 },
+            PfnRange {
+                start: 192,
+                end: 256,
+            },
+        ];
+        let mut bm = IdleBitmap::open(&p, &ram).unwrap();
+        let mut idle = Bitset::new(256);
+        bm.sample(&mut idle);
+        assert_eq!(idle.words(), &[!0b1010, !0, !0, !(1 << 63)]);
+        let after = std::fs::read(&p).unwrap();
+        let w: Vec<u64> = after
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(w, vec![!0, !0, 0x1234, !0], "hole word untouched");
+        assert!(bm.warnings.is_empty());
+    }
+
+    #[test]
+    fn short_bitmap_reads_as_idle() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bitmap");
+        words_file(&p, &[0]);
+        let mut bm = IdleBitmap::open(&p, &[PfnRange { start: 0, end: 128 }]).unwrap();
+        let mut idle = Bitset::new(128);
+        bm.read(&mut idle);
+        assert_eq!(idle.words(), &[0, !0]);
+    }
+
+    #[test]
+    fn failing_span_is_reported_once() {
+        let d = tempfile::tempdir().unwrap();
+        // A directory opens read-only but fails to read.
+        let p = d.path().join("bitmap");
+        words_file(&p, &[0; 2]);
+        let mut bm = IdleBitmap::open(&p, &[PfnRange { start: 0, end: 128 }]).unwrap();
+        bm.file = File::open(d.path()).unwrap();
+        let mut idle = Bitset::new(128);
+        bm.sample(&mut idle);
+        bm.sample(&mut idle);
+        assert_eq!(idle.count(), 128);
+        assert_eq!(bm.warnings.len(), 1, "{:?}", bm.warnings);
+    }
+}

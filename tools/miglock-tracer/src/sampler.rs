@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One sample: idle bitmap → accessed frames, pagemap → dirtied frames and
+//! the reverse map, then the model update.
+
+use crate::bitset::Bitset;
+use crate::idle::IdleBitmap;
+use crate::lru::{accessed_from_idle, KpageFlags};
+use crate::model::Model;
+use crate::pagemap::{clear_soft_dirty, Scanner, Skip};
+use crate::procs::list_pids;
+use crate::rmap::Rmap;
+use crate::sysmem::{self, SysMem};
+use crate::Roots;
+use anyhow::{bail, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Aging bits that make a frame worth reverse-mapping: accessed in one of
+/// the last two samples.
+const RMAP_HOT: u8 = 0xc0;
+
+/// Sampler settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// procfs and sysfs.
+    pub roots: Roots,
+    /// Processes to scan for soft-dirty pages; empty: all but kernel
+    /// threads and this one.
+    pub pids: Vec<u32>,
+    /// Samples between `/proc/kpageflags` reads.
+    pub lru_refresh: u32,
+    /// Most frames in the reverse map.
+    pub rmap_cap: usize,
+    /// Working set window in samples (1–8).
+    pub wss_samples: u8,
+}
+
+/// What one sample found.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Frames accessed (idle bit cleared, or soft-dirty).
+    pub accessed: u64,
+    /// Frames dirtied (soft-dirty).
+    pub dirtied: u64,
+    /// Frames accessed in the last `wss_samples` samples.
+    pub wss: u64,
+    /// Pages dirtied per second (moving average).
+    pub dirty_rate: f64,
+    /// Processes scanned.
+    pub procs: u32,
+    /// Processes skipped (exited, unreadable).
+    pub gone: u32,
+}
+
+/// The sampling state.
+pub struct Sampler {
+    cfg: Config,
+    mem: SysMem,
+    bitmap: IdleBitmap,
+    kpf: Option<KpageFlags>,
+    scanner: Scanner,
+    self_pid: u32,
+    idle: Bitset,
+    lru: Bitset,
+    accessed: Bitset,
+    dirtied: Bitset,
+    model: Model,
+    rmap: Arc<Rmap>,
+    samples: u64,
+    warnings: Vec<String>,
+}
+
+impl Sampler {
+    /// Finds RAM, opens the bitmap and kpageflags, allocates the model.
+    pub fn open(cfg: Config, page_size: u64) -> Result<Self> {
+        let mem = sysmem::detect(&cfg.roots, page_size)?;
+        let bitmap = IdleBitmap::open(&cfg.roots.idle_bitmap(), &mem.ram)?;
+        let n = mem.pfn_limit;
+        let mut warnings = Vec::new();
+        let mut lru = Bitset::new(n);
+        let kpf = match KpageFlags::open(&cfg.roots.proc("kpageflags")) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warnings.push(format!(
+                    "{e:#}: counting every non-idle RAM frame as accessed (non-LRU frames included)"
+                ));
+                for r in &mem.ram {
+                    lru.set_range(r.start, r.end);
+                }
+                None
+            }
+        };
+        Ok(Sampler {
+            model: Model::new(n, cfg.wss_samples),
+            rmap: Arc::new(Rmap::new(cfg.rmap_cap)),
+            scanner: Scanner::new(page_size),
+            self_pid: std::process::id(),
+            idle: Bitset::new(n),
+            accessed: Bitset::new(n),
+            dirtied: Bitset::new(n),
+            lru,
+            cfg,
+            mem,
+            bitmap,
+            kpf,
+            samples: 0,
+            warnings,
+        })
+    }
+
+    /// The RAM layout.
+    pub fn mem(&self) -> &SysMem {
+        &self.mem
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Frames accessed in the last sample.
+    pub fn accessed(&self) -> &Bitset {
+        &self.accessed
+    }
+
+    /// Frames dirtied in the last sample.
+    pub fn dirtied(&self) -> &Bitset {
+        &self.dirtied
+    }
+
+    /// The reverse map of the last sample.
+    pub fn rmap(&self) -> Arc<Rmap> {
+        self.rmap.clone()
+    }
+
+    /// Notes for the user gathered since the last call.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        let mut w = std::mem::take(&mut self.warnings);
+        w.append(&mut self.bitmap.warnings);
+        w
+    }
+
+    fn pids(&self) -> Result<Vec<u32>> {
+        if self.cfg.pids.is_empty() {
+            list_pids(&self.cfg.roots, self.self_pid)
+        } else {
+            Ok(self.cfg.pids.clone())
+        }
+    }
+
+    /// Starts the first interval: marks all frames idle and clears every
+    /// scanned process's soft-dirty bits, so sample 1 covers one interval.
+    pub fn arm(&mut self) -> Result<()> {
+        self.refresh_lru();
+        self.bitmap.mark_all_idle();
+        for pid in self.pids()? {
+            // Kernel threads refuse clear_refs; exited processes are gone.
+            let _ = clear_soft_dirty(&self.cfg.roots, pid);
+        }
+        Ok(())
+    }
+
+    fn refresh_lru(&mut self) {
+        if let Some(k) = &mut self.kpf {
+            if let Err(e) = k.read_lru(&self.mem.ram, &mut self.lru) {
+                self.warnings.push(format!(
+                    "{e:#}: kpageflags unusable, counting every non-idle RAM frame as accessed"
+                ));
+                self.kpf = None;
+                for r in &self.mem.ram {
+                    self.lru.set_range(r.start, r.end);
+                }
+            }
+        }
+    }
+
+    /// Takes a sample covering the `dt` since the previous one.
+    pub fn sample(&mut self, dt: Duration) -> Result<Summary> {
+        self.bitmap.sample(&mut self.idle);
+        if self.samples % u64::from(self.cfg.lru_refresh.max(1)) == 0 {
+            self.refresh_lru();
+        }
+        accessed_from_idle(&self.idle, &self.lru, &mut self.accessed);
+
+        let pids = self.pids()?;
+        let mut sum = Summary::default();
+        self.dirtied.clear();
+        let rmap = match Arc::get_mut(&mut self.rmap) {
+            Some(r) => r,
+            None => {
+                // The prefetcher still holds the last one.
+                self.rmap = Arc::new(Rmap::new(self.cfg.rmap_cap));
+                Arc::get_mut(&mut self.rmap).expect("fresh Arc is unique")
+            }
+        };
+        rmap.clear();
+        let (mut present, mut hidden) = (0u64, 0u64);
+        for pid in pids {
+            let (dirtied, accessed, model) = (&mut self.dirtied, &self.accessed, &self.model);
+            let r = self.scanner.scan(&self.cfg.roots, pid, |pfn, vaddr, sd| {
+                if sd {
+                    dirtied.set(pfn);
+                }
+                if accessed.get(pfn) || model.age(pfn) & RMAP_HOT != 0 {
+                    rmap.insert(pfn, pid, vaddr);
+                }
+            });
+            match r {
+                Ok(st) => {
+                    sum.procs += 1;
+                    present += st.present;
+                    hidden += st.hidden_pfn;
+                    if clear_soft_dirty(&self.cfg.roots, pid).is_err() {
+                        sum.gone += 1;
+                    }
+                }
+                Err(Skip::NoMm) => {}
+                Err(Skip::Gone(_)) => sum.gone += 1,
+            }
+        }
+        if present > 0 && hidden == present {
+            bail!(
+                "/proc/PID/pagemap hides frame numbers: run miglock-tracer as root (CAP_SYS_ADMIN)"
+            );
+        }
+        rmap.finish();
+        self.accessed.union_with(&self.dirtied);
+
+        let up = self.model.update(&self.accessed);
+        sum.accessed = up.accessed;
+        sum.wss = up.wss;
+        sum.dirtied = self.dirtied.count();
+        sum.dirty_rate = self.model.note_dirty(sum.dirtied, dt);
+        self.samples += 1;
+        Ok(sum)
+    }
+}

@@ -47,25 +47,34 @@ pub fn rank_frames(ages: &[u8], freqs: &[u8], max: usize) -> Vec<MldHintRange> {
             score: (r.2 / r.1) as u32,
         });
     };
-    for (pfn, (&a, &f)) in ages.iter().zip(freqs).enumerate() {
-        let pfn = pfn as u64;
-        if a == 0 {
+    for (ci, (ac, fc)) in ages.chunks(64).zip(freqs.chunks(64)).enumerate() {
+        // Blocks of cold frames (most of a guest) are skipped whole.
+        if ac.iter().all(|&a| a == 0) {
             if let Some(r) = run.take() {
                 push(&mut out, r);
             }
             continue;
         }
-        let s = u64::from(score(a, f));
-        match &mut run {
-            Some(r) if r.3 == class(a) && r.1 < MAX_RANGE_PAGES => {
-                r.1 += 1;
-                r.2 += s;
-            }
-            _ => {
+        for (i, (&a, &f)) in ac.iter().zip(fc).enumerate() {
+            let pfn = (ci * 64 + i) as u64;
+            if a == 0 {
                 if let Some(r) = run.take() {
                     push(&mut out, r);
                 }
-                run = Some((pfn, 1, s, class(a)));
+                continue;
+            }
+            let s = u64::from(score(a, f));
+            match &mut run {
+                Some(r) if r.3 == class(a) && r.1 < MAX_RANGE_PAGES => {
+                    r.1 += 1;
+                    r.2 += s;
+                }
+                _ => {
+                    if let Some(r) = run.take() {
+                        push(&mut out, r);
+                    }
+                    run = Some((pfn, 1, s, class(a)));
+                }
             }
         }
     }

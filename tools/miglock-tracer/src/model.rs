@@ -79,6 +79,11 @@ impl Model {
             .enumerate()
         {
             let w = words.get(wi).copied().unwrap_or(0);
+            // Untouched, long-cold frames (free memory, mostly) stay as
+            // they are: skip them cheaply.
+            if w == 0 && !halve && ages.iter().all(|&a| a == 0) {
+                continue;
+            }
             up.accessed += u64::from(w.count_ones());
             for (i, (a, f)) in ages.iter_mut().zip(freqs.iter_mut()).enumerate() {
                 let bit = (w >> i & 1) as u8;

@@ -121,7 +121,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
     wss_samples: u8,
     /// Read /proc/kpageflags (which frames are LRU) every N samples.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     lru_refresh: u32,
     /// Most frames in the prefetch reverse map (24 bytes each).
     #[arg(long, default_value_t = 262144)]

@@ -54,7 +54,7 @@ impl Fake {
         // frames 300 and 302, 0x11 clean at 301, 0x13 absent.
         let p = proc.join(PID.to_string());
         fs::write(p.join("maps"), "10000-14000 rw-p 0 0:0 0 [heap]\n").unwrap();
-        let mut pm = vec![0u64; 0x14];
+        let mut pm = [0u64; 0x14];
         pm[0x10] = PM_PRESENT | PM_SOFT_DIRTY | 300;
         pm[0x11] = PM_PRESENT | 301;
         pm[0x12] = PM_PRESENT | PM_SOFT_DIRTY | 302;

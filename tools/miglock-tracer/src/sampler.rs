@@ -202,7 +202,7 @@ impl Sampler {
                 if sd {
                     dirtied.set(pfn);
                 }
-                if accessed.get(pfn) || model.age(pfn) & RMAP_HOT != 0 {
+                if sd || accessed.get(pfn) || model.age(pfn) & RMAP_HOT != 0 {
                     rmap.insert(pfn, pid, vaddr);
                 }
             });
@@ -234,5 +234,73 @@ impl Sampler {
         sum.dirty_rate = self.model.note_dirty(sum.dirtied, dt);
         self.samples += 1;
         Ok(sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pagemap::{PM_PRESENT, PM_SOFT_DIRTY};
+    use std::fs;
+
+    /// 256 frames of RAM; process 5 maps pages 1..4 at the given entries.
+    fn tree(entries: [u64; 3]) -> (tempfile::TempDir, Config) {
+        let d = tempfile::tempdir().unwrap();
+        let (proc, sys) = (d.path().join("proc"), d.path().join("sys"));
+        fs::create_dir_all(sys.join("kernel/mm/page_idle")).unwrap();
+        fs::create_dir_all(proc.join("5")).unwrap();
+        fs::write(proc.join("iomem"), "00000000-000fffff : System RAM\n").unwrap();
+        // No kpageflags: every non-idle RAM frame counts (with a warning).
+        fs::write(sys.join("kernel/mm/page_idle/bitmap"), [0u8; 32]).unwrap();
+        fs::write(proc.join("5/maps"), "1000-4000 rw-p 0 0:0 0\n").unwrap();
+        let mut pm = [0u64; 4];
+        pm[1..].copy_from_slice(&entries);
+        let b: Vec<u8> = pm.iter().flat_map(|e| e.to_ne_bytes()).collect();
+        fs::write(proc.join("5/pagemap"), b).unwrap();
+        fs::write(proc.join("5/clear_refs"), "").unwrap();
+        let cfg = Config {
+            roots: Roots {
+                procfs: proc,
+                sysfs: sys,
+            },
+            pids: vec![],
+            lru_refresh: 4,
+            rmap_cap: 100,
+            wss_samples: 4,
+        };
+        (d, cfg)
+    }
+
+    #[test]
+    fn dirtied_frames_feed_model_and_rmap() {
+        let (_d, cfg) = tree([
+            PM_PRESENT | PM_SOFT_DIRTY | 200,
+            PM_PRESENT | 201,
+            PM_PRESENT | PM_SOFT_DIRTY | 9999, // beyond pfn_limit: ignored
+        ]);
+        let mut s = Sampler::open(cfg, 4096).unwrap();
+        assert_eq!(s.mem().pfn_limit, 256);
+        assert!(s.take_warnings()[0].contains("kpageflags"));
+        s.arm().unwrap();
+        // After arm the (fake) bitmap is all ones: only soft-dirty counts.
+        let sum = s.sample(Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            (sum.accessed, sum.dirtied, sum.wss, sum.procs),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(sum.dirty_rate, 0.5);
+        assert_eq!(s.model().age(200), 0x80);
+        let r = s.rmap();
+        assert_eq!(r.lookup(200).map(|m| (m.pid, m.vaddr)), Some((5, 0x1000)));
+        assert_eq!(r.lookup(201), None, "clean and cold: not worth mapping");
+    }
+
+    #[test]
+    fn hidden_frame_numbers_are_an_error() {
+        let (_d, cfg) = tree([PM_PRESENT, PM_PRESENT | PM_SOFT_DIRTY, 0]);
+        let mut s = Sampler::open(cfg, 4096).unwrap();
+        s.arm().unwrap();
+        let e = s.sample(Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(e.contains("run miglock-tracer as root"), "{e}");
     }
 }

@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Each scheme on tiny traces whose results are worked out by hand.
+
+#[path = "support/common.rs"]
+mod common;
+
+use common::{config, ms, trace, PAGE};
+use migsim::{simulate, Hints, Scheme};
+
+fn idle(pages: u64, samples: usize) -> miglock_trace::Trace {
+    trace(pages, 100, vec![(vec![], vec![]); samples])
+}
+
+#[test]
+fn idle_vm_precopy_sends_memory_once() {
+    // 1000 pages at 1 ms each, 0.5 ms latency: one round of 1000 ms, an
+    // empty stop-and-copy, downtime = latency.
+    let t = idle(1000, 20);
+    let mut cfg = config(1.0, 0.5);
+    cfg.clark.min_rate = cfg.link.bandwidth;
+    for scheme in [Scheme::PrecopyQemu, Scheme::PrecopyClark] {
+        let r = simulate(&t, scheme, &cfg).unwrap();
+        assert!(r.converged, "{scheme:?}");
+        assert_eq!(r.rounds, 1, "{scheme:?}");
+        assert_eq!(r.pages_sent, 1000, "{scheme:?}");
+        assert_eq!(r.bytes_sent, 1000 * PAGE, "{scheme:?}");
+        assert_eq!(r.total_ps, ms(1000.5), "{scheme:?}");
+        assert_eq!(r.downtime_ps, ms(0.5), "{scheme:?}");
+        assert_eq!(r.remote_faults + r.cow_faults, 0);
+    }
+}
+
+#[test]
+fn idle_vm_postcopy_and_cow() {
+    let t = idle(1000, 20);
+    let mut cfg = config(1.0, 0.5);
+    cfg.cow.pause = 0.002;
+    let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!((r.pages_sent, r.remote_faults, r.stall_ps), (1000, 0, 0));
+    // push starts at the switch, VM resumes after one latency
+    assert_eq!(r.total_ps, ms(1000.5));
+    assert_eq!(r.downtime_ps, ms(0.5));
+    let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert_eq!((r.pages_sent, r.cow_faults), (1000, 0));
+    assert_eq!(r.total_ps, ms(2.0 + 1000.0 + 0.5));
+    assert_eq!(r.downtime_ps, ms(2.0));
+}
+
+#[test]
+fn qemu_precopy_stops_when_rest_fits_downtime_limit() {
+    // 1000 pages at 1 ms; every 100 ms sample dirties 20 pages [0, 20).
+    // Round 1 (1000 ms) ends with those 20 dirty: 20 ms <= 300 ms.
+    let t = trace(1000, 100, vec![(vec![(0, 20)], vec![(0, 20)]); 30]);
+    let r = simulate(&t, Scheme::PrecopyQemu, &config(1.0, 0.0)).unwrap();
+    assert!(r.converged);
+    assert_eq!(r.rounds, 1);
+    // The VM stops at 1000 ms, inside sample 11, whose 20 pages it adds
+    // to the same 20: stop-and-copy of 20 pages.
+    assert_eq!(r.pages_sent, 1020);
+    assert_eq!(r.downtime_ps, ms(20.0));
+    assert_eq!(r.total_ps, ms(1020.0));
+}
+
+#[test]
+fn vm_dirtying_faster_than_link_does_not_converge_but_postcopy_completes() {
+    // Every 100 ms the guest rewrites all 1000 pages; the link needs 1 s
+    // for them.
+    let t = trace(1000, 100, vec![(vec![(0, 1000)], vec![(0, 1000)]); 10]);
+    let mut cfg = config(1.0, 0.1);
+    cfg.qemu.max_iterations = 5;
+    let r = simulate(&t, Scheme::PrecopyQemu, &cfg).unwrap();
+    assert!(!r.converged);
+    assert_eq!(r.rounds, 5);
+    assert_eq!(
+        r.pages_sent, 6000,
+        "five full rounds and a forced stop-and-copy"
+    );
+    assert!(r.status.contains("did not converge"));
+    let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
+    assert!(r.converged);
+    assert_eq!(r.pages_sent, 1000, "post-copy sends each page once");
+    assert_eq!(r.remote_faults, 1000, "the first sample touches every page");
+}
+
+#[test]
+fn clark_stops_when_a_round_does_not_shrink() {
+    let t = trace(1000, 100, vec![(vec![(0, 1000)], vec![(0, 1000)]); 10]);
+    let mut cfg = config(1.0, 0.0);
+    cfg.clark.min_rate = cfg.link.bandwidth;
+    let r = simulate(&t, Scheme::PrecopyClark, &cfg).unwrap();
+    assert!(r.converged, "Clark always ends in a stop-and-copy");
+    // Round 1 sends what was not re-dirtied before its turn: pages are
+    // skipped once dirtied this round, and all are dirtied at 100 ms, so
+    // only the first 100 go; the rest is the stop-and-copy.
+    assert_eq!(r.rounds, 1);
+    assert_eq!(r.pages_sent, 100 + 1000);
+    assert_eq!(r.downtime_ps, ms(1000.0));
+}
+
+/// A scan: sample i touches pages [50 i, 50 i + 50) of 10000.
+fn scan() -> miglock_trace::Trace {
+    let s = (0..200).map(|i| (vec![(50 * i, 50)], vec![])).collect();
+    trace(10_000, 100, s)
+}
+
+#[test]
+fn prepaging_beats_address_order_on_a_scan() {
+    // Start at 5 s (page 2500), 0.5 ms per page, no latency: the first
+    // interval faults its 50 pages; the bubble around them then pushes
+    // 100 pages forward per 100 ms, twice the scan's speed, so it never
+    // faults again. Address order starts at page 0 and needs many
+    // intervals to overtake the scan.
+    let mut cfg = config(0.5, 0.0);
+    cfg.start_at = Some(5.0);
+    let pre = simulate(&scan(), Scheme::PostcopyPrepaging, &cfg).unwrap();
+    let plain = simulate(&scan(), Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!(pre.remote_faults, 50);
+    assert!(plain.remote_faults > 500, "{}", plain.remote_faults);
+    assert_eq!(pre.pages_sent, 10_000);
+    assert_eq!(plain.pages_sent, 10_000);
+}
+
+/// A stable hot set of 20 ranges of 10 pages high in memory, touched in
+/// every sample.
+fn hot() -> miglock_trace::Trace {
+    let hot: Vec<(u64, u64)> = (0..20).map(|k| (5000 + 200 * k, 10)).collect();
+    trace(10_000, 100, vec![(hot, vec![]); 40])
+}
+
+#[test]
+fn lazy_with_good_hints_faults_less_than_postcopy() {
+    // 0.25 ms per page (faster than the 2 pages/ms the guest touches), 1
+    // ms latency: a fault costs 2.25 ms. The VM resumes at 1 ms; touches
+    // are spread over the interval, range k at 5 k ms plus earlier stalls.
+    // Post-copy pushes from page 0 and faults on all 200 hot pages. With
+    // the hot set ranked first, the push has sent 4 pages of range 0 when
+    // it is touched (6 faults, 13.5 ms stall); from then on it sends 20
+    // pages per 5 ms against the guest's 10 and stays ahead.
+    let mut cfg = config(0.25, 1.0);
+    cfg.start_at = Some(2.0);
+    let plain = simulate(&hot(), Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!(plain.remote_faults, 200);
+    assert_eq!(plain.stall_ps, ms(450.0));
+    for hints in [Hints::Oracle, Hints::History { window: 10 }] {
+        cfg.hints = hints.clone();
+        let lazy = simulate(&hot(), Scheme::Lazy, &cfg).unwrap();
+        assert_eq!(lazy.remote_faults, 6, "{hints:?}");
+        assert_eq!(lazy.stall_ps, ms(13.5), "{hints:?}");
+    }
+    // Without history (start at 0) the causal hints know nothing.
+    cfg.start_at = Some(0.0);
+    cfg.hints = Hints::History { window: 10 };
+    let blind = simulate(&hot(), Scheme::Lazy, &cfg).unwrap();
+    assert_eq!(blind.remote_faults, 200);
+}
+
+#[test]
+fn cow_faults_are_distinct_pages_written_before_being_copied() {
+    // 1000 pages at 1 ms, push in address order from t = 0 (no pause, free
+    // faults so the clock is the trace's): at 0 ms [500,510) is ahead of
+    // the push: 10 faults; at 100 ms [50,60) is already sent: 0; at 200 ms
+    // [500,520): 10 new; at 300 ms everything: [300,1000) minus the 20
+    // saved = 680. Total 700.
+    let t = trace(
+        1000,
+        100,
+        vec![
+            (vec![(500, 10)], vec![(500, 10)]),
+            (vec![(50, 10)], vec![(50, 10)]),
+            (vec![(500, 20)], vec![(500, 20)]),
+            (vec![(0, 1000)], vec![(0, 1000)]),
+            (vec![], vec![]),
+        ],
+    );
+    let mut cfg = config(1.0, 0.0);
+    cfg.cow.pause = 0.0;
+    cfg.cow.fault_cost = 0.0;
+    let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert_eq!(r.cow_faults, 700);
+    assert_eq!(r.pages_sent, 1000);
+    assert_eq!(r.total_ps, ms(1000.0));
+    // With a cost per fault the count stays and the stall is count x cost.
+    cfg.cow.fault_cost = 1e-6;
+    let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert_eq!(r.cow_faults, 700);
+    assert_eq!(r.stall_ps, 700 * ms(1e-3));
+}
+
+#[test]
+fn hybrid_postcopy_refetches_pages_dirtied_during_the_precopy_pass() {
+    // 100 pages at 1 ms: the pass takes 100 ms = sample 1, which dirties
+    // [0, 10); those 10 go again after the switch.
+    let t = trace(100, 100, vec![(vec![(0, 10)], vec![(0, 10)]); 5]);
+    let mut cfg = config(1.0, 0.0);
+    cfg.postcopy.precopy_first = true;
+    let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!(r.rounds, 2);
+    assert_eq!(r.pages_sent, 110);
+}
+
+#[test]
+fn replay_loops_when_the_migration_outlasts_the_trace() {
+    let t = idle(1000, 3);
+    let r = simulate(&t, Scheme::PrecopyQemu, &config(1.0, 0.0)).unwrap();
+    assert!(r.trace_loops >= 3, "{}", r.trace_loops);
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let t = idle(1000, 3);
+    let mut cfg = config(1.0, 0.0);
+    cfg.start_at = Some(10.0);
+    let e = simulate(&t, Scheme::Postcopy, &cfg).unwrap_err();
+    assert!(e.to_string().contains("--start-at"), "{e}");
+    let empty = trace(1000, 100, vec![]);
+    assert!(simulate(&empty, Scheme::Cow, &config(1.0, 0.0)).is_err());
+    let mut slow = config(1.0, 0.0);
+    slow.link.bandwidth = 0.0;
+    assert!(simulate(&t, Scheme::PrecopyQemu, &slow).is_err());
+    let mut nan = config(1.0, 0.0);
+    nan.link.latency = f64::NAN;
+    assert!(simulate(&t, Scheme::Postcopy, &nan).is_err());
+}

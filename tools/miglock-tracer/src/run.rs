@@ -5,6 +5,7 @@
 
 use crate::cpu;
 use crate::hints::rank;
+use crate::model::Model;
 use crate::prefetch::{Job, Prefetcher};
 use crate::sampler::{self, Sampler, Summary};
 use anyhow::{Context, Result};
@@ -134,7 +135,7 @@ struct Runner {
 
 impl Runner {
     /// Waits until `deadline`, watching the device for post-copy.
-    fn wait_until(&mut self, deadline: Instant) {
+    fn wait_until(&mut self, deadline: Instant, model: &Model) {
         while !stopping() {
             let now = Instant::now();
             if now >= deadline {
@@ -155,7 +156,7 @@ impl Runner {
             match dev.status() {
                 Ok(st) if st.postcopy_gen() != self.postcopy_gen => {
                     self.postcopy_gen = st.postcopy_gen();
-                    self.start_prefetch();
+                    self.start_prefetch(model);
                 }
                 Ok(_) => {
                     // Readable for another reason (a pending migration stays
@@ -170,15 +171,18 @@ impl Runner {
         }
     }
 
-    fn start_prefetch(&mut self) {
+    /// Touches every ranked range, not only the batch's `max_hints`: with
+    /// a scattered working set 1024 ranges cover few pages.
+    fn start_prefetch(&mut self, model: &Model) {
         if let Some(p) = &self.prefetcher {
+            let ranges = rank(model, usize::MAX);
             println!(
-                "prefetch: post-copy announced (gen {}), touching {} hint ranges",
+                "prefetch: post-copy announced (gen {}), touching {} ranges hottest first",
                 self.postcopy_gen,
-                self.last_hints.len()
+                ranges.len()
             );
             p.submit(Job {
-                ranges: self.last_hints.clone(),
+                ranges,
                 rmap: self.rmap.clone(),
             });
             self.report.prefetches += 1;
@@ -314,7 +318,7 @@ pub fn run(cfg: Config) -> Result<Report> {
     let mut last = t0;
     let mut next = t0 + r.cfg.interval;
     let result = loop {
-        r.wait_until(next);
+        r.wait_until(next, sampler.model());
         if stopping() {
             break Ok(());
         }

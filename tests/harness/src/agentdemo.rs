@@ -133,6 +133,15 @@ pub enum Story {
     Hostile,
     /// Hint batches from the guest reach the agent intact.
     Hints,
+    /// Post-copy with the destination agent receiving: the guest is told.
+    Postcopy,
+}
+
+impl Story {
+    /// The destination agent (not the harness) starts the incoming side.
+    fn agent_receives(self) -> bool {
+        matches!(self, Story::Postcopy)
+    }
 }
 
 /// Two "hosts": a QEMU and a miglockd each.
@@ -143,16 +152,35 @@ struct Hosts {
     dst_agent: Agent,
     uri: String,
     bins: PathBuf,
+    /// What `miglockctl incoming` printed, once it exits.
+    incoming: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Hosts {
-    fn start(sc: &Scenario, env: &Env<'_>) -> Result<Hosts, Failure> {
+    fn start(sc: &Scenario, env: &Env<'_>, story: Story) -> Result<Hosts, Failure> {
         let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
         let bins = bins.parent().context("harness directory")?.to_path_buf();
         let mut dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
         let mut src = Vm::start(&env.spec_with("src", sc.guest, false, Doorbell::Agent))?;
         let src_agent = Agent::start(&bins, &env.dir, "src")?;
         let dst_agent = Agent::start(&bins, &env.dir, "dst")?;
+        src.qmp
+            .execute(
+                "migrate-set-parameters",
+                Some(json!({"max-bandwidth": 1u64 << 30})),
+            )
+            .context("migrate-set-parameters")?;
+        if story.agent_receives() {
+            return Ok(Hosts {
+                src,
+                dst,
+                src_agent,
+                dst_agent,
+                uri: String::new(),
+                bins,
+                incoming: None,
+            });
+        }
         dst.qmp
             .execute("migrate-incoming", Some(json!({"uri": "tcp:127.0.0.1:0"})))
             .context("migrate-incoming")?;
@@ -164,12 +192,6 @@ impl Hosts {
             .as_str()
             .context("no incoming port")?
             .to_string();
-        src.qmp
-            .execute(
-                "migrate-set-parameters",
-                Some(json!({"max-bandwidth": 1u64 << 30})),
-            )
-            .context("migrate-set-parameters")?;
         Ok(Hosts {
             src,
             dst,
@@ -177,7 +199,48 @@ impl Hosts {
             dst_agent,
             uri: format!("tcp:127.0.0.1:{port}"),
             bins,
+            incoming: None,
         })
+    }
+
+    /// `miglockctl incoming` on the destination agent; returns it running
+    /// and the URI it listens on.
+    fn receive(&mut self, extra: &[&str]) -> Result<Child, Failure> {
+        use std::io::BufRead;
+        let mut child = Command::new(self.bins.join("miglockctl"))
+            .arg("--socket")
+            .arg(self.dst_agent.dir.join("control.sock"))
+            .args(["--json", "incoming", "guest", "--listen", "tcp:127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running miglockctl incoming")?;
+        let out = child.stdout.take().context("incoming's stdout")?;
+        let mut lines = std::io::BufReader::new(out).lines();
+        let listening = lines.find_map(|l| {
+            let v: Value = serde_json::from_str(&l.ok()?).ok()?;
+            v["message"]
+                .as_str()?
+                .strip_prefix("listening on ")
+                .map(String::from)
+        });
+        let Some(uri) = listening else {
+            let _ = child.kill();
+            return Err(host_fail(
+                "the destination agent did not start listening".into(),
+            ));
+        };
+        eprintln!(
+            "  $ miglockctl incoming guest --listen tcp:127.0.0.1:0 {}: listening on {uri}",
+            extra.join(" ")
+        );
+        self.uri = uri;
+        // Keep reading its answer so it never blocks on a full pipe.
+        self.incoming = Some(std::thread::spawn(move || {
+            lines.map_while(Result::ok).collect()
+        }));
+        Ok(child)
     }
 
     fn migrate(&self, extra: &[&str]) -> Result<Output, Failure> {
@@ -265,7 +328,7 @@ fn require(ok: bool, what: &str) -> Result<(), Failure> {
 
 /// Runs an agent scenario.
 pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Result<(), Failure> {
-    let mut h = Hosts::start(sc, env)?;
+    let mut h = Hosts::start(sc, env, story)?;
     let r = match story {
         Story::Demo => demo(&mut h, sc, deadline),
         Story::Notice => notice(&mut h, sc, deadline),
@@ -274,6 +337,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Relock => relock(&mut h, sc, deadline),
         Story::Hostile => hostile(&mut h, sc, env, deadline),
         Story::Hints => hints(&mut h, sc, deadline),
+        Story::Postcopy => postcopy(&mut h, sc, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
         eprintln!("  source agent's audit log:");
@@ -472,6 +536,39 @@ fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure
         .send_line("done")
         .context("typing on the guest console")?;
     finish_guest(sc, &mut h.src, deadline)
+}
+
+/// The destination agent receives a post-copy migration and tells the
+/// guest once it runs there; the guest's poller wakes for it.
+fn postcopy(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    if let Wait::Timeout | Wait::Closed = h.src.wait_line(deadline, |l| tick_of(l).is_some()) {
+        return Err(Failure::new(FailKind::Guest, "the workload never ticked"));
+    }
+    let mut child = h.receive(&["--postcopy"])?;
+    let out = h.migrate(&["--mode", "postcopy"])?;
+    require(out.status.success(), "the post-copy migration failed")?;
+    let status = child.wait().context("miglockctl incoming")?;
+    let said = h
+        .incoming
+        .take()
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    for l in &said {
+        eprintln!("    incoming: {l}");
+    }
+    require(status.success(), "miglockctl incoming failed")?;
+    require(
+        said.iter().any(|l| l.contains("\"postcopy_notice\":true")),
+        "the destination agent did not tell the guest that post-copy started",
+    )?;
+    wait_for(&mut h.dst, deadline, "@@MIGLOCK postcopy-notice gen=1@@")?;
+    h.arrive(sc, deadline)?;
+    require(
+        has(&h.dst_agent.audit(), "incoming-postcopy", |r| {
+            r["guest_told"] == true
+        }),
+        "destination audit lacks incoming-postcopy",
+    )
 }
 
 /// FNV-1a over hint ranges in wire layout (as `mldtest hints` prints it).

@@ -226,6 +226,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Agents(Story::Postcopy),
+        timeout: secs(240),
+        ..guest(
+            "agent-postcopy",
+            "agent-postcopy",
+            "post-copy with miglockctl incoming on the destination agent: it tells the guest once the VM runs there",
+        )
+    },
+    Scenario {
         kind: Kind::Migrate(Mode::Precopy),
         timeout: secs(240),
         ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")

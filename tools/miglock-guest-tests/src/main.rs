@@ -748,6 +748,34 @@ fn hold_until_notice() -> io::Result<()> {
     }
 }
 
+/// `mldtest wait-postcopy MS`: sleeps in poll() until the host says
+/// post-copy runs (the VM is then on the destination); the flag is reported
+/// once per announcement and the generation counts them.
+fn wait_postcopy(ms: u64) -> io::Result<()> {
+    let d = Device::open()?;
+    let gen0 = d.status()?.postcopy_gen();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(ms) {
+        let left = ms.saturating_sub(t.elapsed().as_millis() as u64);
+        if !readable(d.as_raw_fd(), left as i32)? {
+            continue;
+        }
+        let st = d.status()?;
+        if st.postcopy() && st.postcopy_gen() == gen0 + 1 {
+            // Read once: the flag is this file's, and now seen.
+            let again = d.status()?;
+            if again.postcopy() {
+                return Err(io::Error::other(
+                    "the post-copy flag stayed set after a read",
+                ));
+            }
+            println!("@@MIGLOCK postcopy-notice gen={}@@", st.postcopy_gen());
+            return Ok(());
+        }
+    }
+    Err(io::Error::other("no post-copy notice"))
+}
+
 /// `mldtest bench-lock N`: N lock/unlock pairs through the host; prints the
 /// lock round trip (ioctl entry to the host's decision applied). Locks the
 /// host refuses for rate (EAGAIN) are counted, not timed.
@@ -1007,6 +1035,7 @@ fn main() -> ExitCode {
         Some("syscall") => syscall_suite(&mut c, true),
         Some("host-notice") => host_notice(&mut c),
         Some("hints") => hints_suite(&mut c),
+        Some("wait-postcopy") => wait_postcopy(num(2, 60_000) as u64),
         Some("hold-until-notice") => hold_until_notice(),
         Some("bench-lock") => bench_lock(num(2, 1000).max(1)),
         Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),

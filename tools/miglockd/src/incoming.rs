@@ -68,15 +68,31 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
         message: format!("listening on {bound}"),
     });
     let started = Instant::now();
-    let mut told = false;
+    let (mut resumed, mut told) = (false, false);
     loop {
         let tick = Instant::now() + Duration::from_millis(50);
-        let _ = qmp.wait_event(tick, |e| e.name == "MIGRATION" || e.name == "RESUME");
+        // Any event wakes us to look again; none within the tick is fine too.
+        let _ = qmp.wait_event(tick, |_| true);
         let q = match qmp.execute("query-migrate", None) {
             Ok(q) => q,
             Err(e) => return err(format!("query-migrate: {e:#}")),
         };
-        match q["status"].as_str().unwrap_or("") {
+        let status = q["status"].as_str().unwrap_or("").to_string();
+        // This request holds the QMP connection, so it does the QMP
+        // watcher's job: once the guest runs here, announce the agent so
+        // the guest resends its lock state to this host.
+        if !resumed
+            && qmp
+                .execute("query-status", None)
+                .is_ok_and(|s| s["running"] == true)
+        {
+            resumed = true;
+            let told = agent.announce(vm);
+            agent
+                .audit
+                .record(name, "vm-resumed", json!({"guest_told": told}));
+        }
+        match status.as_str() {
             "completed" => {
                 let data = json!({"uri": bound, "wall_ms": started.elapsed().as_millis() as u64,
                                   "postcopy_notice": told});
@@ -92,26 +108,21 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
             // Listening starts before the device state arrives: wait until
             // the guest runs here, or the notice would land in a UART that
             // is about to be overwritten.
-            "postcopy-active" if !told => {
-                let running = qmp
-                    .execute("query-status", None)
-                    .is_ok_and(|s| s["running"] == true);
-                if running {
-                    told = agent.notify(vm, Notice::PostcopyStarted);
-                    agent
-                        .audit
-                        .record(name, "incoming-postcopy", json!({"guest_told": told}));
-                    let _ = p(&Reply::Progress {
-                        message: format!(
-                            "post-copy: the guest runs here; {}",
-                            if told {
-                                "told it to run ahead"
-                            } else {
-                                "guest link not connected"
-                            }
-                        ),
-                    });
-                }
+            "postcopy-active" if resumed && !told => {
+                told = agent.notify(vm, Notice::PostcopyStarted);
+                agent
+                    .audit
+                    .record(name, "incoming-postcopy", json!({"guest_told": told}));
+                let _ = p(&Reply::Progress {
+                    message: format!(
+                        "post-copy: the guest runs here; {}",
+                        if told {
+                            "told it to run ahead"
+                        } else {
+                            "guest link not connected"
+                        }
+                    ),
+                });
             }
             _ => {}
         }

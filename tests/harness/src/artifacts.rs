@@ -157,6 +157,8 @@ pub fn guest_binaries(p: &Paths) -> Result<Vec<(String, PathBuf)>> {
         ("miglock-cli", "set_migration_flag"),
         ("miglock-guest-tests", "mldtest"),
         ("mld-critical", "mld-critical"),
+        ("miglock-tracer", "miglock-tracer"),
+        ("miglock-tracer", "mlwset"),
     ];
     let target_dir = p.top.join("tools/target/guest");
     let log = p.out.join("build/guest-binaries.log");

@@ -161,6 +161,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     guest("mld-cli", "mld-cli", "miglock status/lock/unlock/run and set_migration_flag end to end"),
     guest("mld-unload", "mld-unload", "rmmod is refused while a file holds the lock; a detached hold is released at unload"),
+    guest(
+        "tracer-wset",
+        "tracer-wset",
+        "miglock-tracer (idle page tracking + soft-dirty) finds a known working set with precision and recall >= 0.9",
+    ),
     guest("samples", "samples", "the C and Rust samples lock around a critical section as applications would"),
     Scenario {
         kind: Kind::StubHost,

@@ -101,9 +101,13 @@ impl IdleBitmap {
             let mut w = start;
             while w < end {
                 let n = ((end - w) as usize).min(CHUNK_WORDS);
-                if let Err(e) = self.file.write_all_at(&self.buf[..n * 8], w * 8) {
-                    self.fail(i, "marking", e);
-                    break;
+                match write_full(&self.file, &self.buf[..n * 8], w * 8) {
+                    Ok(put) if put < n * 8 => break, // the bitmap ends at max_pfn
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.fail(i, "marking", e);
+                        break;
+                    }
                 }
                 w += n as u64;
             }
@@ -150,6 +154,25 @@ impl IdleBitmap {
         self.read(idle);
         self.mark_all_idle();
     }
+}
+
+/// Writes until `buf` is out or the file takes no more (the kernel's bitmap
+/// stops at `max_pfn`, which need not be word aligned); returns the bytes
+/// written.
+pub(crate) fn write_full(f: &File, buf: &[u8], mut off: u64) -> io::Result<usize> {
+    let mut put = 0;
+    while put < buf.len() {
+        match f.write_at(&buf[put..], off) {
+            Ok(0) => break,
+            Ok(n) => {
+                put += n;
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(put)
 }
 
 /// Reads until `buf` is full or end of file; returns the bytes read.

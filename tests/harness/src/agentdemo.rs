@@ -86,11 +86,11 @@ impl Drop for Agent {
     }
 }
 
-fn host_fail(msg: String) -> Failure {
+pub(crate) fn host_fail(msg: String) -> Failure {
     Failure::new(FailKind::Host, msg)
 }
 
-fn wait_for(vm: &mut Vm, deadline: Instant, marker: &str) -> Result<(), Failure> {
+pub(crate) fn wait_for(vm: &mut Vm, deadline: Instant, marker: &str) -> Result<(), Failure> {
     match vm.wait_line(deadline, |l| l.contains(marker)) {
         Wait::Line(_) => Ok(()),
         _ => Err(Failure::new(
@@ -135,29 +135,36 @@ pub enum Story {
     Hints,
     /// Post-copy with the destination agent receiving: the guest is told.
     Postcopy,
+    /// `--mode auto` on a write-heavy guest, after default pre-copy gives up.
+    PlanWriteHeavy,
+    /// `--mode auto` keeps pre-copy on a read-mostly guest.
+    PlanReadMostly,
 }
 
 impl Story {
     /// The destination agent (not the harness) starts the incoming side.
     fn agent_receives(self) -> bool {
-        matches!(self, Story::Postcopy)
+        matches!(
+            self,
+            Story::Postcopy | Story::PlanWriteHeavy | Story::PlanReadMostly
+        )
     }
 }
 
 /// Two "hosts": a QEMU and a miglockd each.
-struct Hosts {
-    src: Vm,
-    dst: Vm,
-    src_agent: Agent,
-    dst_agent: Agent,
-    uri: String,
+pub(crate) struct Hosts {
+    pub(crate) src: Vm,
+    pub(crate) dst: Vm,
+    pub(crate) src_agent: Agent,
+    pub(crate) dst_agent: Agent,
+    pub(crate) uri: String,
     bins: PathBuf,
     /// What `miglockctl incoming` printed, once it exits.
     incoming: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Hosts {
-    fn start(sc: &Scenario, env: &Env<'_>, story: Story) -> Result<Hosts, Failure> {
+    pub(crate) fn start(sc: &Scenario, env: &Env<'_>, story: Story) -> Result<Hosts, Failure> {
         let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
         let bins = bins.parent().context("harness directory")?.to_path_buf();
         let mut dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
@@ -205,7 +212,7 @@ impl Hosts {
 
     /// `miglockctl incoming` on the destination agent; returns it running
     /// and the URI it listens on.
-    fn receive(&mut self, extra: &[&str]) -> Result<Child, Failure> {
+    pub(crate) fn receive(&mut self, extra: &[&str]) -> Result<Child, Failure> {
         use std::io::BufRead;
         let mut child = Command::new(self.bins.join("miglockctl"))
             .arg("--socket")
@@ -243,7 +250,7 @@ impl Hosts {
         Ok(child)
     }
 
-    fn migrate(&self, extra: &[&str]) -> Result<Output, Failure> {
+    pub(crate) fn migrate(&self, extra: &[&str]) -> Result<Output, Failure> {
         let mut args = vec!["migrate", "guest", "--to", &self.uri];
         args.extend_from_slice(extra);
         let out = self.src_agent.ctl(&args)?;
@@ -270,7 +277,7 @@ impl Hosts {
 
     /// After a completed migration: the guest goes on at the destination,
     /// whose agent gets its state; then the guest script finishes there.
-    fn arrive(&mut self, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    pub(crate) fn arrive(&mut self, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
         let last = self
             .src
             .seen
@@ -318,7 +325,7 @@ fn has(events: &[Value], event: &str, pred: impl Fn(&Value) -> bool) -> bool {
     events.iter().any(|r| r["event"] == event && pred(r))
 }
 
-fn require(ok: bool, what: &str) -> Result<(), Failure> {
+pub(crate) fn require(ok: bool, what: &str) -> Result<(), Failure> {
     if ok {
         Ok(())
     } else {
@@ -338,6 +345,8 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Hostile => hostile(&mut h, sc, env, deadline),
         Story::Hints => hints(&mut h, sc, deadline),
         Story::Postcopy => postcopy(&mut h, sc, deadline),
+        Story::PlanWriteHeavy => crate::advice::plan_write_heavy(&mut h, sc, env, deadline),
+        Story::PlanReadMostly => crate::advice::plan_read_mostly(&mut h, sc, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
         eprintln!("  source agent's audit log:");
@@ -349,10 +358,35 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
             eprintln!("    {rec}");
         }
     }
-    let Hosts { src, dst, .. } = h;
-    src.quit()?;
-    dst.quit()?;
+    h.quit()?;
     r
+}
+
+impl Hosts {
+    /// Stops both QEMUs (the agents stop when dropped).
+    pub(crate) fn quit(self) -> Result<(), Failure> {
+        let Hosts { src, dst, .. } = self;
+        src.quit()?;
+        dst.quit()?;
+        Ok(())
+    }
+
+    /// Replaces the destination QEMU (after a failed incoming migration it
+    /// has exited) with a fresh one waiting for a migration.
+    pub(crate) fn restart_dst(&mut self, sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
+        let dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
+        let old = std::mem::replace(&mut self.dst, dst);
+        let _ = old.quit();
+        Ok(())
+    }
+
+    /// What `miglockctl incoming` printed, once it exited.
+    pub(crate) fn incoming_output(&mut self) -> Vec<String> {
+        self.incoming
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
 }
 
 /// The migration is refused naming the hold `label`; the guest unlocks

@@ -7,6 +7,7 @@
 //! `out/scenarios/<name>/`, and ends with `harness: N passed, N failed`.
 
 mod accel;
+mod advice;
 mod agentdemo;
 mod artifacts;
 mod bench;
@@ -112,7 +113,12 @@ fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
         // Benchmarks measure, they do not test: only when named.
         SCENARIOS
             .iter()
-            .filter(|s| !matches!(s.kind, scenario::Kind::Bench))
+            .filter(|s| {
+                !matches!(
+                    s.kind,
+                    scenario::Kind::Bench | scenario::Kind::AdviceBench(_)
+                )
+            })
             .collect()
     } else {
         names

@@ -27,6 +27,8 @@ pub enum Kind {
     Bench,
     /// Two QEMUs and two real agents, telling one story.
     Agents(crate::agentdemo::Story),
+    /// A benchmark of hints as advice (not part of a plain `run`).
+    AdviceBench(crate::advice::Bench),
 }
 
 /// Why a scenario failed; selftests expect a particular one.
@@ -240,6 +242,24 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Agents(Story::PlanWriteHeavy),
+        timeout: secs(300),
+        ..guest(
+            "agent-plan-writeheavy",
+            "plan-writeheavy",
+            "write-heavy guest on a 32 MiB/s link: default pre-copy does not converge in 20 s; --mode auto plans post-copy and completes",
+        )
+    },
+    Scenario {
+        kind: Kind::Agents(Story::PlanReadMostly),
+        timeout: secs(240),
+        ..guest(
+            "agent-plan-readmostly",
+            "plan-readmostly",
+            "read-mostly guest: --mode auto keeps pre-copy, which completes",
+        )
+    },
+    Scenario {
         kind: Kind::Migrate(Mode::Precopy),
         timeout: secs(240),
         ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")
@@ -256,6 +276,24 @@ pub const SCENARIOS: &[Scenario] = &[
             "bench-rtt",
             "bench",
             "benchmark (make bench): lock round trip through miglockd vs qemu-ga guest-ping, p50/p99",
+        )
+    },
+    Scenario {
+        kind: Kind::AdviceBench(crate::advice::Bench::Plan),
+        timeout: secs(900),
+        ..guest(
+            "bench-plan",
+            "plan-idle",
+            "benchmark (make bench): QEMU's default pre-copy vs --mode auto on idle, read-mostly and write-heavy guests",
+        )
+    },
+    Scenario {
+        kind: Kind::AdviceBench(crate::advice::Bench::Prefetch),
+        timeout: secs(900),
+        ..guest(
+            "bench-prefetch",
+            "prefetch-on",
+            "benchmark (make bench): post-copy with and without the tracer's run-ahead prefetch, 3 runs each",
         )
     },
     Scenario {
@@ -394,6 +432,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::LateStubHost => run_stub_host(sc, env, deadline, true),
         Kind::Agents(story) => crate::agentdemo::run(sc, env, deadline, story),
         Kind::Bench => crate::bench::run(sc, env, deadline),
+        Kind::AdviceBench(b) => crate::advice::bench(sc, env, deadline, b),
     }
 }
 

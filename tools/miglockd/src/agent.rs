@@ -45,6 +45,9 @@ pub struct Config {
     /// How fast a guest may talk.
     #[serde(default)]
     pub limits: Limits,
+    /// What the migration planner may choose.
+    #[serde(default)]
+    pub planner: crate::planner::Options,
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
@@ -150,6 +153,8 @@ pub struct Agent {
     pub epoch: u64,
     /// The per-guest rate limit.
     pub limits: Limits,
+    /// What the migration planner may choose.
+    pub planner: crate::planner::Options,
     state_path: PathBuf,
     save_lock: Mutex<()>,
 }
@@ -187,6 +192,7 @@ impl Agent {
             audit,
             epoch: epoch(),
             limits: config.limits,
+            planner: config.planner,
             state_path: config.state.clone(),
             save_lock: Mutex::new(()),
         })

@@ -358,6 +358,7 @@ fn settings(
             workload,
             bandwidth,
             downtime_limit_ms,
+            options: agent.planner,
         });
         say(p, format!("plan: {:?}: {}", plan.choice, plan.why));
         agent
@@ -370,6 +371,9 @@ fn settings(
     let (bw, dl) = plan.as_ref().map_or((bandwidth, downtime_limit_ms), |p| {
         (p.max_bandwidth, p.downtime_limit_ms)
     });
+    // The post-copy phase keeps QEMU's own limit (none): capping it made
+    // QEMU 7.2 corrupt a write-heavy guest's memory here (see
+    // Documentation/host-agent.rst).
     qmp.execute(
         "migrate-set-parameters",
         Some(json!({"max-bandwidth": bw, "downtime-limit": dl})),

@@ -43,12 +43,27 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
     let mut caps = vec![json!({"capability": "events", "state": true})];
     if req.postcopy {
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
+        // How long vCPUs waited for pages: the cost post-copy has here.
+        caps.push(json!({"capability": "postcopy-blocktime", "state": true}));
     }
-    let listen = qmp
-        .execute(
+    let set_caps = |qmp: &mut Qmp| {
+        qmp.execute(
             "migrate-set-capabilities",
             Some(json!({ "capabilities": caps })),
         )
+    };
+    // A connection kept from a QEMU that has since been replaced (a new
+    // destination process) fails at once: dial the new one.
+    if set_caps(qmp).is_err() {
+        match UnixStream::connect(&qmp_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(Qmp::handshake(s)?))
+        {
+            Ok(q) => *qmp = q,
+            Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
+        }
+    }
+    let listen = set_caps(qmp)
         .and_then(|_| qmp.execute("migrate-incoming", Some(json!({"uri": req.uri}))))
         .and_then(|_| qmp.execute("query-migrate", None));
     let q = match listen {
@@ -95,7 +110,9 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
         match status.as_str() {
             "completed" => {
                 let data = json!({"uri": bound, "wall_ms": started.elapsed().as_millis() as u64,
-                                  "postcopy_notice": told});
+                                  "postcopy_notice": told,
+                                  "postcopy_blocktime_ms": q["postcopy-blocktime"],
+                                  "postcopy_vcpu_blocktime_ms": q["postcopy-vcpu-blocktime"]});
                 agent.audit.record(name, "incoming-done", data.clone());
                 return Reply::Ok { data };
             }

@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Hints are advice: the planner's `--mode auto` and the tracer's run-ahead
+//! prefetch, tested against real QEMU migrations and measured side by side
+//! with what they claim to beat.
+
+use crate::agentdemo::{host_fail, require, wait_for, Hosts, Story};
+use crate::scenario::{Env, FailKind, Failure, Scenario};
+use anyhow::Context;
+use serde_json::Value;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// The link every planner run gets (bytes/s, as miglockctl takes it).
+const LINK: &str = "32M";
+/// How long default pre-copy may copy before it counts as not converging.
+const PRECOPY_BOUND: &str = "20s";
+
+/// One migration's outcome as `miglockctl --json migrate` reported it.
+struct Outcome {
+    ok: bool,
+    data: Value,
+    message: String,
+    wall: Duration,
+}
+
+fn migrate_json(h: &Hosts, args: &[&str]) -> Result<Outcome, Failure> {
+    let mut all = vec!["--json", "migrate", "guest", "--to", &h.uri];
+    all.extend_from_slice(args);
+    let t = Instant::now();
+    let out = h.src_agent.ctl(&all)?;
+    let wall = t.elapsed();
+    let mut o = Outcome {
+        ok: false,
+        data: Value::Null,
+        message: String::new(),
+        wall,
+    };
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or_default();
+        match v["kind"].as_str() {
+            Some("progress") if v["message"].as_str().is_some_and(|m| m.starts_with("plan")) => {
+                eprintln!("    {}", v["message"].as_str().unwrap_or(""));
+            }
+            Some("ok") => {
+                o.ok = true;
+                o.data = v["data"].clone();
+            }
+            Some("error") => o.message = v["message"].as_str().unwrap_or("").to_string(),
+            _ => {}
+        }
+    }
+    eprintln!(
+        "  $ miglockctl migrate guest {}: {} in {:.1} s",
+        args.join(" "),
+        if o.ok {
+            "completed"
+        } else {
+            o.message.as_str()
+        },
+        wall.as_secs_f64()
+    );
+    Ok(o)
+}
+
+/// Waits for the guest's "ready" and then for hints with workload figures
+/// from at least three samples at the source agent; returns the figures.
+fn wait_hints(h: &mut Hosts, deadline: Instant) -> Result<Value, Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
+    loop {
+        let out = h.src_agent.ctl(&["--json", "hints", "guest"])?;
+        let v: Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
+        let latest = &v["data"]["latest"];
+        if latest["batch"].as_u64().unwrap_or(0) >= 3 && !latest["workload"].is_null() {
+            eprintln!(
+                "  guest hints: batch {}, workload {}",
+                latest["batch"], latest["workload"]
+            );
+            return Ok(latest["workload"].clone());
+        }
+        if Instant::now() >= deadline {
+            return Err(host_fail(
+                "no hints with workload figures from the guest's tracer".into(),
+            ));
+        }
+        // The tracer sends once a second: ask again in a while (pacing).
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn finish_incoming(h: &mut Hosts, mut child: Child) -> Result<Value, Failure> {
+    let ok = child.wait().context("miglockctl incoming")?.success();
+    let said = h.incoming_output();
+    let data = said
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["kind"] == "ok")
+        .map(|v| v["data"].clone())
+        .unwrap_or_default();
+    Ok(if ok { data } else { Value::Null })
+}
+
+fn choice(o: &Outcome) -> &str {
+    o.data["plan"]["choice"].as_str().unwrap_or("?")
+}
+
+/// Write-heavy: default pre-copy does not converge within the bound and is
+/// cancelled; `--mode auto` plans post-copy and completes.
+pub fn plan_write_heavy(
+    h: &mut Hosts,
+    sc: &Scenario,
+    env: &Env<'_>,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    wait_hints(h, deadline)?;
+    let child = h.receive(&["--postcopy"])?;
+    let default = migrate_json(h, &["--bandwidth", LINK, "--timeout", PRECOPY_BOUND])?;
+    let _ = finish_incoming(h, child)?;
+    require(
+        !default.ok && default.message.contains("not converging"),
+        "default pre-copy of the write-heavy guest was expected not to converge",
+    )?;
+    // The destination QEMU gave up with the cancelled stream: a new one.
+    h.restart_dst(sc, env)?;
+    let child = h.receive(&["--postcopy"])?;
+    let auto = migrate_json(h, &["--mode", "auto", "--bandwidth", LINK])?;
+    let _ = finish_incoming(h, child)?;
+    require(auto.ok, &format!("--mode auto failed: {}", auto.message))?;
+    require(
+        choice(&auto) != "precopy",
+        "the planner kept pre-copy for a write-heavy guest",
+    )?;
+    eprintln!(
+        "  {}",
+        row("write-heavy", "precopy (QEMU default)", &default)
+    );
+    eprintln!("  {}", row("write-heavy", "auto", &auto));
+    h.arrive(sc, deadline)
+}
+
+/// Read-mostly: `--mode auto` keeps pre-copy, which completes.
+pub fn plan_read_mostly(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_hints(h, deadline)?;
+    let child = h.receive(&["--postcopy"])?;
+    let auto = migrate_json(h, &["--mode", "auto", "--bandwidth", LINK])?;
+    let _ = finish_incoming(h, child)?;
+    require(auto.ok, &format!("--mode auto failed: {}", auto.message))?;
+    require(
+        choice(&auto) == "precopy",
+        &format!(
+            "the planner chose {} for a read-mostly guest",
+            choice(&auto)
+        ),
+    )?;
+    eprintln!("  {}", row("read-mostly", "auto", &auto));
+    h.arrive(sc, deadline)
+}
+
+fn mib(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0) / 1048576.0
+}
+
+fn row(workload: &str, mode: &str, o: &Outcome) -> String {
+    if o.ok {
+        format!(
+            "{workload:<12} {mode:<24} {:<22} wall {:>6} ms (QEMU total {} ms)  downtime {:>4} ms  sent {:>7.1} MiB  syncs {}",
+            "completed",
+            o.data["wall_ms"],
+            o.data["total_time_ms"],
+            o.data["downtime_ms"],
+            mib(&o.data["transferred_bytes"]),
+            o.data["dirty_sync_count"]
+        )
+    } else {
+        let why = if o.message.contains("not converging") {
+            "did not converge"
+        } else {
+            "failed"
+        };
+        format!(
+            "{workload:<12} {mode:<24} {why:<22} gave up after {:.1} s",
+            o.wall.as_secs_f64()
+        )
+    }
+}
+
+/// Which benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bench {
+    /// Default pre-copy against `--mode auto` on three workloads.
+    Plan,
+    /// Post-copy with and without the tracer's run-ahead prefetch.
+    Prefetch,
+}
+
+/// Runs a benchmark: fresh hosts for every migration.
+pub fn bench(sc: &Scenario, env: &Env<'_>, deadline: Instant, b: Bench) -> Result<(), Failure> {
+    match b {
+        Bench::Plan => bench_plan(sc, env, deadline),
+        Bench::Prefetch => bench_prefetch(sc, env, deadline),
+    }
+}
+
+fn fresh(sc: &Scenario, env: &Env<'_>, guest: &'static str) -> Result<(Scenario, Hosts), Failure> {
+    let sc = Scenario {
+        guest,
+        ..sc.clone()
+    };
+    let h = Hosts::start(&sc, env, Story::PlanReadMostly)?;
+    Ok((sc, h))
+}
+
+fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let mut rows = Vec::new();
+    for (workload, guest) in [
+        ("idle", "plan-idle"),
+        ("read-mostly", "plan-readmostly"),
+        ("write-heavy", "plan-writeheavy"),
+    ] {
+        for (mode, args) in [
+            ("precopy (QEMU default)", vec!["--timeout", PRECOPY_BOUND]),
+            ("auto", vec!["--mode", "auto"]),
+        ] {
+            let (sc2, mut h) = fresh(sc, env, guest)?;
+            wait_hints(&mut h, deadline)?;
+            let child = h.receive(&["--postcopy"])?;
+            let mut all = vec!["--bandwidth", LINK];
+            all.extend_from_slice(&args);
+            let o = migrate_json(&h, &all)?;
+            let _ = finish_incoming(&mut h, child)?;
+            let mode = if o.ok && mode == "auto" {
+                format!("auto: {}", choice(&o))
+            } else {
+                mode.to_string()
+            };
+            rows.push(row(workload, &mode, &o));
+            if o.ok {
+                h.arrive(&sc2, deadline)?;
+            }
+            h.quit()?;
+        }
+    }
+    println!(
+        "bench plan: link {LINK}/s, 256 MiB guest, default pre-copy bounded at {PRECOPY_BOUND}"
+    );
+    for r in rows {
+        println!("bench plan: {r}");
+    }
+    Ok(())
+}
+
+/// Mean and spread of a figure over runs.
+fn stats(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    format!("{mean:.0} ({lo:.0}..{hi:.0})")
+}
+
+fn bench_prefetch(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    const RUNS: usize = 3;
+    let mut table = Vec::new();
+    for (label, guest) in [
+        ("without prefetch", "prefetch-off"),
+        ("with prefetch", "prefetch-on"),
+    ] {
+        let (mut reqs, mut block, mut total, mut passes) = (vec![], vec![], vec![], vec![]);
+        for run in 0..RUNS {
+            let (sc2, mut h) = fresh(sc, env, guest)?;
+            wait_hints(&mut h, deadline)?;
+            let child = h.receive(&["--postcopy"])?;
+            let o = migrate_json(&h, &["--mode", "postcopy", "--bandwidth", LINK])?;
+            let dst = finish_incoming(&mut h, child)?;
+            require(o.ok, &format!("post-copy run failed: {}", o.message))?;
+            h.arrive(&sc2, deadline)?;
+            let touched: Vec<String> = h
+                .dst
+                .seen
+                .iter()
+                .filter(|l| l.starts_with("prefetch:"))
+                .cloned()
+                .collect();
+            let ws = h
+                .dst
+                .seen
+                .iter()
+                .find(|l| l.starts_with("mlwset: done"))
+                .cloned()
+                .unwrap_or_default();
+            eprintln!(
+                "  {label} run {}: requests {} blocktime {} ms total {} ms; {}; {}",
+                run + 1,
+                o.data["postcopy_requests"],
+                dst["postcopy_blocktime_ms"],
+                o.data["total_time_ms"],
+                touched.join("; "),
+                ws
+            );
+            reqs.push(o.data["postcopy_requests"].as_f64().unwrap_or(0.0));
+            block.push(dst["postcopy_blocktime_ms"].as_f64().unwrap_or(0.0));
+            total.push(o.data["total_time_ms"].as_f64().unwrap_or(0.0));
+            passes.push(touched.len() as f64);
+            h.quit()?;
+        }
+        if label == "with prefetch" && passes.iter().all(|&p| p == 0.0) {
+            return Err(Failure::new(
+                FailKind::Guest,
+                "the tracer never reported a prefetch pass",
+            ));
+        }
+        table.push(format!(
+            "{label:<18} postcopy-requests {:<18} blocktime ms {:<18} total ms {}",
+            stats(&reqs),
+            stats(&block),
+            stats(&total)
+        ));
+    }
+    println!("bench prefetch: {RUNS} post-copy runs each, link {LINK}/s, 128 MiB workload with a 32 MiB hot set; mean (min..max)");
+    for r in table {
+        println!("bench prefetch: {r}");
+    }
+    Ok(())
+}

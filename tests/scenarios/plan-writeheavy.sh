@@ -1,0 +1,8 @@
+# Planner, write-heavy: 64 MiB rewritten faster than the capped link sends.
+. /lib/miglock.sh
+ml_insmod
+mldtest wait-channel 30000
+ml_tracer
+echo "@@MIGLOCK ready@@"
+mlworkload --mib 64 --dirty-pages 2048 --tick-ms 20
+grep '^tracer:' /tmp/tracer.log || true

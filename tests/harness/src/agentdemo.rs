@@ -653,7 +653,7 @@ fn hints(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure>
         v["data"]["stats"]
     );
     require(
-        latest["batch"].to_string() == field("batch="),
+        latest["batch"].as_u64().map(|b| b.to_string()) == Some(field("batch=")),
         "the agent's latest batch is not the guest's last",
     )?;
     require(

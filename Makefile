@@ -13,7 +13,7 @@ KDIR     ?= $(shell $(TOP)/scripts/kernel.sh kdir)
 CARGO    ?= cargo
 HARNESS  := $(TOP)/tools/target/release/miglock-harness
 
-.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz bench demo test clean
+.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz bench sim-report demo test clean
 
 all: module
 
@@ -40,11 +40,12 @@ rustfmtcheck:
 	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml --check rust/*.rs
 
 tools:
-	cd tools && $(CARGO) build --release --locked -p miglock-harness -p miglockd
+	cd tools && $(CARGO) build --release --locked -p miglock-harness -p miglockd \
+		-p miglock-tracer -p migsim
 
 # Runs every fuzz target for FUZZ_SECONDS each (cargo fuzz, nightly).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := wire_decode lock_request
+FUZZ_TARGETS := wire_decode lock_request trace_read
 fuzz: deps
 	@mkdir -p out/fuzz
 	@for t in $(FUZZ_TARGETS); do \
@@ -56,9 +57,21 @@ fuzz: deps
 		tail -n 1 $$log; \
 	done
 
-# Benchmarks (figures, not pass/fail): lock round trip vs qemu-ga guest-ping.
+# Benchmarks (figures, not pass/fail): lock round trip vs qemu-ga guest-ping,
+# the planner vs QEMU's defaults, prefetch on/off, tracer and simulator cost.
 bench: kernel tools
-	$(HARNESS) run bench-rtt
+	$(HARNESS) run bench-rtt bench-plan bench-prefetch
+	$(TOP)/tools/target/release/miglock-tracer bench
+	$(TOP)/tools/target/release/migsim bench
+
+# Real migrations of recorded workloads, then migsim's validation against
+# them and its comparison of every scheme, written into Documentation/.
+sim-report: kernel tools
+	$(HARNESS) run bench-validate
+	$(TOP)/tools/target/release/migsim validate --real $(TOP)/out/validate \
+		--splice $(TOP)/Documentation/migsim.rst
+	$(TOP)/tools/target/release/migsim report --traces $(TOP)/out/validate \
+		--splice $(TOP)/Documentation/migsim.rst
 
 demo: kernel tools
 	$(HARNESS) demo

@@ -21,17 +21,20 @@ ml_fail() {
 # Starts miglock-tracer in the background, sending hints; extra arguments
 # go to 'miglock-tracer run'. Its log is /tmp/tracer.log.
 ml_tracer() {
-	miglock-tracer run --interval 1s --hints --quiet "$@" >/tmp/tracer.log 2>&1 &
+	miglock-tracer run --interval 1s --hints --quiet --record /tmp/trace.mltrace "$@" \
+		>/tmp/tracer.log 2>&1 &
+	ML_TRACER=$!
 }
 
-# Starts mlwset in the background (arguments after the defaults) and waits
-# until it has faulted in its memory and written its truth file.
-ml_wset() {
-	mlwset --seconds 100000 --truth /tmp/hot "$@" </dev/null >/tmp/ws.log 2>&1 &
-	t=0
-	until grep -q 'mlwset: ready' /tmp/ws.log; do
-		t=$((t + 1))
-		[ $t -lt 300 ] || ml_fail "mlwset never got ready: $(cat /tmp/ws.log)"
-		sleep 0.2 # waiting for a file to fill: pacing, no event to wait on
-	done
+# Stops the tracer (it ends its trace file cleanly) and shows its summary;
+# with ML_DUMP set, prints the trace in base64 between markers for the
+# harness to collect.
+ml_tracer_stop() {
+	kill -TERM "$ML_TRACER"
+	wait "$ML_TRACER" || true
+	grep -E '^(tracer|prefetch):' /tmp/tracer.log || true
+	[ -n "${ML_DUMP:-}" ] || return 0
+	echo "@@MIGLOCK trace-begin@@"
+	base64 /tmp/trace.mltrace
+	echo "@@MIGLOCK trace-end@@"
 }

@@ -5,4 +5,4 @@ mldtest wait-channel 30000
 ml_tracer
 echo "@@MIGLOCK ready@@"
 mlworkload --mib 4 --dirty-pages 1 --tick-ms 100
-grep '^tracer:' /tmp/tracer.log || true
+ml_tracer_stop

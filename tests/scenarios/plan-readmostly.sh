@@ -7,4 +7,4 @@ ml_wset --mib 64 --hot-fraction 1 --write-fraction 0 --period-ms 100
 ml_tracer
 echo "@@MIGLOCK ready@@"
 mlworkload --mib 4 --dirty-pages 1 --tick-ms 100
-grep '^tracer:' /tmp/tracer.log || true
+ml_tracer_stop

@@ -5,4 +5,4 @@ mldtest wait-channel 30000
 ml_tracer
 echo "@@MIGLOCK ready@@"
 mlworkload --mib 64 --dirty-pages 2048 --tick-ms 20
-grep '^tracer:' /tmp/tracer.log || true
+ml_tracer_stop

@@ -8,4 +8,4 @@ ml_wset --mib 128 --hot-fraction 0.25 --write-fraction 0.25 --pattern random --p
 ml_tracer --prefetch
 echo "@@MIGLOCK ready@@"
 mlworkload --mib 4 --dirty-pages 1 --tick-ms 100
-grep -E '^(tracer|prefetch):' /tmp/tracer.log || true
+ml_tracer_stop

@@ -195,6 +195,8 @@ pub enum Bench {
     Plan,
     /// Post-copy with and without the tracer's run-ahead prefetch.
     Prefetch,
+    /// Real migrations of traced workloads, for migsim's validation.
+    Validate,
 }
 
 /// Runs a benchmark: fresh hosts for every migration.
@@ -202,6 +204,7 @@ pub fn bench(sc: &Scenario, env: &Env<'_>, deadline: Instant, b: Bench) -> Resul
     match b {
         Bench::Plan => bench_plan(sc, env, deadline),
         Bench::Prefetch => bench_prefetch(sc, env, deadline),
+        Bench::Validate => bench_validate(sc, env, deadline),
     }
 }
 
@@ -266,7 +269,7 @@ fn stats(v: &[f64]) -> String {
 }
 
 fn bench_prefetch(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
-    const RUNS: usize = 3;
+    const RUNS: usize = 5;
     let mut table = Vec::new();
     for (label, guest) in [
         ("without prefetch", "prefetch-off"),
@@ -296,17 +299,17 @@ fn bench_prefetch(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
                 .cloned()
                 .unwrap_or_default();
             eprintln!(
-                "  {label} run {}: requests {} blocktime {} ms total {} ms; {}; {}",
+                "  {label} run {}: requests {} blocktime {} ms wall {} ms; {}; {}",
                 run + 1,
                 o.data["postcopy_requests"],
                 dst["postcopy_blocktime_ms"],
-                o.data["total_time_ms"],
+                o.data["wall_ms"],
                 touched.join("; "),
                 ws
             );
             reqs.push(o.data["postcopy_requests"].as_f64().unwrap_or(0.0));
             block.push(dst["postcopy_blocktime_ms"].as_f64().unwrap_or(0.0));
-            total.push(o.data["total_time_ms"].as_f64().unwrap_or(0.0));
+            total.push(o.data["wall_ms"].as_f64().unwrap_or(0.0));
             passes.push(touched.len() as f64);
             h.quit()?;
         }
@@ -317,15 +320,122 @@ fn bench_prefetch(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
             ));
         }
         table.push(format!(
-            "{label:<18} postcopy-requests {:<18} blocktime ms {:<18} total ms {}",
+            "{label:<18} postcopy-requests {:<18} vCPU blocktime ms {:<18} migration wall ms {}",
             stats(&reqs),
             stats(&block),
             stats(&total)
         ));
     }
-    println!("bench prefetch: {RUNS} post-copy runs each, link {LINK}/s, 128 MiB workload with a 32 MiB hot set; mean (min..max)");
+    println!("bench prefetch: {RUNS} post-copy runs each, link {LINK}/s in both phases, 128 MiB workload with a 32 MiB hot set; mean (min..max)");
     for r in table {
         println!("bench prefetch: {r}");
     }
+    Ok(())
+}
+
+/// The trace the guest printed between its markers, decoded.
+fn collect_trace(lines: &[String]) -> anyhow::Result<Vec<u8>> {
+    let body: String = lines
+        .iter()
+        .skip_while(|l| !l.contains("@@MIGLOCK trace-begin@@"))
+        .skip(1)
+        .take_while(|l| !l.contains("@@MIGLOCK trace-end@@"))
+        .map(|l| l.trim())
+        .collect();
+    anyhow::ensure!(!body.is_empty(), "the guest printed no trace");
+    let mut child = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("base64 -d")?;
+    let mut input = child.stdin.take().context("base64's stdin")?;
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        input.write_all(body.as_bytes())
+    });
+    let out = child.wait_with_output().context("base64 -d")?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    anyhow::ensure!(out.status.success(), "the trace is not valid base64");
+    Ok(out.stdout)
+}
+
+/// Bytes per second of [`LINK`].
+const LINK_BYTES: u64 = 32 << 20;
+
+/// Real pre-copy and post-copy migrations of the three planner workloads,
+/// each with the guest's page-access trace recorded across it; writes
+/// `out/validate/<workload>-<mode>.{mltrace,real.json}` for
+/// `migsim validate` and `migsim report`.
+fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let dir = env
+        .dir
+        .parent()
+        .context("scenario directory")?
+        .parent()
+        .context("out directory")?
+        .join("validate");
+    std::fs::create_dir_all(&dir).context("out/validate")?;
+    for (workload, guest) in [
+        ("idle", "validate-idle"),
+        ("read-mostly", "validate-readmostly"),
+        ("write-heavy", "validate-writeheavy"),
+    ] {
+        for mode in ["precopy", "postcopy"] {
+            let (sc2, mut h) = fresh(sc, env, guest)?;
+            wait_hints(&mut h, deadline)?;
+            // The tracer sends a batch a sample: the batch number is the
+            // trace time in seconds when the migration starts.
+            let out = h.src_agent.ctl(&["--json", "hints", "guest"])?;
+            let v: Value = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default();
+            let start_at_s = v["data"]["latest"]["batch"].as_f64().unwrap_or(0.0);
+            let child = h.receive(&["--postcopy"])?;
+            let mut args = vec!["--mode", mode, "--bandwidth", LINK];
+            if mode == "precopy" {
+                args.extend(["--timeout", PRECOPY_BOUND]);
+            }
+            let o = migrate_json(&h, &args)?;
+            let _ = finish_incoming(&mut h, child)?;
+            let lines = if o.ok {
+                h.arrive(&sc2, deadline)?;
+                h.dst.seen.clone()
+            } else {
+                h.src.send_line("finish").context("typing on the console")?;
+                crate::scenario::finish_guest(&sc2, &mut h.src, deadline)?;
+                h.src.seen.clone()
+            };
+            let trace = collect_trace(&lines)?;
+            let name = format!("{workload}-{mode}");
+            std::fs::write(dir.join(format!("{name}.mltrace")), &trace).context("trace")?;
+            let d = &o.data;
+            let real = serde_json::json!({
+                "workload": workload, "mode": mode,
+                "bandwidth_bytes_per_s": LINK_BYTES, "downtime_limit_ms": 300,
+                "start_at_s": start_at_s, "timeout_s": 20.0, "completed": o.ok,
+                "wall_ms": if o.ok { d["wall_ms"].clone() } else { serde_json::json!(o.wall.as_millis() as u64) },
+                "total_time_ms": d["total_time_ms"], "transferred_bytes": d["transferred_bytes"],
+                "dirty_sync_count": d["dirty_sync_count"], "postcopy_requests": d["postcopy_requests"],
+                "zero_pages": d["zero_pages"], "normal_pages": d["normal_pages"], "latency_s": 0.0001,
+            });
+            std::fs::write(
+                dir.join(format!("{name}.real.json")),
+                serde_json::to_string_pretty(&real).map_err(anyhow::Error::from)?,
+            )
+            .context("real.json")?;
+            println!(
+                "bench validate: {name}: {} trace bytes, start at {start_at_s} s; {}",
+                trace.len(),
+                row(workload, mode, &o)
+            );
+            h.quit()?;
+        }
+    }
+    println!("bench validate: wrote {}", dir.display());
     Ok(())
 }

@@ -293,7 +293,16 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "bench-prefetch",
             "prefetch-on",
-            "benchmark (make bench): post-copy with and without the tracer's run-ahead prefetch, 3 runs each",
+            "benchmark (make bench): post-copy with and without the tracer's run-ahead prefetch, 5 runs each",
+        )
+    },
+    Scenario {
+        kind: Kind::AdviceBench(crate::advice::Bench::Validate),
+        timeout: secs(1200),
+        ..guest(
+            "bench-validate",
+            "validate-idle",
+            "recorded workloads (make sim-report): real pre-copy and post-copy migrations with the guest's trace, for migsim validate",
         )
     },
     Scenario {

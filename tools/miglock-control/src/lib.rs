@@ -90,6 +90,9 @@ pub struct MigrateRequest {
     /// QEMU `max-bandwidth` in bytes/s (default: QEMU's current setting).
     #[serde(default)]
     pub bandwidth: Option<u64>,
+    /// QEMU `max-postcopy-bandwidth` in bytes/s (default: QEMU's, none).
+    #[serde(default)]
+    pub postcopy_bandwidth: Option<u64>,
     /// QEMU `downtime-limit` in ms (default: QEMU's current setting).
     #[serde(default)]
     pub downtime_limit_ms: Option<u64>,

@@ -374,10 +374,12 @@ fn settings(
     // The post-copy phase keeps QEMU's own limit (none): capping it made
     // QEMU 7.2 corrupt a write-heavy guest's memory here (see
     // Documentation/host-agent.rst).
-    qmp.execute(
-        "migrate-set-parameters",
-        Some(json!({"max-bandwidth": bw, "downtime-limit": dl})),
-    )?;
+    let mut set = json!({"max-bandwidth": bw, "downtime-limit": dl});
+    // The link is the link: an explicit cap holds for post-copy too.
+    if let Some(pb) = req.postcopy_bandwidth.or(req.bandwidth) {
+        set["max-postcopy-bandwidth"] = json!(pb);
+    }
+    qmp.execute("migrate-set-parameters", Some(set))?;
     Ok(plan)
 }
 
@@ -408,6 +410,9 @@ fn done(agent: &Agent, name: &str, q: &Value, started: Instant, plan: Option<&Pl
         "transferred_bytes": q["ram"]["transferred"],
         "dirty_sync_count": q["ram"]["dirty-sync-count"],
         "postcopy_requests": q["ram"]["postcopy-requests"],
+        // All-zero pages cost QEMU a header only: simulators need the split.
+        "zero_pages": q["ram"]["duplicate"],
+        "normal_pages": q["ram"]["normal"],
         "wall_ms": started.elapsed().as_millis() as u64,
     });
     agent.audit.record(name, "migrate-done", stats.clone());

@@ -68,6 +68,9 @@ enum Cmd {
         /// Bandwidth cap, bytes/s with an optional K/M/G suffix (binary).
         #[arg(long, value_parser = bytes)]
         bandwidth: Option<u64>,
+        /// Bandwidth cap for the post-copy phase (default: none).
+        #[arg(long, value_parser = bytes)]
+        postcopy_bandwidth: Option<u64>,
         /// Longest pause allowed at the switchover.
         #[arg(long, value_parser = humantime::parse_duration)]
         downtime_limit: Option<Duration>,
@@ -230,6 +233,7 @@ fn run() -> Result<bool> {
             force,
             reason,
             bandwidth,
+            postcopy_bandwidth,
             downtime_limit,
             timeout,
         } => {
@@ -245,6 +249,7 @@ fn run() -> Result<bool> {
                 force,
                 reason,
                 bandwidth,
+                postcopy_bandwidth,
                 downtime_limit_ms: ms(downtime_limit),
                 timeout_ms: ms(timeout),
             })

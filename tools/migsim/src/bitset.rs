@@ -18,6 +18,49 @@ pub struct Inserted {
     pub last: u64,
 }
 
+/// Wire costs of a page: a normal page, and a cheap one (an all-zero page,
+/// sent as a header only). `cheap <= normal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Costs {
+    /// Cost of a normal page.
+    pub normal: u64,
+    /// Cost of a page also in the `cheap` set.
+    pub cheap: u64,
+}
+
+/// What a costed `take` or `fill` moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Normal pages moved.
+    pub normal: u64,
+    /// Cheap pages moved.
+    pub cheap: u64,
+    /// Cost spent.
+    pub spent: u64,
+    /// Position after the last page moved (`from` if none); the end when
+    /// `done`.
+    pub pos: u64,
+    /// True when the candidates ran out before the budget did.
+    pub done: bool,
+}
+
+impl Moved {
+    fn start(pos: u64) -> Self {
+        Moved {
+            normal: 0,
+            cheap: 0,
+            spent: 0,
+            pos,
+            done: false,
+        }
+    }
+
+    /// Pages moved.
+    pub fn pages(&self) -> u64 {
+        self.normal + self.cheap
+    }
+}
+
 /// The operations the migration engines need on a set of frames.
 ///
 /// Positions are frame numbers below `len()`; ranges past the end are
@@ -54,6 +97,21 @@ pub trait PageSet: Clone {
     /// Returns (added, position after the last added), the position being
     /// `to` when the non-members ran out first.
     fn fill(&mut self, from: u64, to: u64, n: u64) -> (u64, u64);
+    /// Like [`PageSet::take`], but each member costs `c.normal`, or
+    /// `c.cheap` when also in `cheap`: members are removed in address order
+    /// while at least `c.normal` of `budget` is left before each (so
+    /// leftovers below one normal page carry over to the next call).
+    fn take_costed(
+        &mut self,
+        from: u64,
+        budget: u64,
+        skip: Option<&Self>,
+        cheap: &Self,
+        c: Costs,
+    ) -> Moved;
+    /// Like [`PageSet::fill`], with the costs and budget rule of
+    /// [`PageSet::take_costed`].
+    fn fill_costed(&mut self, from: u64, to: u64, budget: u64, cheap: &Self, c: Costs) -> Moved;
     /// Lowest non-member in `[from, to)`.
     fn next_absent(&self, from: u64, to: u64) -> Option<u64>;
     /// Highest non-member in `[from, to)`.
@@ -261,6 +319,121 @@ impl PageSet for Bitset {
             }
         }
         (filled, to)
+    }
+
+    fn take_costed(
+        &mut self,
+        from: u64,
+        budget: u64,
+        skip: Option<&Self>,
+        cheap: &Self,
+        c: Costs,
+    ) -> Moved {
+        let mut m = Moved::start(from);
+        if budget < c.normal {
+            return m;
+        }
+        let mut lo = from % 64;
+        for w in (from / 64) as usize..self.words.len() {
+            let live = self.words[w] & (!0u64 << lo);
+            lo = 0;
+            if live == 0 {
+                continue;
+            }
+            let elig = match skip {
+                Some(s) => live & !s.words[w],
+                None => live,
+            };
+            let ch = elig & cheap.words[w];
+            let (nc, nn) = (
+                u64::from(ch.count_ones()),
+                u64::from((elig & !ch).count_ones()),
+            );
+            let all = nn * c.normal + nc * c.cheap;
+            if budget - m.spent >= all.saturating_add(c.normal) {
+                self.words[w] &= !live;
+                m.normal += nn;
+                m.cheap += nc;
+                m.spent += all;
+                continue;
+            }
+            let mut x = elig;
+            while x != 0 {
+                let b = u64::from(x.trailing_zeros());
+                x &= x - 1;
+                if ch & (1 << b) != 0 {
+                    m.cheap += 1;
+                    m.spent += c.cheap;
+                } else {
+                    m.normal += 1;
+                    m.spent += c.normal;
+                }
+                if budget - m.spent < c.normal {
+                    self.words[w] &= !(live & mask(0, b + 1));
+                    m.pos = w as u64 * 64 + b + 1;
+                    return m;
+                }
+            }
+            self.words[w] &= !live;
+        }
+        m.pos = self.len.max(from);
+        m.done = true;
+        m
+    }
+
+    fn fill_costed(&mut self, from: u64, to: u64, budget: u64, cheap: &Self, c: Costs) -> Moved {
+        let to = to.min(self.len);
+        let mut m = Moved::start(from);
+        if budget < c.normal {
+            return m;
+        }
+        m.done = true;
+        if from >= to {
+            m.pos = to.max(from);
+            return m;
+        }
+        let (w0, w1) = (from / 64, (to - 1) / 64);
+        for w in w0..=w1 {
+            let lo = if w == w0 { from % 64 } else { 0 };
+            let hi = if w == w1 { (to - 1) % 64 + 1 } else { 64 };
+            let free = !self.words[w as usize] & mask(lo, hi);
+            if free == 0 {
+                continue;
+            }
+            let ch = free & cheap.words[w as usize];
+            let (nc, nn) = (
+                u64::from(ch.count_ones()),
+                u64::from((free & !ch).count_ones()),
+            );
+            let all = nn * c.normal + nc * c.cheap;
+            if budget - m.spent >= all.saturating_add(c.normal) {
+                self.words[w as usize] |= free;
+                m.normal += nn;
+                m.cheap += nc;
+                m.spent += all;
+                continue;
+            }
+            let mut x = free;
+            while x != 0 {
+                let b = u64::from(x.trailing_zeros());
+                x &= x - 1;
+                self.words[w as usize] |= 1 << b;
+                if ch & (1 << b) != 0 {
+                    m.cheap += 1;
+                    m.spent += c.cheap;
+                } else {
+                    m.normal += 1;
+                    m.spent += c.normal;
+                }
+                if budget - m.spent < c.normal {
+                    m.pos = w * 64 + b + 1;
+                    m.done = false;
+                    return m;
+                }
+            }
+        }
+        m.pos = to;
+        m
     }
 
     fn next_absent(&self, from: u64, to: u64) -> Option<u64> {

@@ -31,11 +31,25 @@ impl Default for CowConfig {
 }
 
 /// Runs a CoW checkpoint: total time is until the last page has arrived.
-pub fn cow<S: PageSet>(mut sim: Sim<'_>, cfg: &CowConfig) -> Result<SchemeResult, SimError> {
+pub fn cow<S: PageSet>(
+    mut sim: Sim<'_>,
+    zero: S,
+    cfg: &CowConfig,
+) -> Result<SchemeResult, SimError> {
     let pages = sim.pages;
     let pause = secs_to_ps(cfg.pause, "CoW pause")?;
     let fault_cost = secs_to_ps(cfg.fault_cost, "CoW fault cost")?;
-    let tpp = sim.tpp;
+    let costs = sim.costs();
+    // Frames below `sent`, as a set: the costed fill over it advances `sent`
+    // with zero pages cheap.
+    let mut sent_set = S::empty(pages);
+    let mut send = |t: u64, link: &mut u64, sent: &mut u64, sim: &mut Sim<'_>| {
+        let m = sent_set.fill_costed(*sent, pages, t.saturating_sub(*link), &zero, costs);
+        *sent = m.pos.max(*sent);
+        *link += m.spent;
+        sim.pages_sent += m.pages();
+        sim.zero_sent += m.cheap;
+    };
     // Pages below `sent` are on their way; `saved` holds those above it
     // already copied aside by a CoW fault.
     let mut saved = S::empty(pages);
@@ -54,10 +68,7 @@ pub fn cow<S: PageSet>(mut sim: Sim<'_>, cfg: &CowConfig) -> Result<SchemeResult
                 ((u128::from(dt) * u128::from(before)) / u128::from(written)) as u64,
             );
             before += r.pages;
-            let k = (at.saturating_sub(link) / tpp).min(pages - sent);
-            sent += k;
-            link += k * tpp;
-            sim.pages_sent += k;
+            send(at, &mut link, &mut sent, &mut sim);
             if r.end() > sent {
                 let start = r.start.max(sent);
                 let nf = saved.insert_range(start, r.end() - start).new;
@@ -67,10 +78,7 @@ pub fn cow<S: PageSet>(mut sim: Sim<'_>, cfg: &CowConfig) -> Result<SchemeResult
         }
         stall = stall.saturating_add(st);
         let wall_end = wall.saturating_add(dt).saturating_add(st);
-        let k = (wall_end.saturating_sub(link) / tpp).min(pages - sent);
-        sent += k;
-        link += k * tpp;
-        sim.pages_sent += k;
+        send(wall_end, &mut link, &mut sent, &mut sim);
         wall = wall_end;
         sim.record(if sent < pages { wall } else { link });
     }

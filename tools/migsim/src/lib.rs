@@ -17,11 +17,12 @@ pub mod reference;
 pub mod report;
 pub mod svg;
 pub mod units;
+pub mod validate;
 
 use bitset::{Bitset, PageSet};
 use lazy::HintSource;
 use miglock_trace::Trace;
-use model::{start_point, Link, Progress, SchemeResult, Sim, SimError};
+use model::{start_point, Link, Progress, SchemeResult, Sim, SimError, Wire};
 
 /// The migration schemes simulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -93,6 +94,8 @@ impl Hints {
 pub struct Config {
     /// The link.
     pub link: Link,
+    /// Per-page header and all-zero pages.
+    pub wire: Wire,
     /// Migration start in trace seconds (default: a quarter in).
     pub start_at: Option<f64>,
     /// Clark pre-copy.
@@ -113,6 +116,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             link: Link::default(),
+            wire: Wire::default(),
             start_at: None,
             clark: Default::default(),
             qemu: Default::default(),
@@ -122,6 +126,37 @@ impl Default for Config {
             progress: false,
         }
     }
+}
+
+/// Frames never accessed nor dirtied in any sample of `trace`.
+pub fn untouched_frames(trace: &Trace) -> Bitset {
+    let mut b = Bitset::empty(trace.header.pfn_limit);
+    for s in &trace.samples {
+        for r in s.accessed.iter().chain(&s.dirtied) {
+            b.insert_range(r.start, r.pages);
+        }
+    }
+    b.invert();
+    b
+}
+
+/// The frames taken as all-zero at migration start: the trace cannot say
+/// which frames hold zeros, so these are the highest-numbered frames the
+/// trace never touches (neither accessed nor dirtied in any sample), up to
+/// `n` of them. The workload never writes them, so they stay zero for the
+/// whole migration.
+pub fn zero_frames<S: PageSet>(trace: &Trace, n: u64) -> S {
+    let mut z = S::empty(trace.header.pfn_limit);
+    let mut left = n;
+    for r in untouched_frames(trace).ranges().iter().rev() {
+        if left == 0 {
+            break;
+        }
+        let k = r.pages.min(left);
+        z.insert_range(r.end() - k, k);
+        left -= k;
+    }
+    z
 }
 
 /// Simulates `scheme` on `trace` with the fast page sets.
@@ -141,27 +176,38 @@ pub fn simulate_with<S: PageSet>(
         trace,
         start.index,
         &cfg.link,
+        &cfg.wire,
         Progress::new(scheme.name(), cfg.progress),
     )?;
+    let zero: S = zero_frames(trace, cfg.wire.zero_pages);
     match scheme {
-        Scheme::PrecopyClark => precopy::clark::<S>(sim, &cfg.clark),
-        Scheme::PrecopyQemu => precopy::qemu::<S>(sim, &cfg.qemu),
-        Scheme::Postcopy => {
-            postcopy::postcopy::<S>(sim, scheme.name(), &cfg.postcopy, postcopy::Push::Address)
-        }
-        Scheme::PostcopyPrepaging => {
-            postcopy::postcopy::<S>(sim, scheme.name(), &cfg.postcopy, postcopy::Push::Prepaging)
-        }
+        Scheme::PrecopyClark => precopy::clark::<S>(sim, zero, &cfg.clark),
+        Scheme::PrecopyQemu => precopy::qemu::<S>(sim, zero, &cfg.qemu),
+        Scheme::Postcopy => postcopy::postcopy::<S>(
+            sim,
+            zero,
+            scheme.name(),
+            &cfg.postcopy,
+            postcopy::Push::Address,
+        ),
+        Scheme::PostcopyPrepaging => postcopy::postcopy::<S>(
+            sim,
+            zero,
+            scheme.name(),
+            &cfg.postcopy,
+            postcopy::Push::Prepaging,
+        ),
         Scheme::Lazy => {
             let (past, future) = trace.samples.split_at(start.index);
             let order = cfg.hints.source().push_order(&trace.header, past, future);
             postcopy::postcopy::<S>(
                 sim,
+                zero,
                 scheme.name(),
                 &cfg.postcopy,
                 postcopy::Push::Ranked(order),
             )
         }
-        Scheme::Cow => cow::cow::<S>(sim, &cfg.cow),
+        Scheme::Cow => cow::cow::<S>(sim, zero, &cfg.cow),
     }
 }

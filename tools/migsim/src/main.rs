@@ -32,6 +32,32 @@ enum Cmd {
     Bench(BenchArgs),
     /// An RST table comparing all schemes on several traces.
     Report(ReportArgs),
+    /// Compare real QEMU migrations (NAME.real.json) with simulations of
+    /// their traces (NAME.mltrace).
+    Validate(ValidateArgs),
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Directory of NAME.mltrace + NAME.real.json pairs.
+    #[arg(long)]
+    real: PathBuf,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write the RST table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace the text between the migsim-validation markers of this RST
+    /// document with the table.
+    #[arg(long)]
+    splice: Option<PathBuf>,
+    /// Bytes of header per page on the wire (QEMU: 8).
+    #[arg(long, default_value_t = 8)]
+    page_header: u32,
+    /// No progress messages on stderr.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,6 +80,15 @@ struct SimArgs {
     /// One-way link latency (0.1ms, 50us, ...).
     #[arg(long, default_value = "0.1ms", value_parser = parse_duration)]
     latency: f64,
+    /// Bytes of header per page on the wire (QEMU: 8); a zero page costs
+    /// the header plus one byte.
+    #[arg(long, default_value_t = 8)]
+    page_header: u32,
+    /// Frames all-zero at migration start, sent as a header only: taken
+    /// as the highest-numbered frames the trace never touches (at most
+    /// that many exist).
+    #[arg(long, default_value_t = 0)]
+    zero_pages: u64,
     /// Migration start in trace seconds [default: a quarter into the trace,
     /// so lazy-copy has history to learn hints from].
     #[arg(long)]
@@ -211,6 +246,10 @@ impl SimArgs {
             link: model::Link {
                 bandwidth: self.bandwidth,
                 latency: self.latency,
+            },
+            wire: model::Wire {
+                page_header: self.page_header,
+                zero_pages: self.zero_pages,
             },
             start_at: self.start_at,
             clark: migsim::precopy::ClarkConfig {
@@ -438,12 +477,21 @@ fn cmd_report(a: ReportArgs) -> Result<()> {
     }
     for f in &files {
         let t = open_trace(f)?;
-        reports.push(simulate_all(
-            &f.display().to_string(),
-            &t,
-            &Scheme::ALL,
-            &cfg,
-        )?);
+        // A real run recorded beside the trace sets the link, start and
+        // zero pages, so the rows match `migsim validate`.
+        let (name, cfg) = match migsim::validate::real_beside(f)? {
+            Some(real) => (
+                format!(
+                    "{} ({:.1} MiB/s, {} zero pages)",
+                    f.display(),
+                    real.bandwidth_bytes_per_s / (1u64 << 20) as f64,
+                    real.zero_pages
+                ),
+                migsim::validate::config_for(&real, &cfg),
+            ),
+            None => (f.display().to_string(), cfg.clone()),
+        };
+        reports.push(simulate_all(&name, &t, &Scheme::ALL, &cfg)?);
     }
     let caption = rsttable_caption(&reports, a.synthetic, a.seconds);
     let table = migsim::report::rst(&reports, &caption);
@@ -463,6 +511,40 @@ fn cmd_report(a: ReportArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_validate(a: ValidateArgs) -> Result<()> {
+    let base = Config {
+        wire: model::Wire {
+            page_header: a.page_header,
+            zero_pages: 0,
+        },
+        progress: !a.quiet,
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    for (name, trace, real) in migsim::validate::pairs(&a.real).context("--real")? {
+        let r = migsim::validate::RealRun::load(&real)?;
+        let t = open_trace(&trace)?;
+        rows.push(migsim::validate::compare(&name, &t, &r, &base)?);
+    }
+    let table = migsim::validate::rst(&rows);
+    if let Some(out) = &a.out {
+        std::fs::write(out, &table).with_context(|| format!("--out: writing {}", out.display()))?;
+    }
+    if let Some(doc) = &a.splice {
+        let text = std::fs::read_to_string(doc)
+            .with_context(|| format!("--splice: reading {}", doc.display()))?;
+        let new = migsim::report::splice_between(&text, &table, migsim::validate::MARKERS)
+            .map_err(|e| anyhow::anyhow!("--splice {}: {e}", doc.display()))?;
+        std::fs::write(doc, new).with_context(|| format!("--splice: writing {}", doc.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", migsim::validate::text(&rows));
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -470,6 +552,7 @@ fn main() {
         Cmd::Gen(a) => cmd_gen(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Report(a) => cmd_report(a),
+        Cmd::Validate(a) => cmd_validate(a),
     };
     if let Err(e) = r {
         eprintln!("migsim: error: {e:#}");

@@ -6,6 +6,7 @@
 //! Time is integer picoseconds so the fast and the reference page sets give
 //! bit-identical results (no float drift between two orders of summation).
 
+use crate::bitset::Costs;
 use miglock_trace::{Header, Sample, Trace};
 use serde::Serialize;
 use std::time::Instant;
@@ -71,15 +72,49 @@ impl Default for Link {
     }
 }
 
-/// Time to put one page on the wire at `rate` bytes/s, rounded to a
-/// picosecond (at 100 Gbit/s that is an error below one part in 10^5).
-pub fn page_time(page_size: u32, rate: f64, pages: u64) -> Result<u64, SimError> {
+/// What goes on the wire per page, after QEMU's RAM stream: a normal page
+/// is `page_header` bytes of header plus the page; an all-zero page is the
+/// header plus one byte (QEMU 7.2 `save_zero_page`: 8 + 1 = 9 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wire {
+    /// Bytes of header per page sent (QEMU: 8, the be64 address and flags).
+    pub page_header: u32,
+    /// Frames that are all-zero at migration start: the highest-numbered
+    /// frames the trace never touches (see [`crate::zero_frames`]).
+    pub zero_pages: u64,
+}
+
+impl Default for Wire {
+    fn default() -> Self {
+        Wire {
+            page_header: 8,
+            zero_pages: 0,
+        }
+    }
+}
+
+impl Wire {
+    /// Bytes on the wire for a normal page of `page_size`.
+    pub fn page_bytes(&self, page_size: u32) -> u64 {
+        u64::from(page_size) + u64::from(self.page_header)
+    }
+
+    /// Bytes on the wire for an all-zero page.
+    pub fn zero_bytes(&self) -> u64 {
+        u64::from(self.page_header) + 1
+    }
+}
+
+/// Time to put `bytes` (one page) on the wire at `rate` bytes/s, rounded
+/// to a picosecond (at 100 Gbit/s that is an error below one part in
+/// 10^5).
+pub fn page_time(bytes: u64, rate: f64, pages: u64) -> Result<u64, SimError> {
     if !(rate.is_finite() && rate >= 1.0) {
         return Err(SimError::Param(format!(
             "rate {rate} bytes/s is not a usable bandwidth"
         )));
     }
-    let t = (f64::from(page_size) * PS as f64 / rate).round().max(1.0);
+    let t = (bytes as f64 * PS as f64 / rate).round().max(1.0);
     // A whole pass must fit the clock many times over.
     if t * pages as f64 > 1e18 {
         return Err(SimError::Param(format!(
@@ -219,6 +254,8 @@ pub struct SchemeResult {
     pub bytes_sent: u64,
     /// Pages put on the link (a page sent twice counts twice).
     pub pages_sent: u64,
+    /// Of those, all-zero pages sent as a header only.
+    pub zero_pages_sent: u64,
     /// Iterative rounds (pre-copy) or push passes (post-copy, CoW).
     pub rounds: u32,
     /// Post-copy demand fetches: first touch of a page not yet received.
@@ -309,14 +346,20 @@ pub struct Sim<'a> {
     pub page_size: u32,
     /// One-way latency, picoseconds.
     pub latency: u64,
-    /// Time to send one page at the full link bandwidth.
+    /// Time to send one normal page at the full link bandwidth.
     pub tpp: u64,
+    /// Time to send one all-zero page at the full link bandwidth.
+    pub tpz: u64,
+    /// Bytes on the wire per page.
+    pub wire: Wire,
     /// Link bandwidth, bytes/s.
     pub bandwidth: f64,
     /// The workload.
     pub replay: Replay<'a>,
     /// Pages put on the link so far.
     pub pages_sent: u64,
+    /// Of those, all-zero pages.
+    pub zero_sent: u64,
     /// Faults so far.
     pub faults: u64,
     /// Recorded time series.
@@ -332,6 +375,7 @@ impl<'a> Sim<'a> {
         trace: &'a Trace,
         start: usize,
         link: &Link,
+        wire: &Wire,
         progress: Progress,
     ) -> Result<Self, SimError> {
         let h: &Header = &trace.header;
@@ -348,10 +392,13 @@ impl<'a> Sim<'a> {
             pages: h.pfn_limit,
             page_size: h.page_size,
             latency: secs_to_ps(link.latency, "latency")?,
-            tpp: page_time(h.page_size, link.bandwidth, h.pfn_limit)?,
+            tpp: page_time(wire.page_bytes(h.page_size), link.bandwidth, h.pfn_limit)?,
+            tpz: page_time(wire.zero_bytes(), link.bandwidth, h.pfn_limit)?,
+            wire: *wire,
             bandwidth: link.bandwidth,
             replay: Replay::new(trace, start)?,
             pages_sent: 0,
+            zero_sent: 0,
             faults: 0,
             series: vec![Point {
                 t_s: 0.0,
@@ -363,9 +410,26 @@ impl<'a> Sim<'a> {
         })
     }
 
-    /// Bytes sent so far.
+    /// Bytes sent so far, headers included.
     pub fn bytes(&self) -> u64 {
-        self.pages_sent * u64::from(self.page_size)
+        (self.pages_sent - self.zero_sent) * self.wire.page_bytes(self.page_size)
+            + self.zero_sent * self.wire.zero_bytes()
+    }
+
+    /// Link costs of a normal and a zero page at `rate` bytes/s.
+    pub fn costs_at(&self, rate: f64) -> Result<Costs, SimError> {
+        Ok(Costs {
+            normal: page_time(self.wire.page_bytes(self.page_size), rate, self.pages)?,
+            cheap: page_time(self.wire.zero_bytes(), rate, self.pages)?,
+        })
+    }
+
+    /// Link costs at the full bandwidth.
+    pub fn costs(&self) -> Costs {
+        Costs {
+            normal: self.tpp,
+            cheap: self.tpz,
+        }
     }
 
     /// Records a point of the time series at `t` (never before the last
@@ -414,6 +478,7 @@ impl<'a> Sim<'a> {
             downtime_s: ps_to_secs(downtime),
             bytes_sent: self.bytes(),
             pages_sent: self.pages_sent,
+            zero_pages_sent: self.zero_sent,
             rounds,
             remote_faults,
             cow_faults,

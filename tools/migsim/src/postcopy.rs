@@ -15,7 +15,7 @@
 //! lasts its traced length plus those stalls; the push keeps the link busy
 //! meanwhile except for the faulted pages' own transfer time.
 
-use crate::bitset::PageSet;
+use crate::bitset::{Costs, Moved, PageSet};
 use crate::model::{SchemeResult, Sim, SimError};
 use crate::precopy::PreEngine;
 use miglock_trace::Range;
@@ -90,10 +90,22 @@ impl Pusher {
         self.pivots.truncate(self.max_pivots);
     }
 
-    /// Pushes up to `budget` missing pages into `recv`; returns how many.
-    fn push<S: PageSet>(&mut self, recv: &mut S, mut budget: u64) -> u64 {
-        let mut done = 0;
-        while budget > 0 {
+    /// Pushes missing pages into `recv` while `budget` (link time) has at
+    /// least one normal page's cost left; zero pages (in `zero`) are cheap.
+    fn push<S: PageSet>(&mut self, recv: &mut S, budget: u64, zero: &S, c: Costs) -> Moved {
+        let mut done = Moved {
+            normal: 0,
+            cheap: 0,
+            spent: 0,
+            pos: 0,
+            done: false,
+        };
+        let add = |done: &mut Moved, m: &Moved| {
+            done.normal += m.normal;
+            done.cheap += m.cheap;
+            done.spent += m.spent;
+        };
+        while budget - done.spent >= c.normal {
             let Some(pv) = self.pivots.front_mut() else {
                 break;
             };
@@ -116,28 +128,38 @@ impl Pusher {
             };
             if let Some(p) = p {
                 recv.insert(p);
-                done += 1;
-                budget -= 1;
+                if zero.contains(p) {
+                    done.cheap += 1;
+                    done.spent += c.cheap;
+                } else {
+                    done.normal += 1;
+                    done.spent += c.normal;
+                }
             }
         }
         if let Push::Ranked(ranges) = &self.push {
-            while budget > 0 && self.rank_idx < ranges.len() {
+            while budget - done.spent >= c.normal && self.rank_idx < ranges.len() {
                 let r = ranges[self.rank_idx];
-                let (k, pos) = recv.fill(r.start.max(self.rank_pos), r.end(), budget);
-                done += k;
-                if k < budget {
+                let m = recv.fill_costed(
+                    r.start.max(self.rank_pos),
+                    r.end(),
+                    budget - done.spent,
+                    zero,
+                    c,
+                );
+                add(&mut done, &m);
+                if m.done {
                     self.rank_idx += 1;
                     self.rank_pos = 0;
                 } else {
-                    self.rank_pos = pos;
+                    self.rank_pos = m.pos;
                 }
-                budget -= k;
             }
         }
-        if budget > 0 {
-            let (k, pos) = recv.fill(self.cursor, self.pages, budget);
-            self.cursor = pos;
-            done += k;
+        if budget - done.spent >= c.normal {
+            let m = recv.fill_costed(self.cursor, self.pages, budget - done.spent, zero, c);
+            self.cursor = m.pos;
+            add(&mut done, &m);
         }
         done
     }
@@ -146,25 +168,26 @@ impl Pusher {
 /// Runs post-copy with the given push order.
 pub fn postcopy<S: PageSet>(
     sim: Sim<'_>,
+    zero: S,
     name: &str,
     cfg: &PostcopyConfig,
     push: Push,
 ) -> Result<SchemeResult, SimError> {
     let pages = sim.pages;
-    let (mut sim, mut recv, switch, rounds) = if cfg.precopy_first {
-        let mut e = PreEngine::<S>::new(sim);
+    let (mut sim, mut recv, zero, switch, rounds) = if cfg.precopy_first {
+        let mut e = PreEngine::<S>::new(sim, zero);
         let mut all = S::full(pages);
-        let tpp = e.sim.tpp;
-        e.send_round(&mut all, tpp, false);
+        let c = e.sim.costs();
+        e.send_round(&mut all, c, false);
         let mut stale = std::mem::replace(&mut e.dirty, S::empty(0));
         e.stop_into(&mut stale);
         stale.invert();
         let now = e.now;
-        (e.sim, stale, now, 2)
+        (e.sim, stale, e.zero, now, 2)
     } else {
-        (sim, S::empty(pages), 0, 1)
+        (sim, S::empty(pages), zero, 0, 1)
     };
-    let (lat, tpp) = (sim.latency, sim.tpp);
+    let (lat, tpp, costs) = (sim.latency, sim.tpp, sim.costs());
     let fault_cost = 2 * lat + tpp;
     let prepaging = push == Push::Prepaging;
     let mut pusher = Pusher {
@@ -183,14 +206,16 @@ pub fn postcopy<S: PageSet>(
     let mut link = switch;
     let mut wall = switch + lat;
     let mut stall = 0u64;
-    // Pushes what the link can send by time `t`.
+    // Pushes what the link can send by time `t`: (pages, zero pages).
     let push_until =
         |t: u64, link: &mut u64, recv: &mut S, pusher: &mut Pusher, received: &mut u64| {
-            let budget = (t.saturating_sub(*link) / tpp).min(pages - *received);
-            let k = pusher.push(recv, budget);
-            *link += k * tpp;
-            *received += k;
-            k
+            if *received >= pages {
+                return (0, 0);
+            }
+            let m = pusher.push(recv, t.saturating_sub(*link), &zero, costs);
+            *link += m.spent;
+            *received += m.pages();
+            (m.pages(), m.cheap)
         };
     while received < pages {
         let (dt, s, _) = sim.replay.next_sample();
@@ -205,7 +230,9 @@ pub fn postcopy<S: PageSet>(
                 ((u128::from(dt) * u128::from(before)) / u128::from(touched)) as u64,
             );
             before += r.pages;
-            sim.pages_sent += push_until(at, &mut link, &mut recv, &mut pusher, &mut received);
+            let (k, z) = push_until(at, &mut link, &mut recv, &mut pusher, &mut received);
+            sim.pages_sent += k;
+            sim.zero_sent += z;
             let ins = recv.insert_range(r.start, r.pages);
             if ins.new > 0 {
                 sim.faults += ins.new;
@@ -232,7 +259,9 @@ pub fn postcopy<S: PageSet>(
         }
         let wall_end = wall.saturating_add(dt).saturating_add(st);
         stall = stall.saturating_add(st);
-        sim.pages_sent += push_until(wall_end, &mut link, &mut recv, &mut pusher, &mut received);
+        let (k, z) = push_until(wall_end, &mut link, &mut recv, &mut pusher, &mut received);
+        sim.pages_sent += k;
+        sim.zero_sent += z;
         wall = wall_end;
         sim.record(if received < pages { wall } else { link });
     }

@@ -10,8 +10,8 @@
 //! dirtying lands at its end (the dirty log is read at interval
 //! granularity); the interval in which the VM stops counts as dirtied.
 
-use crate::bitset::PageSet;
-use crate::model::{page_time, ps_to_secs, secs_to_ps, SchemeResult, Sim, SimError};
+use crate::bitset::{Costs, PageSet};
+use crate::model::{ps_to_secs, secs_to_ps, SchemeResult, Sim, SimError};
 use miglock_trace::Sample;
 
 /// Clark et al. pre-copy parameters (defaults from the paper and Xen).
@@ -75,6 +75,8 @@ pub(crate) struct PreEngine<'a, S: PageSet> {
     pub sim: Sim<'a>,
     /// Pages dirtied since the last dirty-log sync.
     pub dirty: S,
+    /// All-zero frames (never written by the workload): a header each.
+    pub zero: S,
     /// Link clock: when the link finishes what it has been given.
     pub now: u64,
     wall_end: u64,
@@ -88,10 +90,11 @@ pub(crate) struct PreEngine<'a, S: PageSet> {
 }
 
 impl<'a, S: PageSet> PreEngine<'a, S> {
-    pub fn new(mut sim: Sim<'a>) -> Self {
+    pub fn new(mut sim: Sim<'a>, zero: S) -> Self {
         let (dt, cur, cur_idx) = sim.replay.next_sample();
         PreEngine {
             dirty: S::empty(sim.pages),
+            zero,
             now: 0,
             wall_end: dt,
             cur,
@@ -137,20 +140,22 @@ impl<'a, S: PageSet> PreEngine<'a, S> {
         }
     }
 
-    /// Sends every page of `set` at one page per `tpp`, replaying the
-    /// workload meanwhile; with `skip`, pages already dirtied again this
-    /// round are left for the next one (Xen's to_skip). Returns pages sent.
-    pub fn send_round(&mut self, set: &mut S, tpp: u64, skip: bool) -> u64 {
+    /// Sends every page of `set` in address order at `c` per page (zero
+    /// pages cheap), replaying the workload meanwhile; with `skip`, pages
+    /// already dirtied again this round are left for the next one (Xen's
+    /// to_skip). Returns pages sent.
+    pub fn send_round(&mut self, set: &mut S, c: Costs, skip: bool) -> u64 {
         let mut cursor = 0;
         let mut sent = 0;
         loop {
-            let avail = self.wall_end.saturating_sub(self.now) / tpp;
-            let (n, c) = set.take(cursor, avail, skip.then_some(&self.dirty));
-            cursor = c;
-            sent += n;
-            self.now += n * tpp;
-            self.sim.pages_sent += n;
-            if n < avail {
+            let budget = self.wall_end.saturating_sub(self.now);
+            let m = set.take_costed(cursor, budget, skip.then_some(&self.dirty), &self.zero, c);
+            cursor = m.pos;
+            sent += m.pages();
+            self.now += m.spent;
+            self.sim.pages_sent += m.pages();
+            self.sim.zero_sent += m.cheap;
+            if m.done {
                 self.sim.record(self.now);
                 return sent;
             }
@@ -165,21 +170,26 @@ fn mib(bytes: u64) -> String {
 
 /// Clark et al.: rounds at an adaptive rate, then stop-and-copy at the
 /// maximum rate.
-pub fn clark<S: PageSet>(sim: Sim<'_>, cfg: &ClarkConfig) -> Result<SchemeResult, SimError> {
+pub fn clark<S: PageSet>(
+    sim: Sim<'_>,
+    zero: S,
+    cfg: &ClarkConfig,
+) -> Result<SchemeResult, SimError> {
     let (pages, ps) = (sim.pages, sim.page_size);
     let page_bytes = u64::from(ps);
     let max_rate = cfg.max_rate.unwrap_or(sim.bandwidth).min(sim.bandwidth);
     let min_rate = cfg.min_rate.min(max_rate);
-    let tpp_max = page_time(ps, max_rate, pages)?;
+    let tpp_max = sim.costs_at(max_rate)?.normal;
     let mem = pages * page_bytes;
-    let mut e = PreEngine::<S>::new(sim);
+    let mut e = PreEngine::<S>::new(sim, zero);
     let mut set = S::full(pages);
     let mut rate = min_rate;
     let mut rounds = 0;
     let status = loop {
         rounds += 1;
         let t0 = e.now;
-        let sent = e.send_round(&mut set, page_time(ps, rate, pages)?, true);
+        let c = e.sim.costs_at(rate)?;
+        let sent = e.send_round(&mut set, c, true);
         let dur = ps_to_secs(e.now - t0);
         let dirty = e.dirty.count();
         if dirty * page_bytes <= cfg.wws_threshold {
@@ -234,13 +244,14 @@ pub fn clark<S: PageSet>(sim: Sim<'_>, cfg: &ClarkConfig) -> Result<SchemeResult
 
 /// QEMU: send all dirty pages each iteration, re-sync the dirty bitmap,
 /// stop when what remains fits the downtime limit at the bandwidth.
-pub fn qemu<S: PageSet>(sim: Sim<'_>, cfg: &QemuConfig) -> Result<SchemeResult, SimError> {
-    let (pages, ps) = (sim.pages, sim.page_size);
+pub fn qemu<S: PageSet>(sim: Sim<'_>, zero: S, cfg: &QemuConfig) -> Result<SchemeResult, SimError> {
+    let pages = sim.pages;
     let rate = cfg
         .max_bandwidth
         .unwrap_or(sim.bandwidth)
         .min(sim.bandwidth);
-    let tpp = page_time(ps, rate, pages)?;
+    let costs = sim.costs_at(rate)?;
+    let tpp = costs.normal;
     let tpp_link = sim.tpp;
     let limit = secs_to_ps(cfg.downtime_limit, "downtime limit")?;
     let max_time = match cfg.max_time {
@@ -248,12 +259,12 @@ pub fn qemu<S: PageSet>(sim: Sim<'_>, cfg: &QemuConfig) -> Result<SchemeResult, 
         None => None,
     };
     let max_iter = cfg.max_iterations.max(1);
-    let mut e = PreEngine::<S>::new(sim);
+    let mut e = PreEngine::<S>::new(sim, zero);
     let mut set = S::full(pages);
     let mut iterations = 0;
     let (converged, status) = loop {
         iterations += 1;
-        e.send_round(&mut set, tpp, false);
+        e.send_round(&mut set, costs, false);
         // dirty-sync: what was dirtied meanwhile is the next iteration
         e.sync_into(&mut set);
         let rem = set.count();

@@ -5,7 +5,7 @@
 //! Too slow for real use; it exists so tests can run every scheme on it and
 //! on [`crate::bitset::Bitset`] and demand identical results.
 
-use crate::bitset::{Inserted, PageSet};
+use crate::bitset::{Costs, Inserted, Moved, PageSet};
 
 /// A set of frames as a `Vec<bool>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +108,81 @@ impl PageSet for NaiveSet {
             }
         }
         (filled, to)
+    }
+
+    fn take_costed(
+        &mut self,
+        from: u64,
+        budget: u64,
+        skip: Option<&Self>,
+        cheap: &Self,
+        c: Costs,
+    ) -> Moved {
+        let mut m = Moved {
+            normal: 0,
+            cheap: 0,
+            spent: 0,
+            pos: from,
+            done: false,
+        };
+        if budget < c.normal {
+            return m;
+        }
+        for p in from..self.len() {
+            if !self.bits[p as usize] {
+                continue;
+            }
+            self.bits[p as usize] = false;
+            if skip.is_some_and(|s| s.contains(p)) {
+                continue;
+            }
+            if cheap.contains(p) {
+                m.cheap += 1;
+                m.spent += c.cheap;
+            } else {
+                m.normal += 1;
+                m.spent += c.normal;
+            }
+            if budget - m.spent < c.normal {
+                m.pos = p + 1;
+                return m;
+            }
+        }
+        m.pos = self.len().max(from);
+        m.done = true;
+        m
+    }
+
+    fn fill_costed(&mut self, from: u64, to: u64, budget: u64, cheap: &Self, c: Costs) -> Moved {
+        let to = to.min(self.len());
+        let mut m = Moved {
+            normal: 0,
+            cheap: 0,
+            spent: 0,
+            pos: from,
+            done: false,
+        };
+        if budget < c.normal {
+            return m;
+        }
+        for p in from..to {
+            if self.insert(p) {
+                if cheap.contains(p) {
+                    m.cheap += 1;
+                    m.spent += c.cheap;
+                } else {
+                    m.normal += 1;
+                    m.spent += c.normal;
+                }
+                if budget - m.spent < c.normal {
+                    m.pos = p + 1;
+                    return m;
+                }
+            }
+        }
+        m.pos = to.max(from);
+        m.done = true;
+        m
     }
 
     fn next_absent(&self, from: u64, to: u64) -> Option<u64> {

@@ -161,8 +161,13 @@ pub fn rst(reports: &[RunReport], caption: &str) -> String {
             rows.push(v);
         }
     }
+    format!("{caption}\n\n{}", rst_grid(&rows, &head))
+}
+
+/// An RST simple table of `rows` under `head`.
+pub fn rst_grid(rows: &[Vec<String>], head: &[&str]) -> String {
     let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for r in &rows {
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.len());
         }
@@ -183,7 +188,6 @@ pub fn rst(reports: &[RunReport], caption: &str) -> String {
             .to_string()
     };
     let mut s = String::new();
-    let _ = writeln!(s, "{caption}\n");
     let _ = writeln!(s, "{rule}");
     let _ = writeln!(
         s,
@@ -191,7 +195,7 @@ pub fn rst(reports: &[RunReport], caption: &str) -> String {
         fmt(&head.iter().map(|h| h.to_string()).collect::<Vec<_>>())
     );
     let _ = writeln!(s, "{rule}");
-    for r in &rows {
+    for r in rows {
         let _ = writeln!(s, "{}", fmt(r));
     }
     let _ = writeln!(s, "{rule}");
@@ -223,16 +227,25 @@ pub fn rsttable_caption(reports: &[RunReport], synthetic: bool, seconds: f64) ->
 /// Replaces the text between the `.. migsim-results-begin` and
 /// `.. migsim-results-end` lines of `doc` with `table`.
 pub fn splice(doc: &str, table: &str) -> Result<String, String> {
-    const BEGIN: &str = ".. migsim-results-begin";
-    const END: &str = ".. migsim-results-end";
+    splice_between(
+        doc,
+        table,
+        (".. migsim-results-begin", ".. migsim-results-end"),
+    )
+}
+
+/// Replaces the text between the `markers.0` and `markers.1` lines of
+/// `doc` with `table`.
+pub fn splice_between(doc: &str, table: &str, markers: (&str, &str)) -> Result<String, String> {
+    let (begin, end) = markers;
     let b = doc
-        .find(BEGIN)
-        .ok_or_else(|| format!("no {BEGIN:?} line"))?;
-    let after_b = b + BEGIN.len();
+        .find(begin)
+        .ok_or_else(|| format!("no {begin:?} line"))?;
+    let after_b = b + begin.len();
     let e = doc[after_b..]
-        .find(END)
+        .find(end)
         .map(|e| e + after_b)
-        .ok_or_else(|| format!("no {END:?} line after {BEGIN:?}"))?;
+        .ok_or_else(|| format!("no {end:?} line after {begin:?}"))?;
     Ok(format!(
         "{}\n\n{}\n\n{}",
         &doc[..after_b],

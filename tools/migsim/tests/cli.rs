@@ -185,3 +185,116 @@ fn bad_input_is_reported_with_its_name() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("/nonexistent/x.mltrace"), "{e}");
 }
+
+#[test]
+fn validate_compares_real_runs_and_splices() {
+    let d = tmpdir("validate");
+    let trace = d.join("idle.mltrace");
+    let out = migsim()
+        .args([
+            "gen",
+            "--workload",
+            "idle",
+            "--mem",
+            "16MiB",
+            "--seconds",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // 4096 pages; an idle guest at 32 MiB/s completes in about half a
+    // second (less with zero pages): a real run claiming that passes.
+    std::fs::write(
+        d.join("idle.real.json"),
+        r#"{"workload":"idle","mode":"precopy","bandwidth_bytes_per_s":33554432,
+            "downtime_limit_ms":300,"start_at_s":0.5,"timeout_s":20.0,"completed":true,
+            "wall_ms":300,"total_time_ms":0,"transferred_bytes":9000000,
+            "dirty_sync_count":3,"postcopy_requests":0,"zero_pages":2000,
+            "normal_pages":2096,"latency_s":0.0001}"#,
+    )
+    .unwrap();
+    let out = migsim()
+        .args(["validate", "--quiet", "--json", "--real"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &v.as_array().unwrap()[0];
+    assert_eq!(row["name"], "idle");
+    assert_eq!(row["scheme"], "precopy-qemu");
+    assert_eq!(row["real_syncs"], 3);
+    assert_eq!(row["zero_pages_sim"], 2000);
+    assert_eq!(row["real_converged"], true);
+    assert_eq!(row["sim_converged"], true);
+    for k in [
+        "real_time_s",
+        "sim_time_s",
+        "time_rel_err",
+        "sim_bytes",
+        "bytes_rel_err",
+        "sim_syncs",
+        "sync_diff",
+        "pass",
+    ] {
+        assert!(!row[k].is_null(), "lacks {k}");
+    }
+    // 2096 normal pages of 4104 bytes plus 2000 of 9, give or take the
+    // few pages the idle workload dirties
+    let sim_bytes = row["sim_bytes"].as_u64().unwrap();
+    assert!(
+        (2096 * 4104 + 2000 * 9..2096 * 4104 + 2000 * 9 + 100 * 4104).contains(&sim_bytes),
+        "{sim_bytes}"
+    );
+    assert_eq!(row["sim_syncs"], row["sim_rounds"].as_u64().unwrap() + 2);
+
+    let doc = d.join("doc.rst");
+    std::fs::write(
+        &doc,
+        "V\n=\n\n.. migsim-validation-begin\n\nplaceholder\n\n.. migsim-validation-end\n\nafter\n",
+    )
+    .unwrap();
+    let rst = d.join("v.rst");
+    let out = migsim()
+        .args(["validate", "--quiet", "--real"])
+        .arg(&d)
+        .arg("--splice")
+        .arg(&doc)
+        .arg("--out")
+        .arg(&rst)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("idle ")).unwrap();
+    assert!(
+        line.contains("precopy") && line.contains("yes/yes"),
+        "{text}"
+    );
+    assert!(line.ends_with("PASS") || line.ends_with("MISS"), "{line}");
+    let s = std::fs::read_to_string(&doc).unwrap();
+    assert!(!s.contains("placeholder") && s.ends_with("after\n"));
+    assert!(
+        s.contains("dirty-sync-count") && s.contains("\nidle "),
+        "{s}"
+    );
+    assert_eq!(s.matches(".. migsim-validation-").count(), 2);
+    assert!(std::fs::read_to_string(&rst).unwrap().contains("\nidle "));
+
+    // report uses the real run's setup for that trace
+    let out = migsim()
+        .args(["report", "--quiet", "--traces"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("32.0 MiB/s, 2000 zero pages"), "{text}");
+}

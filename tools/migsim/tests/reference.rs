@@ -7,7 +7,7 @@
 #[path = "support/common.rs"]
 mod common;
 
-use migsim::bitset::{Bitset, PageSet};
+use migsim::bitset::{Bitset, Costs, PageSet};
 use migsim::model::Link;
 use migsim::reference::NaiveSet;
 use migsim::{simulate_with, Config, Hints, Scheme};
@@ -35,11 +35,37 @@ fn bitset_ops_match_naive() {
         let len = rng.u64(1..400);
         let (mut a, mut b) = (Bitset::empty(len), NaiveSet::empty(len));
         let (mut ka, mut kb) = (Bitset::empty(len), NaiveSet::empty(len));
+        let (mut za, mut zb) = (Bitset::empty(len), NaiveSet::empty(len));
+        for _ in 0..rng.u64(0..8) {
+            let (x, y) = (rng.u64(0..len), rng.u64(0..90));
+            assert_eq!(za.insert_range(x, y), zb.insert_range(x, y));
+        }
+        let normal = rng.u64(1..50);
+        let c = Costs {
+            normal,
+            cheap: rng.u64(1..=normal),
+        };
         for _ in 0..60 {
             let x = rng.u64(0..len + 5);
             let y = rng.u64(0..len + 70);
             let n = rng.u64(0..100);
-            match rng.u8(0..8) {
+            let budget = rng.u64(0..3000);
+            match rng.u8(0..11) {
+                8 => assert_eq!(
+                    a.take_costed(x, budget, None, &za, c),
+                    b.take_costed(x, budget, None, &zb, c),
+                    "seed {seed}"
+                ),
+                9 => assert_eq!(
+                    a.take_costed(x, budget, Some(&ka), &za, c),
+                    b.take_costed(x, budget, Some(&kb), &zb, c),
+                    "seed {seed}"
+                ),
+                10 => assert_eq!(
+                    a.fill_costed(x, y, budget, &za, c),
+                    b.fill_costed(x, y, budget, &zb, c),
+                    "seed {seed}"
+                ),
                 0 => assert_eq!(a.insert_range(x, y), b.insert_range(x, y)),
                 1 => assert_eq!(a.take(x, n, None), b.take(x, n, None)),
                 2 => assert_eq!(a.take(x, n, Some(&ka)), b.take(x, n, Some(&kb))),
@@ -96,6 +122,12 @@ fn every_scheme_matches_the_naive_reference() {
             },
             ..Default::default()
         };
+        cfg.wire.page_header = rng.u32(0..64);
+        cfg.wire.zero_pages = if rng.bool() {
+            rng.u64(0..pages + 10)
+        } else {
+            0
+        };
         cfg.clark.min_rate = cfg.link.bandwidth * rng.f64();
         cfg.clark.wws_threshold = rng.u64(0..100) * 4096;
         cfg.qemu.downtime_limit = rng.f64() * 0.05;
@@ -109,6 +141,10 @@ fn every_scheme_matches_the_naive_reference() {
             let fast = simulate_with::<Bitset>(&t, s, &cfg).unwrap();
             let naive = simulate_with::<NaiveSet>(&t, s, &cfg).unwrap();
             assert_eq!(fast, naive, "seed {seed} scheme {s:?}");
+            assert!(fast.zero_pages_sent <= fast.pages_sent);
+            if cfg.wire.zero_pages == 0 {
+                assert_eq!(fast.zero_pages_sent, 0);
+            }
             assert!(
                 fast.pages_sent >= pages,
                 "seed {seed} {s:?}: every page crosses"

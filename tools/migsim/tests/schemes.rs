@@ -222,3 +222,71 @@ fn bad_inputs_are_errors_not_panics() {
     nan.link.latency = f64::NAN;
     assert!(simulate(&t, Scheme::Postcopy, &nan).is_err());
 }
+
+/// A config with QEMU's wire format (8-byte header, zero page 9 bytes)
+/// whose link sends one normal page (4104 bytes) per millisecond exactly.
+fn qemu_wire(zero_pages: u64, latency_ms: f64) -> migsim::Config {
+    let mut cfg = config(1.0, latency_ms);
+    cfg.link.bandwidth = 4104.0 * 1e3;
+    cfg.wire.page_header = 8;
+    cfg.wire.zero_pages = zero_pages;
+    cfg
+}
+
+/// One zero page (9 bytes) at 4104 bytes/ms, in picoseconds.
+const TPZ: u64 = 2_192_982; // 9e12 / 4.104e6 = 2192982.46, rounded
+
+#[test]
+fn zero_pages_cost_a_header_in_precopy_and_postcopy() {
+    // Idle VM of 100 pages, 60 of them zero (frames 40..99): one round
+    // sends 40 x (4096 + 8) + 60 x 9 bytes in 40 ms + 60 zero-page times.
+    let t = idle(100, 20);
+    let cfg = qemu_wire(60, 0.5);
+    for scheme in [
+        Scheme::PrecopyQemu,
+        Scheme::PrecopyClark,
+        Scheme::Postcopy,
+        Scheme::PostcopyPrepaging,
+        Scheme::Lazy,
+        Scheme::Cow,
+    ] {
+        let mut cfg = cfg.clone();
+        cfg.clark.min_rate = cfg.link.bandwidth;
+        let r = simulate(&t, scheme, &cfg).unwrap();
+        assert_eq!(r.pages_sent, 100, "{scheme:?}");
+        assert_eq!(r.zero_pages_sent, 60, "{scheme:?}");
+        assert_eq!(r.bytes_sent, 40 * 4104 + 60 * 9, "{scheme:?}");
+        let pause = if scheme == Scheme::Cow { ms(1.0) } else { 0 };
+        assert_eq!(
+            r.total_ps,
+            pause + ms(40.0) + 60 * TPZ + ms(0.5),
+            "{scheme:?}"
+        );
+    }
+    // without zero pages every page carries its header
+    let r = simulate(&t, Scheme::PrecopyQemu, &qemu_wire(0, 0.5)).unwrap();
+    assert_eq!(r.bytes_sent, 100 * 4104);
+    assert_eq!(r.total_ps, ms(100.5));
+}
+
+#[test]
+fn zero_pages_are_the_highest_untouched_frames() {
+    // 100 frames; the trace reads 0..9 and writes 90..94: 85 untouched,
+    // the highest 30 of them are 95..99 and 65..89.
+    let t = trace(100, 100, vec![(vec![(0, 10)], vec![(90, 5)]); 30]);
+    let z: migsim::bitset::Bitset = migsim::zero_frames(&t, 30);
+    let r: Vec<_> = z.ranges().iter().map(|r| (r.start, r.pages)).collect();
+    assert_eq!(r, [(65, 25), (95, 5)]);
+    let z: migsim::bitset::Bitset = migsim::zero_frames(&t, 1000);
+    let r: Vec<_> = z.ranges().iter().map(|r| (r.start, r.pages)).collect();
+    assert_eq!(r, [(10, 80), (95, 5)], "at most the 85 untouched");
+    // QEMU pre-copy with 30 zero pages: round 1 sends 70 normal and 30
+    // zero pages; 90..94 stay dirty (5 ms <= 300 ms): stop-and-copy of 5.
+    let r = simulate(&t, Scheme::PrecopyQemu, &qemu_wire(30, 0.0)).unwrap();
+    assert!(r.converged);
+    assert_eq!(r.rounds, 1);
+    assert_eq!((r.pages_sent, r.zero_pages_sent), (105, 30));
+    assert_eq!(r.bytes_sent, 75 * 4104 + 30 * 9);
+    assert_eq!(r.downtime_ps, ms(5.0));
+    assert_eq!(r.total_ps, ms(75.0) + 30 * TPZ);
+}

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use miglock_trace::{Header, Range, Sample, Trace};
-use migsim::model::Link;
+use migsim::model::{Link, Wire};
 use migsim::Config;
 
 /// Page size of every test trace.
@@ -42,13 +42,18 @@ pub fn trace(pages: u64, interval_ms: u64, samples: Vec<Touches>) -> Trace {
     }
 }
 
-/// A config whose link sends one page per `page_ms` milliseconds exactly,
-/// starting the migration at the trace's start.
+/// A config whose link sends one page per `page_ms` milliseconds exactly
+/// (no per-page header, no zero pages), starting the migration at the
+/// trace's start.
 pub fn config(page_ms: f64, latency_ms: f64) -> Config {
     Config {
         link: Link {
             bandwidth: PAGE as f64 / (page_ms / 1e3),
             latency: latency_ms / 1e3,
+        },
+        wire: Wire {
+            page_header: 0,
+            zero_pages: 0,
         },
         start_at: Some(0.0),
         ..Default::default()

@@ -60,7 +60,7 @@ fuzz: deps
 # Benchmarks (figures, not pass/fail): lock round trip vs qemu-ga guest-ping,
 # the planner vs QEMU's defaults, prefetch on/off, tracer and simulator cost.
 bench: kernel tools
-	$(HARNESS) run bench-rtt bench-plan bench-prefetch
+	$(HARNESS) run bench-rtt bench-plan bench-prefetch bench-tracer
 	$(TOP)/tools/target/release/miglock-tracer bench
 	$(TOP)/tools/target/release/migsim bench
 

@@ -38,3 +38,15 @@ ml_tracer_stop() {
 	base64 /tmp/trace.mltrace
 	echo "@@MIGLOCK trace-end@@"
 }
+
+# Starts mlwset in the background (arguments after the defaults) and waits
+# until it has faulted in its memory and written its truth file.
+ml_wset() {
+	mlwset --seconds 100000 --truth /tmp/hot "$@" </dev/null >/tmp/ws.log 2>&1 &
+	t=0
+	until grep -q 'mlwset: ready' /tmp/ws.log; do
+		t=$((t + 1))
+		[ $t -lt 300 ] || ml_fail "mlwset never got ready: $(cat /tmp/ws.log)"
+		sleep 0.2 # waiting for a file to fill: pacing, no event to wait on
+	done
+}

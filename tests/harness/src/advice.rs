@@ -413,10 +413,19 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
             let trace = collect_trace(&lines)?;
             let name = format!("{workload}-{mode}");
             std::fs::write(dir.join(format!("{name}.mltrace")), &trace).context("trace")?;
-            let d = &o.data;
+            // A cancelled run's figures are in the source agent's audit log.
+            let cancelled = h
+                .src_agent
+                .audit()
+                .into_iter()
+                .rev()
+                .find(|r| r["event"] == "migrate-cancelled")
+                .unwrap_or_default();
+            let d = if o.ok { &o.data } else { &cancelled };
             let real = serde_json::json!({
                 "workload": workload, "mode": mode,
-                "bandwidth_bytes_per_s": LINK_BYTES, "downtime_limit_ms": 300,
+                "bandwidth_bytes_per_s": LINK_BYTES, "postcopy_bandwidth_bytes_per_s": LINK_BYTES,
+                "downtime_limit_ms": 300,
                 "start_at_s": start_at_s, "timeout_s": 20.0, "completed": o.ok,
                 "wall_ms": if o.ok { d["wall_ms"].clone() } else { serde_json::json!(o.wall.as_millis() as u64) },
                 "total_time_ms": d["total_time_ms"], "transferred_bytes": d["transferred_bytes"],

@@ -70,7 +70,7 @@ impl Agent {
         Ok(out)
     }
 
-    fn audit(&self) -> Vec<Value> {
+    pub(crate) fn audit(&self) -> Vec<Value> {
         fs::read_to_string(self.dir.join("audit.jsonl"))
             .unwrap_or_default()
             .lines()

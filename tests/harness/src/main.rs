@@ -116,7 +116,9 @@ fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
             .filter(|s| {
                 !matches!(
                     s.kind,
-                    scenario::Kind::Bench | scenario::Kind::AdviceBench(_)
+                    scenario::Kind::Bench
+                        | scenario::Kind::GuestBench
+                        | scenario::Kind::AdviceBench(_)
                 )
             })
             .collect()

@@ -25,6 +25,8 @@ pub enum Kind {
     LateStubHost,
     /// The round-trip benchmark (not part of a plain `run`).
     Bench,
+    /// One guest like `Guest`, but a benchmark (not part of a plain `run`).
+    GuestBench,
     /// Two QEMUs and two real agents, telling one story.
     Agents(crate::agentdemo::Story),
     /// A benchmark of hints as advice (not part of a plain `run`).
@@ -111,6 +113,8 @@ pub struct Scenario {
     pub timeout: Duration,
     /// Expected outcome.
     pub expect: Expect,
+    /// Guest memory.
+    pub mem_mib: u32,
 }
 
 const fn secs(s: u64) -> Duration {
@@ -129,6 +133,7 @@ const fn guest(name: &'static str, script: &'static str, about: &'static str) ->
         kind: Kind::Guest,
         timeout: secs(90),
         expect: Expect::Pass,
+        mem_mib: 256,
     }
 }
 
@@ -297,6 +302,16 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::GuestBench,
+        mem_mib: 1024,
+        timeout: secs(180),
+        ..guest(
+            "bench-tracer",
+            "bench-tracer",
+            "benchmark (make bench): the tracer's own CPU cost in a 1 GiB guest at 1 s (TCG)",
+        )
+    },
+    Scenario {
         kind: Kind::AdviceBench(crate::advice::Bench::Validate),
         timeout: secs(1200),
         ..guest(
@@ -430,8 +445,10 @@ pub fn finish_guest(sc: &Scenario, vm: &mut Vm, deadline: Instant) -> Result<(),
 pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
     let deadline = Instant::now() + sc.timeout;
     match sc.kind {
-        Kind::Guest => {
-            let mut vm = Vm::start(&env.spec("vm", sc.guest, false))?;
+        Kind::Guest | Kind::GuestBench => {
+            let mut spec = env.spec("vm", sc.guest, false);
+            spec.mem_mib = sc.mem_mib;
+            let mut vm = Vm::start(&spec)?;
             let r = finish_guest(sc, &mut vm, deadline);
             vm.quit()?;
             r

@@ -287,7 +287,7 @@ fn run(
                     (go, false)
                 });
                 if !go {
-                    return cancel(agent, vm, qmp, "guest locked before the switchover");
+                    return cancel(agent, vm, qmp, "guest locked before the switchover", None);
                 }
                 if let Err(e) =
                     qmp.execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
@@ -300,7 +300,7 @@ fn run(
                 // Still copying: a new lock cancels now rather than at the switchover.
                 let relock = agent.update(vm, |l, now| (!req.force && l.locked(now), false));
                 if relock {
-                    return cancel(agent, vm, qmp, "guest locked during the copy");
+                    return cancel(agent, vm, qmp, "guest locked during the copy", None);
                 }
                 // The first pass is done once QEMU synced the dirty log again.
                 let passes = q["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
@@ -314,7 +314,7 @@ fn run(
                         let why = format!(
                             "still copying after {limit} ms ({passes} dirty syncs): pre-copy is not converging"
                         );
-                        return cancel(agent, vm, qmp, &why);
+                        return cancel(agent, vm, qmp, &why, Some(&q));
                     }
                 }
                 let (sent, left) = (mib(&q["ram"]["transferred"]), mib(&q["ram"]["remaining"]));
@@ -383,19 +383,28 @@ fn settings(
     Ok(plan)
 }
 
-fn cancel(agent: &Agent, vm: &Vm, qmp: &mut Qmp, why: &str) -> Reply {
+/// Cancels the migration; `q`, the last `query-migrate`, adds how far it
+/// got to the audit record.
+fn cancel(agent: &Agent, vm: &Vm, qmp: &mut Qmp, why: &str, q: Option<&Value>) -> Reply {
     let _ = qmp.execute("migrate_cancel", None);
     let reasons = vm
         .ledger
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .reasons(now_ms());
-    agent.audit.record(
-        &vm.config.name,
-        "migrate-cancelled",
-        json!({"why": why, "locks": reasons}),
-    );
-    err(format!("cancelled: {why}: {}", reasons.join("; ")))
+    let mut rec = json!({"why": why, "locks": reasons});
+    if let Some(q) = q {
+        rec["transferred_bytes"] = q["ram"]["transferred"].clone();
+        rec["dirty_sync_count"] = q["ram"]["dirty-sync-count"].clone();
+    }
+    agent
+        .audit
+        .record(&vm.config.name, "migrate-cancelled", rec);
+    if reasons.is_empty() {
+        err(format!("cancelled: {why}"))
+    } else {
+        err(format!("cancelled: {why}: {}", reasons.join("; ")))
+    }
 }
 
 fn mib(v: &Value) -> f64 {

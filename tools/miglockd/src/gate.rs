@@ -396,6 +396,8 @@ fn cancel(agent: &Agent, vm: &Vm, qmp: &mut Qmp, why: &str, q: Option<&Value>) -
     if let Some(q) = q {
         rec["transferred_bytes"] = q["ram"]["transferred"].clone();
         rec["dirty_sync_count"] = q["ram"]["dirty-sync-count"].clone();
+        rec["zero_pages"] = q["ram"]["duplicate"].clone();
+        rec["normal_pages"] = q["ram"]["normal"].clone();
     }
     agent
         .audit

@@ -68,12 +68,7 @@ fn migrate_json(h: &Hosts, args: &[&str]) -> Result<Outcome, Failure> {
 fn wait_hints(h: &mut Hosts, deadline: Instant) -> Result<Value, Failure> {
     wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
     loop {
-        let out = h.src_agent.ctl(&["--json", "hints", "guest"])?;
-        let v: Value = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or_default();
+        let v = h.src_agent.hints(false)?;
         let latest = &v["data"]["latest"];
         if latest["batch"].as_u64().unwrap_or(0) >= 3 && !latest["workload"].is_null() {
             eprintln!(
@@ -388,12 +383,7 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
             wait_hints(&mut h, deadline)?;
             // The tracer sends a batch a sample: the batch number is the
             // trace time in seconds when the migration starts.
-            let out = h.src_agent.ctl(&["--json", "hints", "guest"])?;
-            let v: Value = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .and_then(|l| serde_json::from_str(l).ok())
-                .unwrap_or_default();
+            let v = h.src_agent.hints(false)?;
             let start_at_s = v["data"]["latest"]["batch"].as_f64().unwrap_or(0.0);
             let child = h.receive(&["--postcopy"])?;
             let mut args = vec!["--mode", mode, "--bandwidth", LINK];

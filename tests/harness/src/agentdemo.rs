@@ -70,6 +70,20 @@ impl Agent {
         Ok(out)
     }
 
+    /// `miglockctl hints guest` as JSON (every range with `all`).
+    pub(crate) fn hints(&self, all: bool) -> anyhow::Result<Value> {
+        let mut args = vec!["--json", "hints", "guest"];
+        if all {
+            args.push("--all");
+        }
+        let out = self.ctl(&args)?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default())
+    }
+
     pub(crate) fn audit(&self) -> Vec<Value> {
         fs::read_to_string(self.dir.join("audit.jsonl"))
             .unwrap_or_default()
@@ -636,12 +650,7 @@ fn hints(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure>
             .map(|v| v.trim_end_matches('@').to_string())
             .unwrap_or_default()
     };
-    let out = h.src_agent.ctl(&["--json", "hints", "guest", "--all"])?;
-    let v: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_default();
+    let v = h.src_agent.hints(true)?;
     let latest = &v["data"]["latest"];
     let ranges = latest["top"].as_array().cloned().unwrap_or_default();
     let sum = hints_sum(&ranges).map(|s| format!("{s:016x}"));

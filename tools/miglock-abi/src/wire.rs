@@ -155,8 +155,9 @@ impl<'a> Hints<'a> {
     /// Hint ranges already in wire layout (16 bytes each, at most
     /// [`MAX_HINTS`]); `None` if `raw` is not.
     pub fn from_raw(raw: &'a [u8]) -> Option<Self> {
-        (raw.len().is_multiple_of(HINT_LEN) && raw.len() / HINT_LEN <= MAX_HINTS)
-            .then_some(Hints { raw })
+        // Not `is_multiple_of`: the kernel builds this file for Rust 1.78.
+        let n = raw.len() / HINT_LEN;
+        (n * HINT_LEN == raw.len() && n <= MAX_HINTS).then_some(Hints { raw })
     }
 
     /// Number of ranges.

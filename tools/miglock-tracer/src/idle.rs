@@ -156,40 +156,38 @@ impl IdleBitmap {
     }
 }
 
-/// Writes until `buf` is out or the file takes no more (the kernel's bitmap
-/// stops at `max_pfn`, which need not be word aligned); returns the bytes
-/// written.
-pub(crate) fn write_full(f: &File, buf: &[u8], mut off: u64) -> io::Result<usize> {
-    let mut put = 0;
-    while put < buf.len() {
-        match f.write_at(&buf[put..], off) {
+/// Runs `io(done, offset)` until `len` bytes are done or it does no more
+/// (end of file; the kernel's bitmap stops at `max_pfn`, which need not be
+/// word aligned); returns the bytes done.
+fn until_done(
+    len: usize,
+    mut off: u64,
+    mut io: impl FnMut(usize, u64) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < len {
+        match io(done, off) {
             Ok(0) => break,
             Ok(n) => {
-                put += n;
+                done += n;
                 off += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(put)
+    Ok(done)
+}
+
+/// Writes until `buf` is out or the file takes no more.
+pub(crate) fn write_full(f: &File, buf: &[u8], off: u64) -> io::Result<usize> {
+    until_done(buf.len(), off, |done, at| f.write_at(&buf[done..], at))
 }
 
 /// Reads until `buf` is full or end of file; returns the bytes read.
-pub(crate) fn read_full(f: &File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], off) {
-            Ok(0) => break,
-            Ok(n) => {
-                got += n;
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
+pub(crate) fn read_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let len = buf.len();
+    until_done(len, off, |done, at| f.read_at(&mut buf[done..], at))
 }
 
 #[cfg(test)]

@@ -203,17 +203,9 @@ fn run(
     let name = req.vm.as_str();
     // QEMU takes one client per QMP socket: use the agent's connection.
     let mut guard = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.is_none() {
-        match UnixStream::connect(qmp_path)
-            .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(Qmp::handshake(s)?))
-        {
-            Ok(q) => *guard = Some(q),
-            Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
-        }
-    }
-    let Some(qmp) = guard.as_mut() else {
-        return err("QMP connection lost");
+    let qmp = match connected(&mut guard, qmp_path) {
+        Ok(q) => q,
+        Err(e) => return err(e),
     };
     let plan = match settings(agent, vm, req, qmp, p) {
         Ok(plan) => plan,
@@ -325,6 +317,21 @@ fn run(
             }
         }
     }
+}
+
+/// The agent's QMP connection to the VM, dialled if there is none.
+pub fn connected<'a>(
+    guard: &'a mut Option<Qmp>,
+    path: &std::path::Path,
+) -> Result<&'a mut Qmp, String> {
+    if guard.is_none() {
+        let q = UnixStream::connect(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(Qmp::handshake(s)?))
+            .map_err(|e| format!("QMP {}: {e:#}", path.display()))?;
+        *guard = Some(q);
+    }
+    guard.as_mut().ok_or_else(|| "QMP connection lost".into())
 }
 
 /// Applies the request's bandwidth and downtime limit and, for `auto`,

@@ -5,11 +5,11 @@
 //! touch its hot pages before the workload faults on them.
 
 use crate::agent::Agent;
+use crate::gate::connected;
 use miglock_abi::wire::Notice;
 use miglock_control::{IncomingRequest, Reply};
 use miglock_qmp::Qmp;
 use serde_json::json;
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 type Progress<'a> = &'a mut dyn FnMut(&Reply) -> std::io::Result<()>;
@@ -28,18 +28,6 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
         return err(format!("VM '{name}' has no QMP socket configured"));
     };
     let mut guard = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.is_none() {
-        match UnixStream::connect(&qmp_path)
-            .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(Qmp::handshake(s)?))
-        {
-            Ok(q) => *guard = Some(q),
-            Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
-        }
-    }
-    let Some(qmp) = guard.as_mut() else {
-        return err("QMP connection lost");
-    };
     let mut caps = vec![json!({"capability": "events", "state": true})];
     if req.postcopy {
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
@@ -54,15 +42,13 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
     };
     // A connection kept from a QEMU that has since been replaced (a new
     // destination process) fails at once: dial the new one.
-    if set_caps(qmp).is_err() {
-        match UnixStream::connect(&qmp_path)
-            .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(Qmp::handshake(s)?))
-        {
-            Ok(q) => *qmp = q,
-            Err(e) => return err(format!("QMP {}: {e:#}", qmp_path.display())),
-        }
+    if guard.as_mut().is_none_or(|q| set_caps(q).is_err()) {
+        *guard = None;
     }
+    let qmp = match connected(&mut guard, &qmp_path) {
+        Ok(q) => q,
+        Err(e) => return err(e),
+    };
     let listen = set_caps(qmp)
         .and_then(|_| qmp.execute("migrate-incoming", Some(json!({"uri": req.uri}))))
         .and_then(|_| qmp.execute("query-migrate", None));

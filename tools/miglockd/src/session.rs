@@ -197,7 +197,7 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
                     false
                 }
                 Event::Frame if !is_hint(dec.frame()) && !bucket.take() => {
-                    over_rate(vm, dec.frame());
+                    over_rate(agent, vm, dec.frame());
                     false
                 }
                 Event::Frame => match wire::decode(dec.frame()) {
@@ -240,17 +240,32 @@ fn is_hint(frame: &[u8]) -> bool {
 
 /// A frame beyond the guest's rate: a lock or renew is refused at once with
 /// `REFUSE_RATE` (the guest reports EAGAIN rather than waiting for a
-/// retry); everything else is dropped. Either way it counts as rejected.
-fn over_rate(vm: &Vm, frame: &[u8]) {
-    let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
-    link.stats.rate_dropped += 1;
-    if let Ok((hdr, Message::Lock { .. } | Message::Renew { .. })) = wire::decode(frame) {
-        let refusal = Message::Decision {
-            granted: false,
-            lease_ms: 0,
-            reason: wire::REFUSE_RATE,
-        };
-        link.send(&refusal, hdr.seq);
+/// retry); an unlock is still applied, since it can only release a hold
+/// (at most 64 of them, and an unknown one costs nothing), and dropping it
+/// would keep the VM locked on the host until the lease ends; everything
+/// else is dropped. Either way it counts as rejected.
+fn over_rate(agent: &Agent, vm: &Vm, frame: &[u8]) {
+    vm.link
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .stats
+        .rate_dropped += 1;
+    match wire::decode(frame) {
+        Ok((hdr, Message::Lock { .. } | Message::Renew { .. })) => {
+            let refusal = Message::Decision {
+                granted: false,
+                lease_ms: 0,
+                reason: wire::REFUSE_RATE,
+            };
+            vm.link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(&refusal, hdr.seq);
+        }
+        Ok((hdr, m @ Message::Unlock { .. })) => {
+            handle(agent, vm, hdr, m);
+        }
+        _ => {}
     }
 }
 

@@ -482,6 +482,38 @@ fn over_the_rate_requests_are_refused_not_dropped() {
     drop(agent);
 }
 
+/// An unlock beyond the rate is still applied: it only releases, and
+/// dropping it would keep the VM locked on the host for the whole lease.
+#[test]
+fn over_the_rate_unlocks_still_release() {
+    let dir = setup_with("rateunlock", "[limits]\nrate = 5.0\nburst = 5.0\n");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    assert!(g.lock(1, "held", 60_000).0);
+    for _ in 0..20 {
+        g.send(Message::Ping); // use up the bucket
+    }
+    g.send(Message::Unlock { hold: 1 });
+    // Wait for the agent to apply it (a condition, with a deadline well
+    // inside the 60 s lease).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = agent.control(json!({"cmd": "status"}));
+        let vm = &st["data"]["vms"]["good"];
+        if vm["locked"] == false {
+            assert!(vm["link"]["rate_dropped"].as_u64().unwrap() > 0, "{st}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the over-rate unlock was dropped: {st}"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Repeating an unchanged state report costs no audit record (nor state
 /// write): a guest cannot make the agent hit the disk in a loop.
 #[test]

@@ -55,7 +55,8 @@ enum Cmd {
         /// Scenario names.
         names: Vec<String>,
     },
-    /// The demo: load the module in a guest, then live-migrate a running guest.
+    /// The demo: load the module in a guest, live-migrate a locked then
+    /// unlocked guest, and let the guest's hints plan a hard migration.
     Demo,
 }
 
@@ -202,7 +203,15 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Run { names } => run(&cli, names, false),
-        Cmd::Demo => run(&cli, &["demo".into(), "agent-migrate".into()], true),
+        Cmd::Demo => run(
+            &cli,
+            &[
+                "demo".into(),
+                "agent-migrate".into(),
+                "agent-plan-writeheavy".into(),
+            ],
+            true,
+        ),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -347,6 +347,9 @@ impl Drop for Vm {
     }
 }
 
+/// Least time between two tick lines echoed to the terminal.
+const TICK_ECHO_GAP: Duration = Duration::from_millis(200);
+
 /// Copies the serial stream to `log` and hands each line to the returned channel.
 fn spawn_reader(
     mut stream: UnixStream,
@@ -361,6 +364,7 @@ fn spawn_reader(
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut pending: Vec<u8> = Vec::new();
+        let mut last_tick: Option<std::time::Instant> = None;
         loop {
             let n = match stream.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -375,7 +379,17 @@ fn spawn_reader(
                     .trim_end_matches(['\r', '\n'])
                     .to_string();
                 started |= line.contains(START);
-                if echo == Echo::All || (echo == Echo::Scenario && started) {
+                // A fast workload ticks 50 times a second: the scenario view
+                // shows at most one tick line in 200 ms, the log keeps all.
+                let mut show = echo == Echo::All || (echo == Echo::Scenario && started);
+                if show && crate::migrate::tick_of(&line).is_some() {
+                    let now = std::time::Instant::now();
+                    show = last_tick.is_none_or(|t| now - t >= TICK_ECHO_GAP);
+                    if show {
+                        last_tick = Some(now);
+                    }
+                }
+                if show {
                     eprintln!("  [{name}] {line}");
                 }
                 if tx.send(line).is_err() {

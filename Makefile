@@ -68,10 +68,10 @@ bench: kernel tools
 # them and its comparison of every scheme, written into Documentation/.
 sim-report: kernel tools
 	$(HARNESS) run bench-validate
-	$(TOP)/tools/target/release/migsim validate --real $(TOP)/out/validate \
-		--splice $(TOP)/Documentation/migsim.rst
-	$(TOP)/tools/target/release/migsim report --traces $(TOP)/out/validate \
-		--splice $(TOP)/Documentation/migsim.rst
+	cd $(TOP) && tools/target/release/migsim validate --real out/validate \
+		--splice Documentation/migsim.rst
+	cd $(TOP) && tools/target/release/migsim report --traces out/validate \
+		--splice Documentation/migsim.rst
 
 demo: kernel tools
 	$(HARNESS) demo

@@ -650,7 +650,29 @@ fn hints(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure>
             .map(|v| v.trim_end_matches('@').to_string())
             .unwrap_or_default()
     };
-    let v = h.src_agent.hints(true)?;
+    let sent = h
+        .src
+        .seen
+        .iter()
+        .find(|l| l.starts_with("hint_batches "))
+        .cloned()
+        .unwrap_or_default();
+    let counts = |v: &Value| {
+        format!(
+            "hint_batches {} hint_frames {}",
+            v["data"]["stats"]["batches"], v["data"]["stats"]["frames"]
+        )
+    };
+    // The guest may finish before the agent has read its last frames: wait
+    // (bounded) until the agent counted what the module says it sent.
+    let until = Instant::now() + std::time::Duration::from_secs(5);
+    let v = loop {
+        let v = h.src_agent.hints(true)?;
+        if counts(&v) == sent.trim() || Instant::now() >= until {
+            break v;
+        }
+        std::thread::yield_now();
+    };
     let latest = &v["data"]["latest"];
     let ranges = latest["top"].as_array().cloned().unwrap_or_default();
     let sum = hints_sum(&ranges).map(|s| format!("{s:016x}"));
@@ -672,6 +694,16 @@ fn hints(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure>
     require(
         latest["workload"]["wss_pages"] == 11000,
         "the batch's working-set figures did not arrive",
+    )?;
+    // Every batch and frame the module sent arrived, none refused or lost.
+    let got = counts(&v);
+    require(
+        sent.trim() == got,
+        &format!("the module sent '{sent}', the agent got '{got}'"),
+    )?;
+    require(
+        v["data"]["stats"]["invalid"] == 0 && v["data"]["stats"]["rate_dropped"] == 0,
+        "the agent refused or dropped some of the guest's hint frames",
     )
 }
 

@@ -7,6 +7,9 @@
 //! the words (zero = accessed since the last write, or not an LRU page; see
 //! [`crate::lru`]) and writes all-ones back for the next interval.
 //!
+//! With an idle share of N ([`IdleBitmap::sample_part`]) a sample reads
+//! and re-marks only one N-th of the RAM words, in turn.
+//!
 //! Only the words covering RAM ranges are touched: reads over holes fail
 //! with EINVAL/ENXIO on some kernels. A range whose I/O fails is reported
 //! once and then treated as idle (nothing accessed) from then on.
@@ -90,12 +93,46 @@ impl IdleBitmap {
         ));
     }
 
+    /// The word ranges of part `part` of `parts` (taken modulo `parts`):
+    /// the RAM word spans laid end to end and cut into `parts` runs of
+    /// equal length (±1 word), each split back at span boundaries. Every
+    /// RAM word is in exactly one part; with one part, a part is the spans.
+    pub fn part_words(&self, part: u64, parts: u64) -> Vec<(u64, u64)> {
+        self.part_spans(part, parts)
+            .into_iter()
+            .map(|(_, s, e)| (s, e))
+            .collect()
+    }
+
+    /// [`Self::part_words`] with the index of each range's span.
+    fn part_spans(&self, part: u64, parts: u64) -> Vec<(usize, u64, u64)> {
+        let parts = parts.max(1);
+        let part = part % parts;
+        let total: u64 = self.spans.iter().map(|s| s.end - s.start).sum();
+        let (lo, hi) = (total * part / parts, total * (part + 1) / parts);
+        let mut out = Vec::new();
+        let mut at = 0; // words of the spans before this one
+        for (i, s) in self.spans.iter().enumerate() {
+            let len = s.end - s.start;
+            let (a, b) = (lo.max(at), hi.min(at + len));
+            if a < b {
+                out.push((i, s.start + (a - at), s.start + (b - at)));
+            }
+            at += len;
+        }
+        out
+    }
+
     /// Marks every RAM frame idle.
     pub fn mark_all_idle(&mut self) {
+        self.mark_idle(&self.part_spans(0, 1));
+    }
+
+    /// Marks the frames of `ranges` (span index, word range) idle.
+    fn mark_idle(&mut self, ranges: &[(usize, u64, u64)]) {
         self.buf.fill(0xff);
-        for i in 0..self.spans.len() {
-            let Span { start, end, broken } = self.spans[i];
-            if broken {
+        for &(i, start, end) in ranges {
+            if self.spans[i].broken {
                 continue;
             }
             let mut w = start;
@@ -117,12 +154,17 @@ impl IdleBitmap {
     /// Reads the idle bits into `idle` (one bit per frame; frames outside
     /// working spans read as idle).
     pub fn read(&mut self, idle: &mut Bitset) {
+        self.read_ranges(idle, &self.part_spans(0, 1));
+    }
+
+    /// Reads the idle bits of `ranges` into `idle`; every other frame reads
+    /// as idle.
+    fn read_ranges(&mut self, idle: &mut Bitset, ranges: &[(usize, u64, u64)]) {
         for w in idle.words_mut() {
             *w = u64::MAX;
         }
-        for i in 0..self.spans.len() {
-            let Span { start, end, broken } = self.spans[i];
-            if broken {
+        for &(i, start, end) in ranges {
+            if self.spans[i].broken {
                 continue;
             }
             let mut w = start;
@@ -151,8 +193,16 @@ impl IdleBitmap {
 
     /// One sample: reads the idle bits, then marks everything idle again.
     pub fn sample(&mut self, idle: &mut Bitset) {
-        self.read(idle);
-        self.mark_all_idle();
+        self.sample_part(idle, 0, 1);
+    }
+
+    /// One sample of part `part` of `parts` ([`Self::part_words`]): reads
+    /// its idle bits (every other frame reads as idle), then marks its
+    /// frames idle again. Other parts' bits are neither read nor written.
+    pub fn sample_part(&mut self, idle: &mut Bitset, part: u64, parts: u64) {
+        let ranges = self.part_spans(part, parts);
+        self.read_ranges(idle, &ranges);
+        self.mark_idle(&ranges);
     }
 }
 
@@ -250,5 +300,66 @@ mod tests {
         bm.sample(&mut idle);
         assert_eq!(idle.count(), 128);
         assert_eq!(bm.warnings.len(), 1, "{:?}", bm.warnings);
+    }
+
+    #[test]
+    fn parts_cut_the_ram_words_evenly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bitmap");
+        words_file(&p, &[0; 16]);
+        // Words 0..3 and 6..16 (a hole at 3..6): 13 words in 4 parts.
+        let ram = [
+            PfnRange { start: 1, end: 192 },
+            PfnRange {
+                start: 384,
+                end: 1024,
+            },
+        ];
+        let bm = IdleBitmap::open(&p, &ram).unwrap();
+        assert_eq!(bm.part_words(0, 1), vec![(0, 3), (6, 16)]);
+        assert_eq!(bm.part_words(0, 4), vec![(0, 3)]);
+        assert_eq!(bm.part_words(1, 4), vec![(6, 9)]);
+        assert_eq!(bm.part_words(2, 4), vec![(9, 12)]);
+        assert_eq!(bm.part_words(3, 4), vec![(12, 16)]);
+        assert_eq!(bm.part_words(5, 4), vec![(6, 9)], "modulo the parts");
+        // 13 words in 3: 4 + 4 + 5, the first part crossing the hole.
+        assert_eq!(bm.part_words(0, 3), vec![(0, 3), (6, 7)]);
+        assert_eq!(bm.part_words(1, 3), vec![(7, 11)]);
+        assert_eq!(bm.part_words(2, 3), vec![(11, 16)]);
+    }
+
+    /// Each sample of a 4-way share reads and re-marks exactly the words
+    /// of its part, and every word once every 4 samples.
+    #[test]
+    fn shared_sampling_touches_each_word_once_per_round() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bitmap");
+        let ram = [PfnRange { start: 0, end: 512 }]; // words 0..8
+        words_file(&p, &[0; 8]);
+        let mut bm = IdleBitmap::open(&p, &ram).unwrap();
+        let mut idle = Bitset::new(512);
+        let mut writes = [0u32; 8];
+        let mut reads = [0u32; 8];
+        for sample in 0..12u64 {
+            // Every frame "accessed" since the last sample: all zeros.
+            words_file(&p, &[0; 8]);
+            bm.sample_part(&mut idle, sample, 4);
+            let after: Vec<u64> = std::fs::read(&p)
+                .unwrap()
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+                .collect();
+            let part = (sample % 4) as usize;
+            for w in 0..8 {
+                let mine = w / 2 == part;
+                assert_eq!(after[w] == !0, mine, "sample {sample} word {w} written");
+                assert_eq!(idle.words()[w] == 0, mine, "sample {sample} word {w} read");
+                writes[w] += u32::from(after[w] == !0);
+                reads[w] += u32::from(idle.words()[w] == 0);
+            }
+        }
+        assert_eq!(writes, [3; 8]);
+        assert_eq!(reads, [3; 8]);
+        assert!(bm.warnings.is_empty());
     }
 }

@@ -40,6 +40,15 @@ pub struct Model {
     samples: u64,
     dirty_rate: Option<f64>,
     last: Update,
+    /// Per part of a shared idle sampling ([`Model::update_part`]): rounds
+    /// seen and working set after its last round.
+    parts: Vec<PartState>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct PartState {
+    rounds: u64,
+    wss: u64,
 }
 
 impl Model {
@@ -54,6 +63,7 @@ impl Model {
             samples: 0,
             dirty_rate: None,
             last: Update::default(),
+            parts: Vec::new(),
         }
     }
 
@@ -95,6 +105,64 @@ impl Model {
                 up.wss += u64::from(*a & self.wss_mask != 0);
             }
         }
+        self.samples += 1;
+        self.last = up;
+        up
+    }
+
+    /// One round of part `part` of `parts` (idle sampling shared over
+    /// several intervals, see [`crate::idle::IdleBitmap::part_words`]):
+    /// ages only the frames of the 64-frame words in `words`, with
+    /// `accessed` as this round's accesses; every other frame keeps its
+    /// state, since nothing new is known about it. So a frame's aging byte
+    /// counts its own part's rounds, and frequencies halve every
+    /// [`FREQ_HALVING`] rounds of the part. The working set is the sum over
+    /// the parts of the frames accessed in the last `wss_samples` rounds of
+    /// their part (as of each part's last round; a part not yet sampled
+    /// adds nothing). `Update::accessed` counts this round's frames.
+    pub fn update_part(
+        &mut self,
+        accessed: &Bitset,
+        part: usize,
+        parts: usize,
+        words: &[(u64, u64)],
+    ) -> Update {
+        if self.parts.len() != parts {
+            self.parts = vec![PartState::default(); parts];
+        }
+        let st = self.parts[part];
+        let halve = st.rounds > 0 && st.rounds % FREQ_HALVING == 0;
+        let mut up = Update::default();
+        let aw = accessed.words();
+        let nwords = self.age.len().div_ceil(64) as u64;
+        for &(ws, we) in words {
+            for wi in ws..we.min(nwords) {
+                let (lo, hi) = (
+                    wi as usize * 64,
+                    (wi as usize * 64 + 64).min(self.age.len()),
+                );
+                let (ages, freqs) = (&mut self.age[lo..hi], &mut self.freq[lo..hi]);
+                let w = aw.get(wi as usize).copied().unwrap_or(0);
+                if w == 0 && !halve && ages.iter().all(|&a| a == 0) {
+                    continue;
+                }
+                up.accessed += u64::from(w.count_ones());
+                for (i, (a, f)) in ages.iter_mut().zip(freqs.iter_mut()).enumerate() {
+                    let bit = (w >> i & 1) as u8;
+                    *a = *a >> 1 | bit << 7;
+                    if halve {
+                        *f >>= 1;
+                    }
+                    *f = f.saturating_add(bit);
+                    up.wss += u64::from(*a & self.wss_mask != 0);
+                }
+            }
+        }
+        self.parts[part] = PartState {
+            rounds: st.rounds + 1,
+            wss: up.wss,
+        };
+        up.wss = self.parts.iter().map(|p| p.wss).sum();
         self.samples += 1;
         self.last = up;
         up
@@ -235,5 +303,42 @@ mod tests {
     #[test]
     fn memory_is_two_bytes_per_frame() {
         assert_eq!(Model::new(262144, 4).memory_bytes(), 524288);
+    }
+
+    #[test]
+    fn parts_age_only_their_own_frames() {
+        let mut m = Model::new(256, 2);
+        // Two parts: words 0..2 and 2..4.
+        let (p0, p1) = ([(0, 2)], [(2, 4)]);
+        let up = m.update_part(&set(256, &[1, 130]), 0, 2, &p0);
+        assert_eq!(
+            up,
+            Update {
+                accessed: 1,
+                wss: 1
+            },
+            "130 is not in part 0"
+        );
+        assert_eq!((m.age(1), m.age(130)), (0x80, 0));
+        let up = m.update_part(&set(256, &[130]), 1, 2, &p1);
+        assert_eq!(
+            up,
+            Update {
+                accessed: 1,
+                wss: 2
+            }
+        );
+        assert_eq!(m.age(1), 0x80, "part 0 not aged by part 1's round");
+        m.update_part(&set(256, &[]), 0, 2, &p0);
+        m.update_part(&set(256, &[]), 1, 2, &p1);
+        assert_eq!((m.age(1), m.age(130)), (0x40, 0x40));
+        assert_eq!(m.wss(), 2, "within the last 2 rounds of each part");
+        m.update_part(&set(256, &[]), 0, 2, &p0);
+        assert_eq!(
+            m.wss(),
+            1,
+            "part 0's frame left; part 1 as of its last round"
+        );
+        assert_eq!(m.samples(), 5);
     }
 }

@@ -283,13 +283,14 @@ pub fn run(cfg: Config) -> Result<Report> {
 
     if !cfg.quiet {
         println!(
-            "tracer: RAM {} MiB in {} ranges (pfn_limit {}, from {}), model {} KiB, interval {}, hints {}, prefetch {}{}",
+            "tracer: RAM {} MiB in {} ranges (pfn_limit {}, from {}), model {} KiB, interval {}, idle share 1/{}, hints {}, prefetch {}{}",
             (mem.ram_pages() * page_size) >> 20,
             mem.ram.len(),
             mem.pfn_limit,
             mem.source,
             sampler.model().memory_bytes() >> 10,
             humantime::format_duration(cfg.interval),
+            sampler.idle_share(),
             if cfg.hints && dev.is_some() { "on" } else { "off" },
             if watch { "on" } else { "off" },
             cfg.record
@@ -393,11 +394,12 @@ pub fn run(cfg: Config) -> Result<Report> {
         n, rep.hints_sent, rep.hints_refused, rep.hints_failed, rep.prefetches, rep.late
     );
     println!(
-        "tracer: cpu {:.2} ms per sample over {} samples = {:.2}% of one CPU at interval {}",
+        "tracer: cpu {:.2} ms per sample over {} samples = {:.2}% of one CPU at interval {}, idle share 1/{}",
         rep.cpu_per_sample.as_secs_f64() * 1e3,
         n,
         cpu::percent_of_cpu(rep.cpu_per_sample, r.cfg.interval),
-        humantime::format_duration(r.cfg.interval)
+        humantime::format_duration(r.cfg.interval),
+        sampler.idle_share()
     );
     result?;
     if let Some(res) = finished {

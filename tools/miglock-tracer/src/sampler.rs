@@ -32,8 +32,13 @@ pub struct Config {
     pub lru_refresh: u32,
     /// Most frames in the reverse map.
     pub rmap_cap: usize,
-    /// Working set window in samples (1–8).
+    /// Working set window in samples (1–8); with `idle_share` > 1, in
+    /// rounds of each part.
     pub wss_samples: u8,
+    /// Idle bitmap parts (≥ 1): each sample reads and re-marks one of them
+    /// in turn (part = sample index % `idle_share`), see
+    /// [`IdleBitmap::part_words`]. 1: the whole bitmap every sample.
+    pub idle_share: u32,
 }
 
 /// What one sample found.
@@ -65,6 +70,9 @@ pub struct Sampler {
     lru: Bitset,
     accessed: Bitset,
     dirtied: Bitset,
+    /// With `idle_share` > 1: frames accessed (dirtied, or read accessed)
+    /// since their part's last model round; empty otherwise.
+    pending: Bitset,
     model: Model,
     rmap: Arc<Rmap>,
     samples: u64,
@@ -99,6 +107,7 @@ impl Sampler {
             idle: Bitset::new(n),
             accessed: Bitset::new(n),
             dirtied: Bitset::new(n),
+            pending: Bitset::new(if cfg.idle_share > 1 { n } else { 0 }),
             lru,
             cfg,
             mem,
@@ -119,7 +128,15 @@ impl Sampler {
         &self.model
     }
 
-    /// Frames accessed in the last sample.
+    /// Parts the idle bitmap is shared over (`Config::idle_share`, ≥ 1).
+    pub fn idle_share(&self) -> u64 {
+        u64::from(self.cfg.idle_share.max(1))
+    }
+
+    /// Frames accessed in the last sample: with an idle share of N > 1,
+    /// those whose idle bit was read clear in this sample's part (accessed
+    /// at some point in the last N intervals), plus this interval's dirtied
+    /// frames (anywhere).
     pub fn accessed(&self) -> &Bitset {
         &self.accessed
     }
@@ -177,7 +194,9 @@ impl Sampler {
 
     /// Takes a sample covering the `dt` since the previous one.
     pub fn sample(&mut self, dt: Duration) -> Result<Summary> {
-        self.bitmap.sample(&mut self.idle);
+        let parts = self.idle_share();
+        let part = self.samples % parts;
+        self.bitmap.sample_part(&mut self.idle, part, parts);
         if self.samples % u64::from(self.cfg.lru_refresh.max(1)) == 0 {
             self.refresh_lru();
         }
@@ -227,9 +246,27 @@ impl Sampler {
         rmap.finish();
         self.accessed.union_with(&self.dirtied);
 
-        let up = self.model.update(&self.accessed);
-        sum.accessed = up.accessed;
-        sum.wss = up.wss;
+        if parts == 1 {
+            let up = self.model.update(&self.accessed);
+            sum.accessed = up.accessed;
+            sum.wss = up.wss;
+        } else {
+            // Dirtied frames of other parts wait for their part's round,
+            // where they count as accessed (their access, like the idle
+            // bits read then, happened within that round).
+            self.pending.union_with(&self.accessed);
+            let words = self.bitmap.part_words(part, parts);
+            let up = self
+                .model
+                .update_part(&self.pending, part as usize, parts as usize, &words);
+            let pw = self.pending.words_mut();
+            let n = pw.len();
+            for &(a, b) in &words {
+                pw[(a as usize).min(n)..(b as usize).min(n)].fill(0);
+            }
+            sum.accessed = self.accessed.count();
+            sum.wss = up.wss;
+        }
         sum.dirtied = self.dirtied.count();
         sum.dirty_rate = self.model.note_dirty(sum.dirtied, dt);
         self.samples += 1;
@@ -267,6 +304,7 @@ mod tests {
             lru_refresh: 4,
             rmap_cap: 100,
             wss_samples: 4,
+            idle_share: 1,
         };
         (d, cfg)
     }
@@ -302,5 +340,54 @@ mod tests {
         s.arm().unwrap();
         let e = s.sample(Duration::from_secs(1)).unwrap_err().to_string();
         assert!(e.contains("run miglock-tracer as root"), "{e}");
+    }
+
+    /// A 4-way idle share over 4 words (one per part): frames 64..128 are
+    /// accessed before every sample, 128..192 only before the first, and
+    /// frame 200 is dirtied every interval.
+    #[test]
+    fn shared_idle_sampling_keeps_hot_frames_hot() {
+        let (d, mut cfg) = tree([PM_PRESENT | PM_SOFT_DIRTY | 200, PM_PRESENT | 201, 0]);
+        cfg.idle_share = 4;
+        let bitmap = d.path().join("sys/kernel/mm/page_idle/bitmap");
+        let f = fs::OpenOptions::new().write(true).open(&bitmap).unwrap();
+        let mut s = Sampler::open(cfg, 4096).unwrap();
+        assert_eq!(s.idle_share(), 4);
+        s.arm().unwrap();
+        for i in 0..12u64 {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&0u64.to_ne_bytes(), 8).unwrap();
+            if i == 0 {
+                f.write_all_at(&0u64.to_ne_bytes(), 16).unwrap();
+            }
+            let sum = s.sample(Duration::from_secs(1)).unwrap();
+            let part = i % 4;
+            let mut want = Bitset::new(256);
+            if part == 1 {
+                want.set_range(64, 128);
+            }
+            if i == 2 {
+                want.set_range(128, 192);
+            }
+            want.set(200);
+            assert_eq!(s.accessed(), &want, "sample {i}");
+            assert_eq!(sum.accessed, want.count(), "sample {i}");
+            assert_eq!(sum.dirtied, 1);
+            let m = s.model();
+            // Ages count rounds of the frame's own part.
+            let rounds = |first: u64| if i < first { 0 } else { (i - first) / 4 + 1 };
+            let ones = |n: u64| !(0xffu8 >> n.min(8));
+            assert_eq!(m.age(70), ones(rounds(1)), "sample {i}: never decays");
+            assert_eq!(m.age(127), ones(rounds(1)), "sample {i}");
+            assert_eq!(m.age(200), ones(rounds(3)), "sample {i}: dirtied, kept");
+            let once = match rounds(2) {
+                0 => 0,
+                r => 0x80 >> (r - 1),
+            };
+            assert_eq!(m.age(130), once, "sample {i}: aged only in its rounds");
+            assert_eq!(m.age(10), 0);
+            let wss = [0, 64, 128, 129][i.min(3) as usize];
+            assert_eq!(sum.wss, wss, "sample {i}");
+        }
     }
 }

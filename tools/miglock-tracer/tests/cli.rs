@@ -27,6 +27,12 @@ struct Fake {
 
 impl Fake {
     fn new() -> Fake {
+        Fake::accessing(&[1])
+    }
+
+    /// The fake kernel keeps clearing these idle bitmap words.
+    fn accessing(words: &[u64]) -> Fake {
+        let words = words.to_vec();
         let dir = tempfile::tempdir().unwrap();
         let proc = dir.path().join("proc");
         let idle = dir.path().join("sys/kernel/mm/page_idle");
@@ -72,7 +78,9 @@ impl Fake {
         let kernel = std::thread::spawn(move || {
             let f = fs::OpenOptions::new().write(true).open(bitmap).unwrap();
             while !st.load(Ordering::Relaxed) {
-                f.write_all_at(&0u64.to_ne_bytes(), 8).unwrap();
+                for &w in &words {
+                    f.write_all_at(&0u64.to_ne_bytes(), w * 8).unwrap();
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
@@ -309,4 +317,70 @@ fn mlwset_writes_its_truth() {
     let (t, a) = (read(&truth), read(&all));
     assert_eq!((t.len(), a.len()), (64, 256));
     assert!(t.iter().all(|p| a.contains(p)));
+}
+
+/// `--idle-share 4` over the 16 RAM words: the fake kernel accesses one
+/// word in each part (4 words each), and sample i sees exactly part i % 4's
+/// word, so each part is read once every 4 samples and no other part is
+/// (`idle::tests::shared_sampling_touches_each_word_once_per_round` checks
+/// the writes word by word). The model keeps every part's frames hot: the
+/// working set, once whole, stays whole.
+#[test]
+fn idle_share_reads_one_part_per_sample() {
+    let f = Fake::accessing(&[1, 5, 9, 13]);
+    let trace = f.path("t.mltrace");
+    let o = f
+        .tracer()
+        .args(["--idle-share", "4", "--samples", "9", "--record"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    assert!(out.contains(", idle share 1/4, "), "{out}");
+    assert!(
+        out.contains("of one CPU at interval 150ms, idle share 1/4"),
+        "{out}"
+    );
+    let t = Trace::open(&trace).unwrap();
+    assert_eq!(t.samples.len(), 9);
+    for (i, s) in t.samples.iter().enumerate() {
+        let mut want = match i % 4 {
+            0 => vec![rg(64, 56)], // 120..128 are not LRU
+            1 => vec![rg(320, 64)],
+            2 => vec![rg(576, 64)],
+            _ => vec![rg(832, 64)],
+        };
+        want.extend([rg(300, 1), rg(302, 1)]);
+        want.sort_by_key(|r| r.start);
+        assert_eq!(s.accessed, want, "sample {i}");
+        assert_eq!(s.dirtied, vec![rg(300, 1), rg(302, 1)], "sample {i}");
+    }
+    // Working set: 56 + 2 (dirtied, part 1) + 64 + 64 + 64 once every part
+    // has had a round, and it does not decay between a part's rounds.
+    let wss: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("t "))
+        .map(|l| l.split(" wss ").nth(1).unwrap().split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        wss,
+        ["56", "122", "186", "250", "250", "250", "250", "250", "250"],
+        "{out}"
+    );
+}
+
+#[test]
+fn idle_share_zero_is_an_error() {
+    let f = Fake::new();
+    let o = f
+        .tracer()
+        .args(["--idle-share", "0", "--samples", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("'0' for '--idle-share") && e.contains("1 or more"),
+        "{e}"
+    );
 }

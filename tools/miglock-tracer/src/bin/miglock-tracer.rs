@@ -35,6 +35,13 @@ fn max_hints(s: &str) -> Result<usize, String> {
     }
 }
 
+fn idle_share(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a number of parts, 1 or more (1: the whole bitmap every sample)".into()),
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Sample, model, send hints, optionally record a trace.
@@ -120,6 +127,10 @@ struct RunArgs {
     /// Working set = frames accessed in the last K samples (1-8).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
     wss_samples: u8,
+    /// Read and re-mark one N-th of the idle bitmap per sample, in turn
+    /// (every frame once per N samples; about N times less kernel time).
+    #[arg(long, default_value_t = 1, value_parser = idle_share)]
+    idle_share: u32,
     /// Read /proc/kpageflags (which frames are LRU) every N samples.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     lru_refresh: u32,
@@ -154,6 +165,7 @@ fn real_main() -> Result<()> {
                     lru_refresh: a.lru_refresh,
                     rmap_cap: a.rmap_cap,
                     wss_samples: a.wss_samples,
+                    idle_share: a.idle_share,
                 },
                 interval: a.interval,
                 record: a.record,

@@ -10,6 +10,9 @@ echo "== soft-dirty for the workload only (--pid), kpageflags every 16 samples"
 miglock-tracer run --interval 1s --samples 20 --no-hints --quiet --pid "$(pidof mlwset)" \
 	--lru-refresh 16 2>&1 | tee /tmp/cost.log
 grep -q '^tracer: cpu' /tmp/cost.log || ml_fail "no CPU figure from the tracer"
+echo "== a quarter of the idle bitmap each interval (--idle-share 4), defaults otherwise"
+miglock-tracer run --interval 1s --samples 20 --no-hints --quiet --idle-share 4 2>&1 | tee /tmp/cost.log
+grep -q '^tracer: cpu' /tmp/cost.log || ml_fail "no CPU figure from the tracer"
 echo "== idle bitmap and model only: soft-dirty for /init alone (a tiny process)"
 miglock-tracer run --interval 1s --samples 20 --no-hints --quiet --pid 1 \
 	--lru-refresh 16 2>&1 | tee /tmp/cost.log

@@ -23,6 +23,11 @@ miglock-tracer eval --trace /tmp/ws.mltrace --truth /tmp/hot --universe /tmp/all
 	--min-precision 0.9 --min-recall 0.9 || ml_fail "the hot set does not match"
 echo "== precision over the whole guest (other processes count against it)"
 miglock-tracer eval --trace /tmp/ws.mltrace --truth /tmp/hot --last 3
+echo "== the cheaper sampling: a quarter of the idle bitmap each interval"
+miglock-tracer run --interval 1s --samples 8 --no-hints --quiet --idle-share 4 \
+	--record /tmp/ws4.mltrace || ml_fail "miglock-tracer run --idle-share 4"
+miglock-tracer eval --trace /tmp/ws4.mltrace --truth /tmp/hot --universe /tmp/all --last 4 \
+	--min-precision 0.9 --min-recall 0.9 || ml_fail "the hot set does not match (--idle-share 4)"
 exec 3>&-
 wait $ws || ml_fail "mlwset: $(cat /tmp/ws.log)"
 cat /tmp/ws.log

@@ -89,21 +89,7 @@ impl Model {
             .enumerate()
         {
             let w = words.get(wi).copied().unwrap_or(0);
-            // Untouched, long-cold frames (free memory, mostly) stay as
-            // they are: skip them cheaply.
-            if w == 0 && !halve && ages.iter().all(|&a| a == 0) {
-                continue;
-            }
-            up.accessed += u64::from(w.count_ones());
-            for (i, (a, f)) in ages.iter_mut().zip(freqs.iter_mut()).enumerate() {
-                let bit = (w >> i & 1) as u8;
-                *a = *a >> 1 | bit << 7;
-                if halve {
-                    *f >>= 1;
-                }
-                *f = f.saturating_add(bit);
-                up.wss += u64::from(*a & self.wss_mask != 0);
-            }
+            age_word(ages, freqs, w, halve, self.wss_mask, &mut up);
         }
         self.samples += 1;
         self.last = up;
@@ -143,19 +129,7 @@ impl Model {
                 );
                 let (ages, freqs) = (&mut self.age[lo..hi], &mut self.freq[lo..hi]);
                 let w = aw.get(wi as usize).copied().unwrap_or(0);
-                if w == 0 && !halve && ages.iter().all(|&a| a == 0) {
-                    continue;
-                }
-                up.accessed += u64::from(w.count_ones());
-                for (i, (a, f)) in ages.iter_mut().zip(freqs.iter_mut()).enumerate() {
-                    let bit = (w >> i & 1) as u8;
-                    *a = *a >> 1 | bit << 7;
-                    if halve {
-                        *f >>= 1;
-                    }
-                    *f = f.saturating_add(bit);
-                    up.wss += u64::from(*a & self.wss_mask != 0);
-                }
+                age_word(ages, freqs, w, halve, self.wss_mask, &mut up);
             }
         }
         self.parts[part] = PartState {
@@ -220,6 +194,26 @@ impl Model {
             (Some(&a), Some(&f)) => score(a, f),
             _ => 0,
         }
+    }
+}
+
+/// Ages the frames of one 64-frame word (`ages`, `freqs`) by one round in
+/// which `w` has a bit set for each frame accessed; counts into `up`.
+/// Untouched, long-cold frames (free memory, mostly) stay as they are: a
+/// word of them is skipped cheaply.
+fn age_word(ages: &mut [u8], freqs: &mut [u8], w: u64, halve: bool, wss_mask: u8, up: &mut Update) {
+    if w == 0 && !halve && ages.iter().all(|&a| a == 0) {
+        return;
+    }
+    up.accessed += u64::from(w.count_ones());
+    for (i, (a, f)) in ages.iter_mut().zip(freqs.iter_mut()).enumerate() {
+        let bit = (w >> i & 1) as u8;
+        *a = *a >> 1 | bit << 7;
+        if halve {
+            *f >>= 1;
+        }
+        *f = f.saturating_add(bit);
+        up.wss += u64::from(*a & wss_mask != 0);
     }
 }
 

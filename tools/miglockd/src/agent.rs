@@ -9,6 +9,7 @@ use crate::ledger::{Ledger, Policy};
 use crate::store;
 use anyhow::Result;
 use miglock_abi::wire::{self, Header, Message, Notice};
+use miglock_qmp::Qmp;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -127,6 +128,23 @@ impl Link {
         };
         w.write_all(&buf[..n]).is_ok()
     }
+}
+
+/// The agent's QMP connection to a VM, dialled if there is none (QEMU
+/// takes one client per QMP socket, so the gate, `incoming` and the watcher
+/// share it).
+pub fn qmp_connected<'a>(
+    guard: &'a mut Option<Qmp>,
+    path: &std::path::Path,
+) -> Result<&'a mut Qmp, String> {
+    if guard.is_none() {
+        let q = UnixStream::connect(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(Qmp::handshake(s)?))
+            .map_err(|e| format!("QMP {}: {e:#}", path.display()))?;
+        *guard = Some(q);
+    }
+    guard.as_mut().ok_or_else(|| "QMP connection lost".into())
 }
 
 /// One VM's entry.

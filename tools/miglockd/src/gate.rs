@@ -8,7 +8,7 @@
 //! cancels the migration; after the switchover new locks are refused
 //! (`REFUSE_MIGRATING`), since the guest is already on its way.
 
-use crate::agent::{Agent, Vm};
+use crate::agent::{qmp_connected, Agent, Vm};
 use crate::audit::now_ms;
 use crate::ledger::Migration;
 use crate::planner::{self, Choice, Plan};
@@ -16,7 +16,6 @@ use miglock_abi::wire::{Notice, FORCED_BY_ADMIN};
 use miglock_control::{MigrateRequest, Mode, Reply};
 use miglock_qmp::Qmp;
 use serde_json::{json, Value};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 type Progress<'a> = &'a mut dyn FnMut(&Reply) -> std::io::Result<()>;
@@ -203,7 +202,7 @@ fn run(
     let name = req.vm.as_str();
     // QEMU takes one client per QMP socket: use the agent's connection.
     let mut guard = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
-    let qmp = match connected(&mut guard, qmp_path) {
+    let qmp = match qmp_connected(&mut guard, qmp_path) {
         Ok(q) => q,
         Err(e) => return err(e),
     };
@@ -317,21 +316,6 @@ fn run(
             }
         }
     }
-}
-
-/// The agent's QMP connection to the VM, dialled if there is none.
-pub fn connected<'a>(
-    guard: &'a mut Option<Qmp>,
-    path: &std::path::Path,
-) -> Result<&'a mut Qmp, String> {
-    if guard.is_none() {
-        let q = UnixStream::connect(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(Qmp::handshake(s)?))
-            .map_err(|e| format!("QMP {}: {e:#}", path.display()))?;
-        *guard = Some(q);
-    }
-    guard.as_mut().ok_or_else(|| "QMP connection lost".into())
 }
 
 /// Applies the request's bandwidth and downtime limit and, for `auto`,

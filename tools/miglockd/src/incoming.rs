@@ -4,8 +4,7 @@
 //! tell the guest the moment it runs here under post-copy, so its tracer can
 //! touch its hot pages before the workload faults on them.
 
-use crate::agent::Agent;
-use crate::gate::connected;
+use crate::agent::{qmp_connected, Agent};
 use miglock_abi::wire::Notice;
 use miglock_control::{IncomingRequest, Reply};
 use miglock_qmp::Qmp;
@@ -45,7 +44,7 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
     if guard.as_mut().is_none_or(|q| set_caps(q).is_err()) {
         *guard = None;
     }
-    let qmp = match connected(&mut guard, &qmp_path) {
+    let qmp = match qmp_connected(&mut guard, &qmp_path) {
         Ok(q) => q,
         Err(e) => return err(e),
     };
@@ -88,10 +87,10 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
                 .is_ok_and(|s| s["running"] == true)
         {
             resumed = true;
-            let told = agent.announce(vm);
+            let announced = agent.announce(vm);
             agent
                 .audit
-                .record(name, "vm-resumed", json!({"guest_told": told}));
+                .record(name, "vm-resumed", json!({"guest_told": announced}));
         }
         match status.as_str() {
             "completed" => {

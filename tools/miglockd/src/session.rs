@@ -100,10 +100,7 @@ pub fn watch_qmp(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
         let resumed = {
             let mut q = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
             if q.is_none() {
-                *q = UnixStream::connect(&path)
-                    .ok()
-                    .and_then(|s| miglock_qmp::Qmp::handshake(s).ok());
-                if let Some(qmp) = q.as_mut() {
+                if let Ok(qmp) = crate::agent::qmp_connected(&mut q, &path) {
                     stuck_switchover(&agent, &vm, qmp);
                 }
             }
@@ -245,11 +242,8 @@ fn is_hint(frame: &[u8]) -> bool {
 /// would keep the VM locked on the host until the lease ends; everything
 /// else is dropped. Either way it counts as rejected.
 fn over_rate(agent: &Agent, vm: &Vm, frame: &[u8]) {
-    vm.link
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .stats
-        .rate_dropped += 1;
+    let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+    link.stats.rate_dropped += 1;
     match wire::decode(frame) {
         Ok((hdr, Message::Lock { .. } | Message::Renew { .. })) => {
             let refusal = Message::Decision {
@@ -257,12 +251,11 @@ fn over_rate(agent: &Agent, vm: &Vm, frame: &[u8]) {
                 lease_ms: 0,
                 reason: wire::REFUSE_RATE,
             };
-            vm.link
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(&refusal, hdr.seq);
+            link.send(&refusal, hdr.seq);
         }
         Ok((hdr, m @ Message::Unlock { .. })) => {
+            // `handle` takes the link lock itself.
+            drop(link);
             handle(agent, vm, hdr, m);
         }
         _ => {}

@@ -43,6 +43,11 @@ ml_tracer_stop() {
 # until it has faulted in its memory and written its truth file.
 ml_wset() {
 	mlwset --seconds 100000 --truth /tmp/hot "$@" </dev/null >/tmp/ws.log 2>&1 &
+	ml_wset_ready
+}
+
+# Waits (at most 60 s) until mlwset, logging to /tmp/ws.log, is ready.
+ml_wset_ready() {
 	t=0
 	until grep -q 'mlwset: ready' /tmp/ws.log; do
 		t=$((t + 1))

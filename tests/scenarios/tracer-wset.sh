@@ -9,12 +9,7 @@ mlwset --mib 64 --hot-fraction 0.25 --pattern random --write-fraction 0.25 --per
 	--seconds 0 --truth /tmp/hot --all-pfns /tmp/all </tmp/ws.in >/tmp/ws.log 2>&1 &
 ws=$!
 exec 3>/tmp/ws.in
-t=0
-until grep -q 'mlwset: ready' /tmp/ws.log; do
-	t=$((t + 1))
-	[ $t -lt 300 ] || ml_fail "mlwset never got ready: $(cat /tmp/ws.log)"
-	sleep 0.2 # waiting for a file to fill: pacing, no event to wait on
-done
+ml_wset_ready
 miglock-tracer run --interval 1s --samples 8 --no-hints --quiet --record /tmp/ws.mltrace ||
 	ml_fail "miglock-tracer run"
 miglock-tracer show /tmp/ws.mltrace || ml_fail "miglock-tracer show"

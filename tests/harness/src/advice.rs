@@ -4,7 +4,7 @@
 //! prefetch, tested against real QEMU migrations and measured side by side
 //! with what they claim to beat.
 
-use crate::agentdemo::{host_fail, require, wait_for, Hosts, Story};
+use crate::agentdemo::{host_fail, require, wait_for, Hosts};
 use crate::scenario::{Env, FailKind, Failure, Scenario};
 use anyhow::Context;
 use serde_json::Value;
@@ -208,7 +208,7 @@ fn fresh(sc: &Scenario, env: &Env<'_>, guest: &'static str) -> Result<(Scenario,
         guest,
         ..sc.clone()
     };
-    let h = Hosts::start(&sc, env, Story::PlanReadMostly)?;
+    let h = Hosts::start(&sc, env, true)?;
     Ok((sc, h))
 }
 

@@ -178,7 +178,13 @@ pub(crate) struct Hosts {
 }
 
 impl Hosts {
-    pub(crate) fn start(sc: &Scenario, env: &Env<'_>, story: Story) -> Result<Hosts, Failure> {
+    /// With `agent_receives`, the destination's agent starts the incoming
+    /// side later (`receive`); otherwise the harness does it now.
+    pub(crate) fn start(
+        sc: &Scenario,
+        env: &Env<'_>,
+        agent_receives: bool,
+    ) -> Result<Hosts, Failure> {
         let bins = std::env::current_exe().map_err(anyhow::Error::from)?;
         let bins = bins.parent().context("harness directory")?.to_path_buf();
         let mut dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
@@ -191,7 +197,7 @@ impl Hosts {
                 Some(json!({"max-bandwidth": 1u64 << 30})),
             )
             .context("migrate-set-parameters")?;
-        if story.agent_receives() {
+        if agent_receives {
             return Ok(Hosts {
                 src,
                 dst,
@@ -349,7 +355,7 @@ pub(crate) fn require(ok: bool, what: &str) -> Result<(), Failure> {
 
 /// Runs an agent scenario.
 pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Result<(), Failure> {
-    let mut h = Hosts::start(sc, env, story)?;
+    let mut h = Hosts::start(sc, env, story.agent_receives())?;
     let r = match story {
         Story::Demo => demo(&mut h, sc, deadline),
         Story::Notice => notice(&mut h, sc, deadline),

@@ -83,17 +83,21 @@ impl Guest {
     }
 
     fn send(&mut self, m: Message<'_>) -> u32 {
+        self.frame(|hdr, b| wire::encode(&m, hdr, b))
+    }
+
+    /// Writes the frame `encode` makes under the next sequence number.
+    fn frame(
+        &mut self,
+        encode: impl FnOnce(Header, &mut [u8]) -> Result<usize, wire::EncodeError>,
+    ) -> u32 {
         self.seq += 1;
         let mut b = [0u8; wire::MAX_FRAME];
-        let n = wire::encode(
-            &m,
-            Header {
-                seq: self.seq,
-                reply_to: 0,
-            },
-            &mut b,
-        )
-        .unwrap();
+        let hdr = Header {
+            seq: self.seq,
+            reply_to: 0,
+        };
+        let n = encode(hdr, &mut b).unwrap();
         self.s.write_all(&b[..n]).unwrap();
         self.seq
     }
@@ -540,14 +544,7 @@ fn unchanged_state_reports_cost_nothing() {
 
 impl Guest {
     fn send_hints(&mut self, batch: u32, ranges: &[wire::HintRange]) {
-        self.seq += 1;
-        let mut b = [0u8; wire::MAX_FRAME];
-        let hdr = Header {
-            seq: self.seq,
-            reply_to: 0,
-        };
-        let n = wire::encode_hints(batch, ranges, hdr, &mut b).unwrap();
-        self.s.write_all(&b[..n]).unwrap();
+        self.frame(|hdr, b| wire::encode_hints(batch, ranges, hdr, b));
     }
 }
 

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A small synchronous QMP client.
+//! Small QMP clients: [`Qmp`], synchronous, for one thread, and
+//! [`Monitor`], which many threads share.
 //!
 //! QMP is line-delimited JSON: a greeting, then `qmp_capabilities`, then
 //! commands answered by `return` or `error`, with asynchronous `event`s
 //! interleaved. Events read while waiting for an answer are queued, so a
 //! caller waiting for e.g. `MIGRATION` never misses one.
 
+mod monitor;
+
+pub use monitor::{Monitor, REPLY_TIMEOUT};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -122,6 +126,12 @@ impl Qmp {
                 return Err(Error::Protocol(format!("unexpected message {reply}")));
             }
         }
+    }
+
+    /// Forgets the events queued so far (those of an earlier migration must
+    /// not answer a wait for the next one's).
+    pub fn clear_events(&mut self) {
+        self.events.clear();
     }
 
     /// Waits until `deadline` for an event matching `pred`; events that do

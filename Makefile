@@ -13,7 +13,7 @@ KDIR     ?= $(shell $(TOP)/scripts/kernel.sh kdir)
 CARGO    ?= cargo
 HARNESS  := $(TOP)/tools/target/release/miglock-harness
 
-.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz bench sim-report demo test clean
+.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz bench sim-report soak demo test clean
 
 all: module
 
@@ -72,6 +72,15 @@ sim-report: kernel tools
 		--splice Documentation/migsim.rst
 	cd $(TOP) && tools/target/release/migsim report --traces out/validate \
 		--splice Documentation/migsim.rst
+
+# At least SOAK_MIGRATIONS live migrations (bounded by SOAK_BUDGET) of
+# writing guests in every mode the planner may choose; every guest must
+# arrive alive and whole. Results: out/soak/result.json. Not in 'make test'
+# (which runs the short migrate-survival).
+SOAK_MIGRATIONS ?= 100
+SOAK_BUDGET     ?= 25m
+soak: kernel tools
+	$(HARNESS) soak --migrations $(SOAK_MIGRATIONS) --budget $(SOAK_BUDGET)
 
 demo: kernel tools
 	$(HARNESS) demo

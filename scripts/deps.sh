@@ -14,9 +14,16 @@ LLVM_MAJOR=19
 DEB_PKGS=(
 	linux-source-6.12 rustc-web rust-web-src rust-web-clippy
 	clang-$LLVM_MAJOR lld-$LLVM_MAJOR llvm-$LLVM_MAJOR libclang-$LLVM_MAJOR-dev
-	qemu-system-x86 busybox-static qemu-guest-agent
+	busybox-static
 	bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc libc6-dev
+	libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients
 )
+# From bookworm-backports (Debian 13's versions): QEMU 10.0. Debian 12's
+# QEMU 7.2 loses dirty pages under TCG, so a migration test passing on it
+# proves little (Documentation/testing.rst, "Which QEMU").
+BACKPORTS=bookworm-backports
+BACKPORTS_PKGS=(qemu-system-x86 qemu-guest-agent)
+QEMU_MIN=10.0
 
 say() { printf 'deps: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -39,6 +46,40 @@ fi
 
 # Version checks: fail with what was found, not with a kbuild error later.
 ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+# bookworm-backports, from the same mirror as bookworm itself.
+backports_known() { apt-cache policy 2>/dev/null | grep -q " $BACKPORTS/main"; }
+add_backports() {
+	local uri
+	uri=$(awk '/^URIs:/ { u = $2 } /^Suites:/ && / bookworm( |$)/ { print u; exit }' \
+		/etc/apt/sources.list.d/*.sources 2>/dev/null)
+	[ -n "$uri" ] || uri=$(awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' \
+		/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
+	[ -n "$uri" ] || die "no bookworm source in /etc/apt to add $BACKPORTS beside"
+	say "adding $BACKPORTS (from the mirror bookworm comes from)"
+	printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
+		"$uri" "$BACKPORTS" /usr/share/keyrings/debian-archive-keyring.gpg \
+		>"/etc/apt/sources.list.d/miglock-$BACKPORTS.sources"
+	apt-get update -q >/dev/null
+}
+qemu_ver=$(qemu-system-x86_64 --version 2>/dev/null | awk '/version/ { print $4; exit }')
+missing=()
+for p in "${BACKPORTS_PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] || ! ver_ge "${qemu_ver:-0}" "$QEMU_MIN"; then
+	[ "$(id -u)" = 0 ] ||
+		die "QEMU ${qemu_ver:-none} found, need >= $QEMU_MIN from $BACKPORTS (run 'make deps' as root)"
+	backports_known || add_backports
+	say "installing from $BACKPORTS: ${BACKPORTS_PKGS[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	# No recommends: they would move mesa and libdrm too.
+	apt-get install -y -q --no-install-recommends -t "$BACKPORTS" "${BACKPORTS_PKGS[@]}" >/dev/null ||
+		die "apt-get install -t $BACKPORTS failed for: ${BACKPORTS_PKGS[*]}"
+	qemu_ver=$(qemu-system-x86_64 --version 2>/dev/null | awk '/version/ { print $4; exit }')
+fi
+ver_ge "${qemu_ver:-0}" "$QEMU_MIN" || die "qemu-system-x86_64 is ${qemu_ver:-missing}; need >= $QEMU_MIN"
 
 rustc_ver=$(/usr/bin/rustc --version 2>/dev/null | awk '{print $2}')
 [ -n "$rustc_ver" ] || die "/usr/bin/rustc (Debian rustc-web) does not run"
@@ -73,4 +114,7 @@ if [ "$fuzz_ver" != "$CARGO_FUZZ_VERSION" ]; then
 fi
 rustup run nightly rustc --version >/dev/null 2>&1 ||
 	die "the nightly Rust toolchain (rustup) is missing: cargo fuzz needs it"
+# Debian 12's QEMU 7.2, unpacked beside the system's, for the scenarios
+# that check the agent's fence against it.
+"$(dirname "$0")/qemu.sh" 7.2 >/dev/null
 exit 0

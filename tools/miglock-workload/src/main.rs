@@ -5,8 +5,10 @@
 //! It fills `--mib` MiB with pages whose every word encodes (page, generation),
 //! rewrites `--dirty-pages` pages each tick, prints one `tick` line per
 //! `--tick-ms`, and on a `finish` line on stdin (or after `--ticks`) verifies
-//! every page and exits 1 on any mismatch. Run across a live migration, it
-//! proves the guest kept running and its memory arrived intact.
+//! every page and exits 1 on any mismatch. A `verify` line checks every page
+//! and goes on ticking, so one run can be checked after each of many
+//! migrations. Run across a live migration, it proves the guest kept running
+//! and its memory arrived intact.
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -121,18 +123,34 @@ fn main() -> Result<()> {
         if args.ticks != 0 && tick >= args.ticks {
             break;
         }
-        match stdin_line(Duration::from_millis(args.tick_ms))? {
-            Some(l) if l == "finish" => break,
+        match stdin_line(Duration::from_millis(args.tick_ms))?.as_deref() {
+            Some("finish") => break,
+            Some("verify") => {
+                report(&mut out, &arena, tick)?;
+            }
             _ => {}
         }
     }
-    let bad = arena.bad_pages();
-    if bad != 0 {
-        writeln!(out, "workload: FAILED: {bad} of {pages} pages corrupted")?;
+    if !report(&mut out, &arena, tick)? {
         std::process::exit(1);
     }
-    writeln!(out, "workload: verified {pages} pages after {tick} ticks")?;
     Ok(())
+}
+
+/// Checks every page and says so in one line; true if all verified.
+fn report(out: &mut impl Write, arena: &Arena, tick: u64) -> Result<bool> {
+    let pages = arena.gens.len();
+    let bad = arena.bad_pages();
+    if bad != 0 {
+        writeln!(
+            out,
+            "workload: FAILED: {bad} of {pages} pages corrupted at tick {tick}"
+        )?;
+    } else {
+        writeln!(out, "workload: verified {pages} pages after {tick} ticks")?;
+    }
+    out.flush()?;
+    Ok(bad == 0)
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub const REFUSE_RATE: u32 = 4;
 pub const REFUSE_TOO_MANY: u32 = 5;
 /// Host refusal reason: the request itself was invalid (reason, label).
 pub const REFUSE_INVALID: u32 = 6;
+/// Host refusal reason: the host cannot enforce a lock now (it cannot reach
+/// the VM's QEMU to block migrations), so it grants none.
+pub const REFUSE_UNENFORCEABLE: u32 = 7;
 
 /// Forced-release reason: an administrator forced a migration.
 pub const FORCED_BY_ADMIN: u32 = 1;

@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The XML namespace of the lock state the agent keeps in a libvirt
+/// domain's `<metadata>` (read by the libvirt hook).
+pub const LIBVIRT_NAMESPACE: &str = "urn:x-miglock:lock:1";
+
 /// A request to the agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -59,8 +63,11 @@ pub struct PolicyUpdate {
 pub enum Mode {
     /// QEMU's iterative pre-copy.
     Precopy,
-    /// Post-copy after the first pre-copy pass.
+    /// Post-copy from the start.
     Postcopy,
+    /// One pre-copy pass, then post-copy for the rest (only on a QEMU
+    /// where it is known to be correct).
+    PrecopyThenPostcopy,
     /// Planned from the guest's hints: pre-copy, post-copy, or pre-copy
     /// then post-copy, with downtime limit and bandwidth.
     Auto,

@@ -9,12 +9,13 @@ use crate::ledger::{Ledger, Policy};
 use crate::store;
 use anyhow::Result;
 use miglock_abi::wire::{self, Header, Message, Notice};
-use miglock_qmp::Qmp;
+use miglock_qmp::{Event, Monitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// One VM in the configuration.
@@ -25,12 +26,18 @@ pub struct VmConfig {
     pub name: String,
     /// QEMU's doorbell chardev socket (server mode), which the agent dials.
     pub doorbell: PathBuf,
-    /// QEMU's QMP socket (server mode), for migrations.
+    /// QEMU's QMP socket (server mode): the agent enforces the lock there
+    /// (a migration blocker), follows every migration and runs its own.
+    /// Without it, decisions are recorded but nothing stops a migration.
     #[serde(default)]
     pub qmp: Option<PathBuf>,
     /// Policy at VM creation.
     #[serde(default)]
     pub policy: Policy,
+    /// The libvirt domain this VM is, if libvirt runs it: the agent keeps
+    /// the lock state in its metadata for the `qemu` hook.
+    #[serde(default)]
+    pub libvirt: Option<crate::libvirt::Domain>,
 }
 
 /// The agent's configuration file.
@@ -49,6 +56,9 @@ pub struct Config {
     /// What the migration planner may choose.
     #[serde(default)]
     pub planner: crate::planner::Options,
+    /// How the lock is enforced in QEMU.
+    #[serde(default)]
+    pub blocker: BlockerOptions,
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
@@ -76,6 +86,23 @@ impl Default for Limits {
             burst: 400.0,
             hint_rate: 128.0,
             hint_burst: 128.0,
+        }
+    }
+}
+
+/// `[blocker]` in the configuration.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlockerOptions {
+    /// How long a VM stays blocked after its last hold ended, ms: a burst
+    /// of lock/unlock pairs then costs one blocker change.
+    pub linger_ms: u64,
+}
+
+impl Default for BlockerOptions {
+    fn default() -> Self {
+        BlockerOptions {
+            linger_ms: crate::blocker::DEFAULT_LINGER.as_millis() as u64,
         }
     }
 }
@@ -130,23 +157,6 @@ impl Link {
     }
 }
 
-/// The agent's QMP connection to a VM, dialled if there is none (QEMU
-/// takes one client per QMP socket, so the gate, `incoming` and the watcher
-/// share it).
-pub fn qmp_connected<'a>(
-    guard: &'a mut Option<Qmp>,
-    path: &std::path::Path,
-) -> Result<&'a mut Qmp, String> {
-    if guard.is_none() {
-        let q = UnixStream::connect(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(Qmp::handshake(s)?))
-            .map_err(|e| format!("QMP {}: {e:#}", path.display()))?;
-        *guard = Some(q);
-    }
-    guard.as_mut().ok_or_else(|| "QMP connection lost".into())
-}
-
 /// One VM's entry.
 pub struct Vm {
     /// Its configuration.
@@ -157,8 +167,30 @@ pub struct Vm {
     pub link: Mutex<Link>,
     /// Notified after every change of the ledger.
     pub changed: Condvar,
-    /// The agent's QMP connection to this VM's QEMU (one client at a time).
-    pub qmp: Mutex<Option<miglock_qmp::Qmp>>,
+    /// The agent's QMP connection to this VM's QEMU (QEMU takes one client
+    /// per socket: the watcher, lock decisions and migrations share it),
+    /// and, until the watcher takes it, its events from the first on.
+    pub monitor: Mutex<Option<(Monitor, Option<Receiver<Event>>)>>,
+    /// The migration blocker in this VM's QEMU. Held across the QMP calls
+    /// that change it, so they never interleave.
+    pub blocker: Mutex<crate::blocker::Blocker>,
+    /// Tells the libvirt metadata publisher whether the VM is blocked.
+    pub published: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
+}
+
+impl Vm {
+    /// Says whether the VM is blocked to whoever follows it (the libvirt
+    /// metadata publisher).
+    pub fn blocked(&self, blocked: bool) {
+        if let Some(tx) = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(blocked);
+        }
+    }
 }
 
 /// The agent.
@@ -173,6 +205,8 @@ pub struct Agent {
     pub limits: Limits,
     /// What the migration planner may choose.
     pub planner: crate::planner::Options,
+    /// How the lock is enforced in QEMU.
+    pub blocker: BlockerOptions,
     state_path: PathBuf,
     save_lock: Mutex<()>,
 }
@@ -201,7 +235,9 @@ impl Agent {
                 ledger: Mutex::new(ledger),
                 link: Mutex::new(Link::default()),
                 changed: Condvar::new(),
-                qmp: Mutex::new(None),
+                monitor: Mutex::new(None),
+                blocker: Mutex::new(crate::blocker::Blocker::default()),
+                published: Mutex::new(None),
             };
             vms.insert(vc.name.clone(), Arc::new(vm));
         }
@@ -211,9 +247,41 @@ impl Agent {
             epoch: epoch(),
             limits: config.limits,
             planner: config.planner,
+            blocker: config.blocker,
             state_path: config.state.clone(),
             save_lock: Mutex::new(()),
         })
+    }
+
+    /// The agent's QMP connection to `vm`'s QEMU, dialled if there is none
+    /// or the last one closed (a new QEMU process).
+    pub fn monitor(&self, vm: &Vm) -> Result<Monitor, String> {
+        let Some(path) = vm.config.qmp.as_ref() else {
+            return Err(format!(
+                "VM '{}' has no QMP socket configured",
+                vm.config.name
+            ));
+        };
+        let mut m = vm.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((mon, _)) = m.as_ref().filter(|(m, _)| m.closed().is_none()) {
+            return Ok(mon.clone());
+        }
+        let (mon, events) = UnixStream::connect(path)
+            .map_err(miglock_qmp::Error::from)
+            .and_then(Monitor::connect)
+            .map_err(|e| format!("QMP {}: {e}", path.display()))?;
+        *m = Some((mon.clone(), Some(events)));
+        Ok(mon)
+    }
+
+    /// The events of `vm`'s current QMP connection from its first on, once
+    /// (for the watcher); `None` if already taken.
+    pub fn take_events(&self, vm: &Vm) -> Option<Receiver<Event>> {
+        vm.monitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|(_, events)| events.take())
     }
 
     /// The VM called `name`.
@@ -272,10 +340,10 @@ impl Agent {
     /// guest answers with its whole state. False if not connected.
     pub fn announce(&self, vm: &Vm) -> bool {
         let welcome = self.welcome(vm);
-        vm.link
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(&welcome, 0)
+        let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+        // The answer is a resync, recorded even if nothing changed.
+        link.synced = false;
+        link.send(&welcome, 0)
     }
 
     /// Sends `vm`'s guest a notice; false if it is not connected.

@@ -2,11 +2,15 @@
 
 //! The append-only audit log: one JSON object per line, synced to disk
 //! before the decision it records takes effect elsewhere.
+//!
+//! Each record is one `write(2)`, so a kill leaves at most one torn line at
+//! the end (a record whose decision nobody saw: the agent answers after the
+//! record is on disk). A starting agent cuts such a tail off and says so.
 
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
@@ -25,21 +29,51 @@ pub struct Audit {
     watchers: Mutex<Vec<Sender<Value>>>,
 }
 
+/// Cuts a torn last line (no newline) off `f`; returns what it cut.
+fn repair(f: &mut File) -> std::io::Result<Vec<u8>> {
+    let len = f.metadata()?.len();
+    // A record is far shorter than this: the last newline is in it.
+    let tail_len = len.min(1 << 20);
+    f.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    Read::by_ref(f).take(tail_len).read_to_end(&mut tail)?;
+    if tail.last().is_none_or(|&b| b == b'\n') {
+        return Ok(Vec::new());
+    }
+    let keep = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let torn = tail.split_off(keep);
+    f.set_len(len - torn.len() as u64)?;
+    f.sync_data()?;
+    Ok(torn)
+}
+
 impl Audit {
-    /// Opens (creating) the log for appending.
+    /// Opens (creating) the log for appending, cutting off a record a kill
+    /// tore (and recording that it did).
     pub fn open(path: &Path) -> Result<Audit> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .with_context(|| format!("opening audit log {}", path.display()))?;
-        Ok(Audit {
+        let torn = repair(&mut file).with_context(|| format!("repairing {}", path.display()))?;
+        let audit = Audit {
             file: Mutex::new(file),
             watchers: Mutex::new(Vec::new()),
-        })
+        };
+        if !torn.is_empty() {
+            let start: String = String::from_utf8_lossy(&torn).chars().take(120).collect();
+            audit.record(
+                "-",
+                "audit-repaired",
+                json!({"dropped_bytes": torn.len(), "torn_record_began": start}),
+            );
+        }
+        Ok(audit)
     }
 
     /// Records `event` for `vm` with `fields`; returns the record.
@@ -52,10 +86,16 @@ impl Audit {
             rec.extend(f);
         }
         let rec = Value::Object(rec);
+        let mut line = rec.to_string();
+        line.push('\n');
         {
             let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            // A failing disk must not take the agent down; it is reported.
-            if writeln!(f, "{rec}").and_then(|()| f.sync_data()).is_err() {
+            // One write(2) per record: a kill cannot interleave two. A
+            // failing disk must not take the agent down; it is reported.
+            if f.write_all(line.as_bytes())
+                .and_then(|()| f.sync_data())
+                .is_err()
+            {
                 eprintln!("miglockd: cannot write the audit log");
             }
         }
@@ -72,5 +112,37 @@ impl Audit {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_reported() {
+        let dir = std::env::temp_dir().join(format!("miglockd-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        std::fs::write(&path, "{\"event\":\"lock\",\"hold\":1}\n{\"event\":\"unl").unwrap();
+        let a = Audit::open(&path).unwrap();
+        a.record("vm", "after", json!({}));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let recs: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is a whole record"))
+            .collect();
+        assert_eq!(recs.len(), 3, "{text}");
+        assert_eq!(recs[0]["event"], "lock");
+        assert_eq!(recs[1]["event"], "audit-repaired");
+        assert_eq!(recs[1]["dropped_bytes"], 13);
+        assert_eq!(recs[2]["event"], "after");
+        // A whole log is left as it is.
+        drop(a);
+        let before = std::fs::read(&path).unwrap();
+        drop(Audit::open(&path).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The control socket: one JSON request per line from miglockctl, answered
-//! with JSON lines (see `miglock-control`). Only root can reach it (mode
-//! 0600), since it can force migrations.
+//! with JSON lines (see `miglock-control`). Only its owner (root) can reach
+//! it, since it can force migrations: it is created with mode 0600, never
+//! wider, not even for a moment.
 
 use crate::agent::{Agent, Vm};
 use crate::audit::now_ms;
@@ -11,20 +12,30 @@ use miglock_abi::wire::Notice;
 use miglock_control::{PolicyUpdate, Reply, Request};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Binds the control socket.
+/// Binds the control socket, mode 0600 from the start (a directory it
+/// creates for it is 0700).
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
     }
     let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    // bind(2) creates the socket file with the umask's mode: a chmod after
+    // it would leave a moment in which anyone could connect. Called before
+    // any other thread starts, so the umask is ours alone.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let l = UnixListener::bind(path);
+    rustix::process::umask(old);
+    Ok(l?)
 }
 
 /// Serves control connections, one thread each.
@@ -71,6 +82,14 @@ fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
 
 /// One VM's state as miglockctl shows it.
 pub fn vm_status(vm: &Vm) -> Value {
+    // The blocker before the ledger: never the other way round (a lock
+    // decision holds the blocker while it reads the ledger).
+    let blocker = vm
+        .blocker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .node
+        .clone();
     let now = now_ms();
     let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
     let link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
@@ -93,6 +112,7 @@ pub fn vm_status(vm: &Vm) -> Value {
         "policy": l.policy,
         "boot_id": l.boot_id,
         "migration": l.migration.map(|m| format!("{m:?}")),
+        "blocker": blocker,
         "link": link.stats,
         "hint_ranges": link.hints.latest.as_ref().map_or(0, |b| b.ranges.len()),
     })
@@ -171,6 +191,8 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
         (p.clone(), true)
     });
     agent.audit.record(name, "policy", json!({ "policy": p }));
+    // A static lock is enforced in QEMU at once; lifting one frees it.
+    crate::enforce::reconcile(agent, vm);
     agent.notify(
         vm,
         Notice::PolicyChange {
@@ -193,4 +215,62 @@ fn watch(agent: &Agent, w: &mut UnixStream) -> std::io::Result<()> {
         send(w, &Reply::Event { event })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::inotify;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Under the loosest umask, the socket is born 0600: it ends 0600, and
+    /// no attribute change follows its creation (a chmod after bind(2),
+    /// which leaves it 0777 for a moment, would show as one).
+    #[test]
+    fn the_control_socket_is_private_from_birth() {
+        let dir = std::env::temp_dir().join(format!("miglockd-umask-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let watch = inotify::init(inotify::CreateFlags::NONBLOCK).unwrap();
+        inotify::add_watch(
+            &watch,
+            &dir,
+            inotify::WatchFlags::CREATE | inotify::WatchFlags::ATTRIB,
+        )
+        .unwrap();
+        let old = rustix::process::umask(rustix::fs::Mode::empty());
+        let l = bind(&dir.join("control.sock"));
+        rustix::process::umask(old);
+        let _l = l.unwrap();
+        let mode = std::fs::metadata(dir.join("control.sock"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut buf = [std::mem::MaybeUninit::uninit(); 1024];
+        let mut events = inotify::Reader::new(&watch, &mut buf);
+        let mut seen = Vec::new();
+        while let Ok(e) = events.next() {
+            seen.push(e.events());
+        }
+        assert_eq!(
+            seen,
+            [inotify::ReadFlags::CREATE],
+            "events on the socket: {seen:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_it_creates_is_private() {
+        let dir = std::env::temp_dir().join(format!("miglockd-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _l = bind(&dir.join("run/control.sock")).unwrap();
+        let mode = std::fs::metadata(dir.join("run"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,20 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The migration gate: a migration of a locked VM never starts unless
-//! forced (with a reason, audited); otherwise it runs over QMP and is
-//! followed to the end.
+//! The migration gate: `miglockctl migrate`. A migration of a locked VM
+//! never starts unless forced (with a reason, audited); otherwise it runs
+//! over QMP and is followed to the end.
 //!
-//! While QEMU is still copying (before the switchover) a new guest lock
-//! cancels the migration; after the switchover new locks are refused
+//! QEMU itself refuses a locked VM's migration from any client (the
+//! blocker, `enforce.rs`); the gate adds what only it can: waiting for the
+//! guest to unlock, forcing with a reason, planning, and a decision at the
+//! paused switchover. While QEMU is still copying a new guest lock cancels
+//! the migration; after the switchover new locks are refused
 //! (`REFUSE_MIGRATING`), since the guest is already on its way.
 
-use crate::agent::{qmp_connected, Agent, Vm};
+use crate::agent::{Agent, Vm};
 use crate::audit::now_ms;
+use crate::enforce;
+use crate::fence;
 use crate::ledger::Migration;
 use crate::planner::{self, Choice, Plan};
 use miglock_abi::wire::{Notice, FORCED_BY_ADMIN};
 use miglock_control::{MigrateRequest, Mode, Reply};
-use miglock_qmp::Qmp;
+use miglock_qmp::Monitor;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -66,21 +71,21 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
     if req.force && reason.trim().is_empty() {
         return err("--force needs --reason: forced migrations are audited with why");
     }
-    let Some(qmp_path) = vm.config.qmp.clone() else {
+    if vm.config.qmp.is_none() {
         return err(format!("VM '{name}' has no QMP socket configured"));
-    };
+    }
 
     // The gate. Checking and marking the migration happen under one lock,
     // so no lock can slip in between unnoticed.
     let (locked, reasons) = {
         let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
-        if l.migration.is_some() {
+        if l.gate || l.migration.is_some() {
             return err(format!("VM '{name}' is already migrating"));
         }
         let locked = l.locked(now);
         if !locked {
-            l.migration = Some(Migration::BeforeSwitchover);
+            l.gate = true;
         }
         (locked, l.reasons(now))
     };
@@ -100,7 +105,7 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
             agent.update(vm, |l, now| {
                 l.force_release(now);
                 l.policy.migration = true;
-                l.migration = Some(Migration::BeforeSwitchover);
+                l.gate = true;
                 ((), true)
             });
             say(
@@ -156,10 +161,10 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
                 ));
             }
             let raced = agent.update(vm, |l, now| {
-                if l.locked(now) || l.migration.is_some() {
+                if l.locked(now) || l.gate || l.migration.is_some() {
                     return (true, false);
                 }
-                l.migration = Some(Migration::BeforeSwitchover);
+                l.gate = true;
                 (false, false)
             });
             if raced {
@@ -178,7 +183,29 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
         }
     }
 
-    let r = run(agent, vm, req, &qmp_path, p);
+    let r = match agent.monitor(vm) {
+        Ok(mon) => {
+            let r = if req.force {
+                // The blocker is lifted for this migration only.
+                match enforce::suspend(agent, vm, &mon) {
+                    Ok(()) => run(agent, vm, req, &mon, p),
+                    Err(e) => err(format!("lifting the blocker: {e}")),
+                }
+            } else {
+                run(agent, vm, req, &mon, p)
+            };
+            if !matches!(r, Reply::Ok { .. }) {
+                // The VM stays: later migrations by other clients must not
+                // stop at a switchover nobody continues.
+                let _ = mon.execute(
+                    "migrate-set-capabilities",
+                    Some(json!({"capabilities": [{"capability": "pause-before-switchover", "state": false}]})),
+                );
+            }
+            r
+        }
+        Err(e) => err(e),
+    };
     agent.update(vm, |l, now| {
         if matches!(r, Reply::Ok { .. }) {
             // The guest now lives elsewhere; its lock state is the
@@ -187,25 +214,18 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
             l.boot_id = None;
         }
         l.migration = None;
+        l.gate = false;
         ((), true)
     });
+    if req.force {
+        enforce::resume(agent, vm);
+    }
     r
 }
 
-fn run(
-    agent: &Agent,
-    vm: &Vm,
-    req: &MigrateRequest,
-    qmp_path: &std::path::Path,
-    p: Progress<'_>,
-) -> Reply {
+fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<'_>) -> Reply {
     let name = req.vm.as_str();
-    // QEMU takes one client per QMP socket: use the agent's connection.
-    let mut guard = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
-    let qmp = match qmp_connected(&mut guard, qmp_path) {
-        Ok(q) => q,
-        Err(e) => return err(e),
-    };
+    let events = qmp.subscribe();
     let plan = match settings(agent, vm, req, qmp, p) {
         Ok(plan) => plan,
         Err(e) => return err(format!("setting up the migration: {e:#}")),
@@ -213,7 +233,12 @@ fn run(
     let choice = match (req.mode, &plan) {
         (Mode::Auto, Some(plan)) => plan.choice,
         (Mode::Postcopy, _) => Choice::Postcopy,
+        (Mode::PrecopyThenPostcopy, _) => Choice::PrecopyThenPostcopy,
         _ => Choice::Precopy,
+    };
+    let choice = match fenced(agent, name, req, qmp, choice, p) {
+        Ok(c) => c,
+        Err(reply) => return reply,
     };
     // QEMU stops at "pre-switchover" with the guest's vCPUs paused and waits
     // for migrate-continue: the one moment the lock can be checked without a
@@ -226,12 +251,35 @@ fn run(
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
     }
     let started = Instant::now();
-    let setup = qmp
-        .execute(
-            "migrate-set-capabilities",
-            Some(json!({ "capabilities": caps })),
-        )
-        .and_then(|_| qmp.execute("migrate", Some(json!({ "uri": req.to }))));
+    let setup = qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": caps })),
+    );
+    // A lock granted while the migration was being prepared stops it here
+    // (QEMU's blocker would too, with a less helpful message).
+    let relocked = {
+        let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        (!req.force && l.locked(now)).then(|| l.reasons(now))
+    };
+    if let Some(reasons) = relocked {
+        agent.audit.record(
+            name,
+            "migrate-refused",
+            json!({"why": "locked while preparing", "locks": reasons}),
+        );
+        return err(format!(
+            "refused: VM '{name}' is locked: {}",
+            reasons.join("; ")
+        ));
+    }
+    let setup = setup
+        .map_err(|e| e.to_string())
+        .and_then(|_| enforce::lift_lingering(agent, vm, qmp))
+        .and_then(|_| {
+            qmp.execute("migrate", Some(json!({ "uri": req.to })))
+                .map_err(|e| e.to_string())
+        });
     if let Err(e) = setup {
         agent
             .audit
@@ -249,8 +297,8 @@ fn run(
         postcopy_asked = true;
     }
     loop {
-        let tick = Instant::now() + Duration::from_millis(250);
-        let _ = qmp.wait_event(tick, |e| e.name == "MIGRATION");
+        // Any event, or none within a while, is a reason to look again.
+        let _ = events.recv_timeout(Duration::from_millis(250));
         let q = match qmp.execute("query-migrate", None) {
             Ok(q) => q,
             Err(e) => return err(format!("query-migrate: {e}")),
@@ -318,13 +366,52 @@ fn run(
     }
 }
 
+/// The mode to run on this QEMU: an asked one that would corrupt the guest
+/// here is refused; `auto` picks a safe one instead.
+fn fenced(
+    agent: &Agent,
+    name: &str,
+    req: &MigrateRequest,
+    qmp: &Monitor,
+    choice: Choice,
+    p: Progress<'_>,
+) -> Result<Choice, Reply> {
+    let version = qmp.execute("query-version", None);
+    let kvm = qmp.execute("query-kvm", None);
+    let (Ok(version), Ok(kvm)) = (version, kvm) else {
+        return Err(err("QEMU did not say its version or accelerator"));
+    };
+    let qemu = fence::Qemu::from_qmp(&version, &kvm);
+    if agent.planner.allow_fenced {
+        return Ok(choice);
+    }
+    if req.mode == Mode::Auto {
+        let (safe, why) = fence::safe(&qemu, choice);
+        if let Some(why) = why {
+            say(p, format!("plan: {why}"));
+            agent.audit.record(
+                name,
+                "migrate-fenced",
+                json!({"planned": choice, "runs": safe, "why": why}),
+            );
+        }
+        return Ok(safe);
+    }
+    fence::check(&qemu, choice).map(|()| choice).map_err(|why| {
+        agent
+            .audit
+            .record(name, "migrate-refused", json!({"why": why}));
+        err(format!("refused: {why}"))
+    })
+}
+
 /// Applies the request's bandwidth and downtime limit and, for `auto`,
 /// plans from the guest's latest hints; says what it chose and why.
 fn settings(
     agent: &Agent,
     vm: &Vm,
     req: &MigrateRequest,
-    qmp: &mut Qmp,
+    qmp: &Monitor,
     p: Progress<'_>,
 ) -> anyhow::Result<Option<Plan>> {
     let params = qmp.execute("query-migrate-parameters", None)?;
@@ -376,7 +463,7 @@ fn settings(
 
 /// Cancels the migration; `q`, the last `query-migrate`, adds how far it
 /// got to the audit record.
-fn cancel(agent: &Agent, vm: &Vm, qmp: &mut Qmp, why: &str, q: Option<&Value>) -> Reply {
+fn cancel(agent: &Agent, vm: &Vm, qmp: &Monitor, why: &str, q: Option<&Value>) -> Reply {
     let _ = qmp.execute("migrate_cancel", None);
     let reasons = vm
         .ledger

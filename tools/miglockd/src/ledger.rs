@@ -100,9 +100,13 @@ pub struct Ledger {
     pub usage: Vec<(u64, u64)>,
     /// The guest's boot id, once it said hello.
     pub boot_id: Option<u64>,
-    /// A migration in progress (not persisted across restarts).
+    /// Where QEMU's outgoing migration is, if one runs (not persisted
+    /// across restarts: QEMU tells a new agent).
     #[serde(skip)]
     pub migration: Option<Migration>,
+    /// The agent's own gate runs a migration (one at a time).
+    #[serde(skip)]
+    pub gate: bool,
 }
 
 /// Length of the union of `intervals` clipped to `[from, to)`.
@@ -173,6 +177,28 @@ impl Ledger {
             ));
         }
         out
+    }
+
+    /// Why it is locked, in a word QEMU's blocker can carry (the first
+    /// live hold's reason, or where the lock comes from).
+    pub fn blocker_reason(&self, now: u64) -> &'static str {
+        if let Some((_, h)) = self.live_holds(now).next() {
+            return miglock_abi::types::Reason::from_u32(h.reason)
+                .map_or("guest-lock", |r| r.name());
+        }
+        if !self.policy.migration {
+            "static-policy"
+        } else if self.reported.static_lock {
+            "static-lock"
+        } else {
+            "guest-lock"
+        }
+    }
+
+    /// Takes back a grant the host could not enforce, as if it had never
+    /// been made.
+    pub fn revoke(&mut self, hold: u32) {
+        self.holds.remove(&hold);
     }
 
     /// Locked time used in the current quota window.

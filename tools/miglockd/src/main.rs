@@ -8,14 +8,19 @@
 
 mod agent;
 mod audit;
+mod blocker;
 mod control;
+mod enforce;
+mod fence;
 mod gate;
 mod hints;
 mod incoming;
 mod ledger;
+mod libvirt;
 mod planner;
 mod session;
 mod store;
+mod watcher;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -54,7 +59,13 @@ fn main() -> Result<()> {
         let (a, v, s) = (agent.clone(), vm.clone(), stop.clone());
         std::thread::spawn(move || session::run(a, v, s));
         let (a, v, s) = (agent.clone(), vm.clone(), stop.clone());
-        std::thread::spawn(move || session::watch_qmp(a, v, s));
+        std::thread::spawn(move || watcher::run(a, v, s));
+        if vm.config.libvirt.is_some() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            *vm.published.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+            let (a, v) = (agent.clone(), vm.clone());
+            std::thread::spawn(move || libvirt::publisher(a, v, rx));
+        }
     }
     control::serve(agent, listener);
     Ok(())

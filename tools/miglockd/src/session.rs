@@ -88,66 +88,6 @@ pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Watches `vm`'s QEMU over QMP: when the VM starts running here (boot, or
-/// the end of an incoming migration), announces the agent to the guest so
-/// that it resends its state to this host's agent, which from then on owns
-/// it.
-pub fn watch_qmp(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
-    let Some(path) = vm.config.qmp.clone() else {
-        return;
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let resumed = {
-            let mut q = vm.qmp.lock().unwrap_or_else(|e| e.into_inner());
-            if q.is_none() {
-                if let Ok(qmp) = crate::agent::qmp_connected(&mut q, &path) {
-                    stuck_switchover(&agent, &vm, qmp);
-                }
-            }
-            match q.as_mut() {
-                None => None,
-                Some(qmp) => match qmp
-                    .wait_event(Instant::now() + Duration::from_millis(200), |e| {
-                        e.name == "RESUME"
-                    }) {
-                    Ok(ev) => Some(ev.is_some()),
-                    Err(_) => {
-                        *q = None;
-                        None
-                    }
-                },
-            }
-        };
-        match resumed {
-            Some(true) => {
-                let told = agent.announce(&vm);
-                agent
-                    .audit
-                    .record(&vm.config.name, "vm-resumed", json!({"guest_told": told}));
-            }
-            Some(false) => {}
-            None => std::thread::sleep(REDIAL), // redial pacing
-        }
-    }
-}
-
-/// A migration left paused at "pre-switchover" (its agent died while
-/// deciding) is cancelled, so the guest runs on here: nobody checked the
-/// lock for it.
-fn stuck_switchover(agent: &Agent, vm: &Vm, qmp: &mut miglock_qmp::Qmp) {
-    let Ok(q) = qmp.execute("query-migrate", None) else {
-        return;
-    };
-    if q["status"] == "pre-switchover" {
-        let _ = qmp.execute("migrate_cancel", None);
-        agent.audit.record(
-            &vm.config.name,
-            "migrate-cancelled",
-            json!({"why": "found paused before the switchover by a restarted agent"}),
-        );
-    }
-}
-
 /// Serves one connection; returns why it ended.
 fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> String {
     let name = vm.config.name.as_str();
@@ -304,13 +244,21 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             let text = check_label(&label)
                 .ok()
                 .and_then(|t| std::str::from_utf8(t).ok());
-            // Each decision is in the audit log before anyone can see it.
+            // Each decision is in the audit log before anyone can see it,
+            // and a grant only once QEMU enforces it.
             let verdict = match (Reason::from_u32(reason), text) {
-                (Some(_), Some(text)) => agent.update(vm, |l, now| {
-                    let v = l.lock(hold, reason, text, lease_ms, now);
+                (Some(_), Some(text)) => {
+                    let (v, why) = agent.update(vm, |l, now| {
+                        let v = l.lock(hold, reason, text, lease_ms, now);
+                        ((v, l.blocker_reason(now)), matches!(v, Verdict::Granted(_)))
+                    });
+                    let v = match v {
+                        Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
+                        refused => refused,
+                    };
                     decide(agent, name, "lock", hold, reason, text, lease_ms, v);
-                    (v, matches!(v, Verdict::Granted(_)))
-                }),
+                    v
+                }
                 _ => {
                     let v = Verdict::Refused(wire::REFUSE_INVALID);
                     decide(agent, name, "lock", hold, reason, "?", lease_ms, v);
@@ -320,15 +268,19 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             reply(decision(verdict));
         }
         Message::Renew { hold, lease_ms } => {
-            let verdict = agent.update(vm, |l, now| {
+            let (v, why) = agent.update(vm, |l, now| {
                 let v = match l.holds.get(&hold).filter(|h| h.until_ms > now).cloned() {
                     Some(h) => l.lock(hold, h.reason, &h.label, lease_ms, now),
                     None => Verdict::Refused(wire::REFUSE_INVALID),
                 };
-                decide(agent, name, "renew", hold, 0, "", lease_ms, v);
-                (v, true)
+                ((v, l.blocker_reason(now)), true)
             });
-            reply(decision(verdict));
+            let v = match v {
+                Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
+                refused => refused,
+            };
+            decide(agent, name, "renew", hold, 0, "", lease_ms, v);
+            reply(decision(v));
         }
         Message::Unlock { hold } => {
             agent.update(vm, |l, now| {
@@ -369,6 +321,9 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                 }
                 ((), changed)
             });
+            // Holds the guest took while the host was away, or on another
+            // host, are enforced here too.
+            crate::enforce::reconcile(agent, vm);
         }
         Message::Workload {
             batch,
@@ -400,6 +355,21 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
         }
     }
     true
+}
+
+/// A grant stands once QEMU carries the blocker; otherwise it is taken
+/// back and refused with why.
+fn enforced(agent: &Agent, vm: &Vm, hold: u32, why: &str, v: Verdict) -> Verdict {
+    match crate::enforce::ensure(agent, vm, why) {
+        Ok(()) => v,
+        Err(e) => {
+            agent.update(vm, |l, _| {
+                l.revoke(hold);
+                ((), true)
+            });
+            Verdict::Refused(e.reason())
+        }
+    }
 }
 
 fn decision(v: Verdict) -> Message<'static> {

@@ -377,46 +377,61 @@ fn a_hostile_guest_never_affects_another_vm() {
     assert_eq!(st["data"]["vms"]["good"]["locked"], false);
 }
 
-/// The libvirt hook: passes other operations, allows an unlocked VM, refuses
-/// a locked one with the reasons, and by default does not block when the
-/// agent cannot be reached.
+/// The libvirt hook decides from the domain XML libvirt hands it: it
+/// passes other operations and other VMs, allows an unlocked miglock VM,
+/// refuses a locked one naming the lock, and fails closed when a miglock
+/// VM's state cannot be read, unless its configuration (beside it) says
+/// otherwise.
 #[test]
-fn libvirt_hook_follows_the_lock() {
+fn libvirt_hook_decides_from_the_domain_xml() {
     let dir = setup("hook");
-    let good = listen(&dir.join("good.sock"));
-    let _bad = listen(&dir.join("bad.sock"));
-    let agent = Agent::start(&dir);
-    let mut g = Guest::accept(&good);
-    agent.control(json!({"cmd": "status"})); // the agent is up
-    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../libvirt/qemu");
-    let run = |socket: &Path, args: &[&str]| {
-        Command::new("sh")
-            .arg(&hook)
+    let hook = dir.join("qemu");
+    std::fs::copy(env!("CARGO_BIN_EXE_miglock-libvirt-hook"), &hook).unwrap();
+    let run = |args: &[&str], xml: &str| {
+        let mut c = Command::new(&hook)
             .args(args)
-            .env("MIGLOCKCTL", env!("CARGO_BIN_EXE_miglockctl"))
-            .env("MIGLOCKD_SOCKET", socket)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
     };
-    let sock = dir.join("control.sock");
-    assert!(run(&sock, &["good", "start", "begin", "-"])
-        .status
-        .success());
-    assert!(run(&sock, &["good", "migrate", "begin", "-"])
-        .status
-        .success());
-    assert!(g.lock(1, "hooked", 10_000).0);
-    let out = run(&sock, &["good", "migrate", "begin", "-"]);
+    let ns = miglock_control::LIBVIRT_NAMESPACE;
+    let xml = |meta: &str| {
+        format!(
+            "<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>g</name>\
+             <metadata>{meta}</metadata><qemu:commandline>\
+             <qemu:arg value='socket,id=miglock-bell,path=/run/x.sock,server=on'/>\
+             </qemu:commandline></domain>"
+        )
+    };
+    let locked = xml(&format!(
+        "<m:lock xmlns:m='{ns}' locked='yes' reasons='guest hold 1: critical-operation &quot;hooked&quot;'/>"
+    ));
+    let unlocked = xml(&format!("<m:lock xmlns:m='{ns}' locked='no' reasons=''/>"));
+    let begin = ["g", "migrate", "begin", "-"];
+    assert!(run(&["g", "start", "begin", "-"], &locked).status.success());
+    assert!(run(&begin, &unlocked).status.success());
+    let out = run(&begin, &locked);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("hooked"),
         "{out:?}"
     );
-    let away = dir.join("nobody.sock");
-    assert!(run(&away, &["good", "migrate", "begin", "-"])
+    // Not a miglock VM: none of its business.
+    assert!(run(&begin, "<domain><name>other</name></domain>")
         .status
         .success());
+    // A miglock VM without state: refused, unless configured to allow.
+    let unknown = xml("");
+    assert_eq!(run(&begin, &unknown).status.code(), Some(1));
+    assert_eq!(run(&begin, "not xml").status.code(), Some(1));
+    std::fs::write(dir.join("miglock.toml"), "unknown = \"allow\"\n").unwrap();
+    assert!(run(&begin, &unknown).status.success());
+    std::fs::write(dir.join("miglock.toml"), "unknown = \"maybe\"\n").unwrap();
+    assert_eq!(run(&begin, &unknown).status.code(), Some(1));
 }
 
 /// `watch` streams each audit record as it is written.

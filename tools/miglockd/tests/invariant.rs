@@ -6,9 +6,11 @@
 //!
 //! The real miglockd runs against a scripted guest and a fake QEMU monitor
 //! that walks each migration through active → pre-switchover → (continue)
-//! → completed. Two independent checks: replaying the agent's audit log (a
-//! total order of grants, unlocks and switchover decisions), and the guest's
-//! own view at the moment the fake QEMU receives `migrate-continue`.
+//! → completed, and keeps migration blockers as QEMU does (none added while
+//! a migration runs; none migrates while one is there). Two independent
+//! checks: replaying the agent's audit log (a total order of grants,
+//! unlocks and switchover decisions), and the guest's own view at the
+//! moment the fake QEMU receives `migrate-continue`.
 
 use miglock_abi::wire::{self, Decoder, Event, Header, Message};
 use serde_json::{json, Value};
@@ -42,16 +44,48 @@ fn fake_qemu(path: &Path, held: Held, log: Arc<Mutex<QemuLog>>, seed: u64) {
             let _ = writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#);
             let mut state = "none".to_string();
             let mut polls = 0;
+            let mut blockers: Vec<String> = Vec::new();
+            let mut fdsets = 0u64;
             for line in BufReader::new(conn).lines() {
                 let Ok(line) = line else { break };
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     break;
                 };
                 let cmd = v["execute"].as_str().unwrap_or("").to_string();
-                let reply = match cmd.as_str() {
-                    "migrate" if state == "active" || state == "pre-switchover" => {
+                let running = state == "active" || state == "pre-switchover";
+                let mut reply = match cmd.as_str() {
+                    "migrate" if running => {
                         json!({"error": {"class": "GenericError", "desc": "migration in progress"}})
                     }
+                    "migrate" if !blockers.is_empty() => {
+                        json!({"error": {"class": "GenericError", "desc": "blocked"}})
+                    }
+                    "blockdev-add" if running => {
+                        json!({"error": {"class": "GenericError", "desc": "disallowing migration blocker (migration/snapshot in progress)"}})
+                    }
+                    "blockdev-add" => {
+                        blockers.push(v["arguments"]["node-name"].as_str().unwrap_or("").into());
+                        json!({"return": {}})
+                    }
+                    "blockdev-del" => {
+                        blockers.retain(|b| v["arguments"]["node-name"] != b.as_str());
+                        json!({"return": {}})
+                    }
+                    "add-fd" => {
+                        fdsets += 1;
+                        json!({"return": {"fdset-id": fdsets, "fd": 3}})
+                    }
+                    "query-named-block-nodes" => {
+                        let nodes: Vec<Value> =
+                            blockers.iter().map(|b| json!({"node-name": b})).collect();
+                        json!({ "return": nodes })
+                    }
+                    "query-fdsets" => json!({"return": []}),
+                    "query-status" => json!({"return": {"status": "running", "running": true}}),
+                    "query-version" => {
+                        json!({"return": {"qemu": {"major": 10, "minor": 0, "micro": 2}}})
+                    }
+                    "query-kvm" => json!({"return": {"enabled": false, "present": false}}),
                     "migrate" => {
                         state = "active".into();
                         polls = rng.u32(0..10);
@@ -93,6 +127,7 @@ fn fake_qemu(path: &Path, held: Held, log: Arc<Mutex<QemuLog>>, seed: u64) {
                     }
                     _ => json!({"return": {}}),
                 };
+                reply["id"] = v["id"].clone();
                 if writeln!(w, "{reply}").is_err() {
                     break;
                 }

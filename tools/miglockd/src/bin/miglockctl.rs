@@ -62,7 +62,8 @@ enum Cmd {
         /// Destination URI, e.g. tcp:127.0.0.1:4444.
         #[arg(long)]
         to: String,
-        /// precopy, postcopy, or auto (planned from the guest's hints).
+        /// precopy, postcopy, precopy-then-postcopy (alias hybrid), or auto
+        /// (planned from the guest's hints).
         #[arg(long, default_value = "precopy", value_parser = mode)]
         mode: Mode,
         /// Bandwidth cap, bytes/s with an optional K/M/G suffix (binary).
@@ -158,8 +159,11 @@ fn mode(s: &str) -> Result<Mode, String> {
     match s {
         "precopy" => Ok(Mode::Precopy),
         "postcopy" => Ok(Mode::Postcopy),
+        "precopy-then-postcopy" | "hybrid" => Ok(Mode::PrecopyThenPostcopy),
         "auto" => Ok(Mode::Auto),
-        _ => Err(format!("unknown mode '{s}' (precopy, postcopy or auto)")),
+        _ => Err(format!(
+            "unknown mode '{s}' (precopy, postcopy, precopy-then-postcopy or auto)"
+        )),
     }
 }
 

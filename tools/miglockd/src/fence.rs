@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! QEMU builds whose migrations are known to corrupt guests, fenced.
+//!
+//! Debian 12's QEMU 7.2 under TCG loses pages from the dirty log: a
+//! pre-copy of a guest that writes "converges" early and the destination
+//! runs on stale memory (oopses, lists poisoned, workload pages wrong), in
+//! 1- and 2-vCPU guests, with and without the module. Post-copy from the
+//! start sends each page once, after the switchover, and survived every
+//! run; QEMU 10.0 survived every mode (Documentation/host-agent.rst,
+//! "Which QEMU"). So on a QEMU older than the first one known good, under
+//! TCG, the agent runs no mode that relies on the dirty log: it refuses
+//! pre-copy and pre-copy then post-copy, and `auto` plans post-copy. KVM
+//! keeps its own dirty log and is not fenced.
+
+use crate::planner::Choice;
+use serde_json::Value;
+
+/// The first QEMU known to track dirty pages correctly under TCG here.
+pub const FIRST_KNOWN_GOOD: (u64, u64, u64) = (10, 0, 0);
+
+/// What the gate needs to know of a QEMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Qemu {
+    /// `query-version`'s major, minor, micro.
+    pub version: (u64, u64, u64),
+    /// Whether it runs the guest under KVM (else TCG).
+    pub kvm: bool,
+}
+
+impl Qemu {
+    /// From `query-version` and `query-kvm`.
+    pub fn from_qmp(version: &Value, kvm: &Value) -> Qemu {
+        let q = &version["qemu"];
+        let n = |k: &str| q[k].as_u64().unwrap_or(0);
+        Qemu {
+            version: (n("major"), n("minor"), n("micro")),
+            kvm: kvm["enabled"] == true,
+        }
+    }
+
+    /// Whether its dirty log can be trusted.
+    pub fn dirty_log_trusted(&self) -> bool {
+        self.kvm || self.version >= FIRST_KNOWN_GOOD
+    }
+
+    fn name(&self) -> String {
+        let (a, b, c) = self.version;
+        format!(
+            "QEMU {a}.{b}.{c} under {}",
+            if self.kvm { "KVM" } else { "TCG" }
+        )
+    }
+}
+
+/// Whether `choice` relies on the dirty log.
+fn uses_dirty_log(choice: Choice) -> bool {
+    matches!(choice, Choice::Precopy | Choice::PrecopyThenPostcopy)
+}
+
+/// Refuses an explicitly asked `choice` that would corrupt guests on `q`.
+pub fn check(q: &Qemu, choice: Choice) -> Result<(), String> {
+    if q.dirty_log_trusted() || !uses_dirty_log(choice) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} loses pages from its dirty log, so a {} can corrupt a guest that writes; \
+         use --mode postcopy, or QEMU {}.{} or later (see \"Which QEMU\" in \
+         Documentation/host-agent.rst)",
+        q.name(),
+        match choice {
+            Choice::Precopy => "pre-copy",
+            _ => "pre-copy then post-copy",
+        },
+        FIRST_KNOWN_GOOD.0,
+        FIRST_KNOWN_GOOD.1
+    ))
+}
+
+/// What a plan becomes on `q`: a mode that does not rely on the dirty log,
+/// and why, if it had to change.
+pub fn safe(q: &Qemu, choice: Choice) -> (Choice, Option<String>) {
+    if check(q, choice).is_ok() {
+        return (choice, None);
+    }
+    (
+        Choice::Postcopy,
+        Some(format!(
+            "{} is fenced: its dirty log loses pages, post-copy instead",
+            q.name()
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn q(v: (u64, u64, u64), kvm: bool) -> Qemu {
+        Qemu { version: v, kvm }
+    }
+
+    #[test]
+    fn reads_qmp() {
+        let v = json!({"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "Debian"});
+        assert_eq!(
+            Qemu::from_qmp(&v, &json!({"enabled": false, "present": true})),
+            q((7, 2, 22), false)
+        );
+    }
+
+    #[test]
+    fn old_tcg_refuses_what_uses_the_dirty_log() {
+        let old = q((7, 2, 22), false);
+        assert!(check(&old, Choice::Precopy).is_err());
+        assert!(check(&old, Choice::PrecopyThenPostcopy).is_err());
+        assert!(check(&old, Choice::Postcopy).is_ok());
+        assert_eq!(safe(&old, Choice::Precopy).0, Choice::Postcopy);
+        assert!(check(&old, Choice::Precopy)
+            .unwrap_err()
+            .contains("QEMU 7.2.22 under TCG"));
+    }
+
+    #[test]
+    fn kvm_and_known_good_qemu_are_not_fenced() {
+        for good in [
+            q((7, 2, 22), true),
+            q((10, 0, 2), false),
+            q((10, 1, 0), false),
+        ] {
+            assert!(check(&good, Choice::Precopy).is_ok());
+            assert_eq!(
+                safe(&good, Choice::PrecopyThenPostcopy),
+                (Choice::PrecopyThenPostcopy, None)
+            );
+        }
+        assert!(check(&q((9, 2, 0), false), Choice::Precopy).is_err());
+    }
+}

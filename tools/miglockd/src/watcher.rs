@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What QEMU says about a VM, followed for as long as it runs: every
+//! migration, whoever started it (our CLI, libvirt, any QMP client), is
+//! observed and audited and moves the ledger's view of it; the VM resuming
+//! here (boot, or the end of an incoming migration) makes the agent
+//! announce itself so the guest resends its state; and the blocker is kept
+//! in step with the lock ([`crate::enforce::reconcile`]).
+
+use crate::agent::{Agent, Vm};
+use crate::audit::now_ms;
+use crate::enforce;
+use crate::ledger::Migration;
+use crate::session::REDIAL;
+use miglock_qmp::{Event, Monitor};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest time between two looks at the ledger (leases end on their own).
+const TICK: Duration = Duration::from_millis(500);
+
+/// Which way a migration QEMU reports goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// The VM leaves this host.
+    Out,
+    /// The VM arrives here.
+    In,
+}
+
+/// Follows `vm`'s QEMU until `stop` is set: dial, follow, redial.
+pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
+    if vm.config.qmp.is_none() {
+        return;
+    }
+    let name = vm.config.name.clone();
+    let mut unreachable: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mon = match agent.monitor(&vm) {
+            Ok(m) => m,
+            Err(e) => {
+                // Said once per outage, not every redial.
+                if unreachable.as_deref() != Some(e.as_str()) {
+                    agent.audit.record(
+                        &name,
+                        "qmp-link",
+                        json!({"state": "unreachable", "error": e}),
+                    );
+                    unreachable = Some(e);
+                }
+                std::thread::sleep(REDIAL); // redial pacing, not synchronisation
+                continue;
+            }
+        };
+        agent
+            .audit
+            .record(&name, "qmp-link", json!({"state": "connected"}));
+        unreachable = None;
+        follow(&agent, &vm, &mon, &stop);
+    }
+}
+
+/// Follows one QMP connection until it closes or `stop`.
+fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
+    let events = agent.take_events(vm).unwrap_or_else(|| mon.subscribe());
+    on_connect(agent, vm, mon);
+    // A QEMU started to receive a VM says so until it has: what it reports
+    // of a migration until then is the VM arriving.
+    let mut direction = enforce::incoming(mon).then_some(Direction::In);
+    let mut last_status = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        let due = enforce::reconcile(agent, vm);
+        let next_end = {
+            let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+            let now = now_ms();
+            l.live_holds(now)
+                .map(|(_, h)| h.until_ms)
+                .chain([l.reported.until_ms])
+                .filter(|&t| t > now)
+                .min()
+                .map(|t| Instant::now() + Duration::from_millis(t - now))
+        };
+        let wake = [due, next_end]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(TICK, |t| {
+                t.saturating_duration_since(Instant::now()).min(TICK)
+            });
+        match events.recv_timeout(wake) {
+            Ok(ev) => on_event(agent, vm, mon, &ev, &mut direction, &mut last_status),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let why = mon.closed().unwrap_or_default();
+                agent.audit.record(
+                    &vm.config.name,
+                    "qmp-link",
+                    json!({"state": "disconnected", "why": why}),
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// A new connection: events on, a migration a dead agent left paused is
+/// settled, and the blocker adopted.
+fn on_connect(agent: &Agent, vm: &Vm, mon: &Monitor) {
+    // MIGRATION events are what every later step follows; QEMU takes the
+    // capability only between migrations, and keeps it.
+    let _ = mon.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
+    );
+    // Where a migration is belongs to the QEMU process: learn it afresh.
+    let status = crate::blocker::migration_status(mon).unwrap_or_default();
+    agent.update(vm, |l, _| {
+        l.migration = if enforce::past_switchover(&status) && !enforce::running(mon) {
+            Some(Migration::AfterSwitchover)
+        } else if enforce::in_flight(&status) && !enforce::incoming(mon) {
+            Some(Migration::BeforeSwitchover)
+        } else {
+            None
+        };
+        ((), false)
+    });
+    stuck_switchover(agent, vm, mon);
+    enforce::adopt(agent, vm, mon);
+}
+
+/// A migration left paused at "pre-switchover" by an agent that died while
+/// deciding is cancelled if the VM is locked, so the guest runs on here.
+fn stuck_switchover(agent: &Agent, vm: &Vm, mon: &Monitor) {
+    let paused = crate::blocker::migration_status(mon).is_ok_and(|s| s == "pre-switchover");
+    let locked = vm
+        .ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .locked(now_ms());
+    if paused && locked {
+        let _ = mon.execute("migrate_cancel", None);
+        agent.audit.record(
+            &vm.config.name,
+            "migrate-cancelled",
+            json!({"why": "found paused before the switchover of a locked VM"}),
+        );
+    }
+}
+
+fn on_event(
+    agent: &Agent,
+    vm: &Vm,
+    mon: &Monitor,
+    ev: &Event,
+    direction: &mut Option<Direction>,
+    last: &mut String,
+) {
+    let name = vm.config.name.as_str();
+    match ev.name.as_str() {
+        "RESUME" => {
+            // Running here: whatever migration there was is over for us.
+            agent.update(vm, |l, _| {
+                let was = l.migration.take();
+                ((), was.is_some())
+            });
+            let told = agent.announce(vm);
+            agent
+                .audit
+                .record(name, "vm-resumed", json!({"guest_told": told}));
+        }
+        "MIGRATION" => {
+            let status = ev.data["status"].as_str().unwrap_or("").to_string();
+            if status == *last {
+                return;
+            }
+            *last = status.clone();
+            if direction.is_none() {
+                *direction = Some(if enforce::incoming(mon) {
+                    Direction::In
+                } else {
+                    Direction::Out
+                });
+            }
+            // A source is paused once it completed; a VM running here after
+            // "completed" arrived (a watcher that joined late can tell).
+            if status == "completed" && *direction == Some(Direction::Out) && enforce::running(mon)
+            {
+                *direction = Some(Direction::In);
+            }
+            if *direction == Some(Direction::In) {
+                agent
+                    .audit
+                    .record(name, "incoming-observed", json!({"status": status}));
+                if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+                    *direction = None;
+                }
+                return;
+            }
+            observed_outgoing(agent, vm, &status);
+            if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+                *direction = None;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An outgoing migration's new status: the ledger learns where it is (a
+/// lock then cancels it, or is refused), and the audit log says so.
+fn observed_outgoing(agent: &Agent, vm: &Vm, status: &str) {
+    let name = vm.config.name.as_str();
+    let (by_agent, locked) = agent.update(vm, |l, now| {
+        let locked = l.locked(now);
+        let next = if enforce::past_switchover(status) {
+            Some(Migration::AfterSwitchover)
+        } else if enforce::in_flight(status) {
+            Some(Migration::BeforeSwitchover)
+        } else {
+            None
+        };
+        // The gate marks its own switchover itself, before QEMU moves on.
+        if l.migration != Some(Migration::AfterSwitchover) || next.is_none() {
+            l.migration = next;
+        }
+        let changed = status == "completed" && (!l.holds.is_empty() || l.boot_id.is_some());
+        if status == "completed" {
+            // The guest now lives elsewhere: its lock state is the
+            // destination agent's.
+            l.force_release(now);
+            l.boot_id = None;
+        }
+        ((l.gate, locked), changed)
+    });
+    let mut rec = json!({"status": status, "by_agent": by_agent});
+    if locked && status == "completed" {
+        // Never expected: the blocker stops such a migration. Loud if it
+        // happens all the same (a forced one clears the lock first).
+        rec["while_locked"] = json!(true);
+    }
+    agent.audit.record(name, "migrate-observed", rec);
+}

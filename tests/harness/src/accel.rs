@@ -39,7 +39,6 @@ pub fn resolve(choice: Choice, env: &Env<'_>) -> Accel {
             let env = Env {
                 accel: Accel::Kvm,
                 echo: Echo::Off,
-                progress: false,
                 dir: env.dir.clone(),
                 ..*env
             };

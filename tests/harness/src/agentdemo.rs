@@ -5,7 +5,7 @@
 //! migrate` is refused while the guest holds its lock, and succeeds once it
 //! lets go; the destination's agent then owns the guest's lock state.
 
-use crate::migrate::tick_of;
+use crate::pair::tick_of;
 use crate::scenario::{finish_guest, Env, FailKind, Failure, Scenario};
 use crate::vm::{Doorbell, Vm, Wait};
 use anyhow::Context;
@@ -14,6 +14,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Instant;
+
+/// A running `miglockctl incoming`.
+pub(crate) struct Receiving {
+    /// The process; it exits once the migration ends.
+    pub(crate) child: Child,
+    /// Where it listens.
+    pub(crate) uri: String,
+    /// Everything it prints after that, once it exits.
+    pub(crate) said: std::thread::JoinHandle<Vec<String>>,
+}
 
 /// One `miglockd` for one "host".
 pub(crate) struct Agent {
@@ -34,17 +44,34 @@ impl Agent {
         host: &str,
         extra: &str,
     ) -> anyhow::Result<Agent> {
+        let vm = dir.display();
+        Self::start_toml(
+            bin_dir,
+            dir,
+            host,
+            &format!(
+                "[[vm]]\nname = \"guest\"\ndoorbell = \"{vm}/{host}-doorbell.sock\"\nqmp = \"{vm}/{host}-agent-qmp.sock\"\n\
+                 [vm.policy]\nmax_lease_ms = 120000\n\
+                 [[vm]]\nname = \"hostile\"\ndoorbell = \"{vm}/{host}-hostile.sock\"\n{extra}\n"
+            ),
+        )
+    }
+
+    /// Starts the agent of `host` (in `dir/HOST-agent/`) with `vms`, the
+    /// configuration after its file paths.
+    pub(crate) fn start_toml(
+        bin_dir: &Path,
+        dir: &Path,
+        host: &str,
+        vms: &str,
+    ) -> anyhow::Result<Agent> {
         let adir = dir.join(format!("{host}-agent"));
         fs::create_dir_all(&adir)?;
         let d = adir.display();
-        let vm = dir.display();
         fs::write(
             adir.join("miglockd.toml"),
             format!(
-                "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\ncontrol = \"{d}/control.sock\"\n\
-                 [[vm]]\nname = \"guest\"\ndoorbell = \"{vm}/{host}-doorbell.sock\"\nqmp = \"{vm}/{host}-agent-qmp.sock\"\n\
-                 [vm.policy]\nmax_lease_ms = 120000\n\
-                 [[vm]]\nname = \"hostile\"\ndoorbell = \"{vm}/{host}-hostile.sock\"\n{extra}\n"
+                "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\ncontrol = \"{d}/control.sock\"\n{vms}"
             ),
         )?;
         let child = Command::new(bin_dir.join("miglockd"))
@@ -60,14 +87,52 @@ impl Agent {
         })
     }
 
+    /// Its control socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
     pub(crate) fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
         let out = Command::new(&self.bin)
             .arg("--socket")
-            .arg(self.dir.join("control.sock"))
+            .arg(self.socket())
             .args(args)
             .output()
             .context("running miglockctl")?;
         Ok(out)
+    }
+
+    /// Starts `miglockctl incoming guest` on this agent, listening on a port
+    /// of 127.0.0.1 that QEMU picks.
+    pub(crate) fn receive(&self, extra: &[&str]) -> Result<Receiving, Failure> {
+        use std::io::BufRead;
+        let mut child = Command::new(&self.bin)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--json", "incoming", "guest", "--listen", "tcp:127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running miglockctl incoming")?;
+        let out = child.stdout.take().context("incoming's stdout")?;
+        let mut lines = std::io::BufReader::new(out).lines();
+        let listening = lines.find_map(|l| {
+            let v: Value = serde_json::from_str(&l.ok()?).ok()?;
+            v["message"]
+                .as_str()?
+                .strip_prefix("listening on ")
+                .map(String::from)
+        });
+        let Some(uri) = listening else {
+            let _ = child.kill();
+            return Err(host_fail(
+                "the destination agent did not start listening".into(),
+            ));
+        };
+        // Keep reading its answer so it never blocks on a full pipe.
+        let said = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+        Ok(Receiving { child, uri, said })
     }
 
     /// `miglockctl hints guest` as JSON (every range with `all`).
@@ -233,41 +298,15 @@ impl Hosts {
     /// `miglockctl incoming` on the destination agent; returns it running
     /// and the URI it listens on.
     pub(crate) fn receive(&mut self, extra: &[&str]) -> Result<Child, Failure> {
-        use std::io::BufRead;
-        let mut child = Command::new(self.bins.join("miglockctl"))
-            .arg("--socket")
-            .arg(self.dst_agent.dir.join("control.sock"))
-            .args(["--json", "incoming", "guest", "--listen", "tcp:127.0.0.1:0"])
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("running miglockctl incoming")?;
-        let out = child.stdout.take().context("incoming's stdout")?;
-        let mut lines = std::io::BufReader::new(out).lines();
-        let listening = lines.find_map(|l| {
-            let v: Value = serde_json::from_str(&l.ok()?).ok()?;
-            v["message"]
-                .as_str()?
-                .strip_prefix("listening on ")
-                .map(String::from)
-        });
-        let Some(uri) = listening else {
-            let _ = child.kill();
-            return Err(host_fail(
-                "the destination agent did not start listening".into(),
-            ));
-        };
+        let rx = self.dst_agent.receive(extra)?;
         eprintln!(
-            "  $ miglockctl incoming guest --listen tcp:127.0.0.1:0 {}: listening on {uri}",
-            extra.join(" ")
+            "  $ miglockctl incoming guest --listen tcp:127.0.0.1:0 {}: listening on {}",
+            extra.join(" "),
+            rx.uri
         );
-        self.uri = uri;
-        // Keep reading its answer so it never blocks on a full pipe.
-        self.incoming = Some(std::thread::spawn(move || {
-            lines.map_while(Result::ok).collect()
-        }));
-        Ok(child)
+        self.uri = rx.uri;
+        self.incoming = Some(rx.said);
+        Ok(rx.child)
     }
 
     pub(crate) fn migrate(&self, extra: &[&str]) -> Result<Output, Failure> {

@@ -11,11 +11,14 @@ mod advice;
 mod agentdemo;
 mod artifacts;
 mod bench;
+mod blocker;
 mod initramfs;
 mod ktap;
-mod migrate;
+mod libvirt;
+mod pair;
 mod scenario;
 mod stubhost;
+mod survival;
 mod vm;
 
 use anyhow::{bail, Context, Result};
@@ -42,6 +45,15 @@ struct Cli {
     /// Echo guest serial output while it runs.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// The QEMU to run guests with (default: the system's; `scripts/qemu.sh
+    /// 7.2` prints the path of Debian 12's QEMU kept beside it).
+    #[arg(
+        long,
+        env = "MIGLOCK_QEMU",
+        default_value = "qemu-system-x86_64",
+        global = true
+    )]
+    qemu: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -56,11 +68,47 @@ enum Cmd {
         names: Vec<String>,
     },
     /// The demo: load the module in a guest, live-migrate a locked then
-    /// unlocked guest, and let the guest's hints plan a hard migration.
+    /// unlocked guest, meet the lock from another QMP client and from
+    /// `virsh migrate`, and let the guest's hints plan a hard migration.
     Demo,
+    /// Soak: many migrations of writing guests in every mode the planner
+    /// may choose; every guest must arrive alive and whole. Results in
+    /// `out/soak/result.json`.
+    Soak {
+        /// Stop after this many migrations...
+        #[arg(long, default_value_t = 100)]
+        migrations: usize,
+        /// ...or after this long (the running migration finishes).
+        #[arg(long, default_value = "25m", value_parser = humantime::parse_duration)]
+        budget: std::time::Duration,
+        /// Only these workloads (idle, half-link, link-rate, write-heavy).
+        #[arg(long, value_delimiter = ',')]
+        workload: Vec<String>,
+        /// Only guests with (true) or without (false) the module.
+        #[arg(long)]
+        module: Option<bool>,
+        /// Only guests with this many vCPUs.
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// The modes each chain cycles through, in this order, repeats
+        /// allowed (precopy, postcopy, precopy-then-postcopy, auto).
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Migrations per boot of a guest.
+        #[arg(long, default_value_t = 4)]
+        chain: usize,
+        /// Let each guest's workload run this long before its first
+        /// migration (a source QEMU that has run a while).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        warmup: std::time::Duration,
+        /// Let the agents run modes they fence on this QEMU (pre-copy on
+        /// QEMU 7.2 under TCG): to reproduce what the fence prevents.
+        #[arg(long)]
+        allow_fenced: bool,
+    },
 }
 
-fn top() -> PathBuf {
+pub(crate) fn top() -> PathBuf {
     // tests/harness -> repository root.
     std::env::var_os("MIGLOCK_TOP")
         .map(PathBuf::from)
@@ -108,6 +156,72 @@ fn prepare(p: &Paths, scenarios: &[&scenario::Scenario]) -> Result<HashMap<Varia
     Ok(images)
 }
 
+/// The accelerator for this run (`--accel auto` probes KVM once).
+fn resolve_accel(
+    cli: &Cli,
+    p: &Paths,
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+) -> vm::Accel {
+    let probe_env = Env {
+        kernel,
+        initrd,
+        dir: p.out.join("scenarios/kvm-probe"),
+        accel: vm::Accel::Tcg,
+        qemu: &cli.qemu,
+        echo: vm::Echo::Off,
+    };
+    accel::resolve(cli.accel, &probe_env)
+}
+
+/// `soak`: the survival plan at length, results in `out/soak/`.
+fn soak(cli: &Cli, plan: survival::Plan) -> Result<bool> {
+    let p = paths(cli)?;
+    let sc = SCENARIOS
+        .iter()
+        .find(|s| s.name == "migrate-survival")
+        .context("no migrate-survival scenario")?;
+    let images = prepare(&p, &[sc])?;
+    let kernel = p.bzimage();
+    let initrd = &images[&sc.variant];
+    let accel = resolve_accel(cli, &p, &kernel, initrd);
+    let dir = p.out.join("soak");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    eprintln!(
+        "harness: soak: up to {} migrations or {} in {} chains (logs and result.json in {})",
+        plan.migrations,
+        humantime::format_duration(plan.budget),
+        plan.groups.len(),
+        dir.display()
+    );
+    let env = Env {
+        kernel: &kernel,
+        initrd,
+        dir: dir.clone(),
+        accel,
+        qemu: &cli.qemu,
+        echo: if cli.verbose {
+            vm::Echo::All
+        } else {
+            vm::Echo::Off
+        },
+    };
+    match survival::run(&plan, &env, &dir) {
+        Ok(()) => {
+            println!(
+                "harness: soak passed; {}",
+                dir.join("result.json").display()
+            );
+            Ok(true)
+        }
+        Err(f) => {
+            println!("harness: soak FAILED: {f}");
+            Ok(false)
+        }
+    }
+}
+
 fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
     let p = paths(cli)?;
     let selected: Vec<&scenario::Scenario> = if names.is_empty() {
@@ -136,15 +250,7 @@ fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
     };
     let images = prepare(&p, &selected)?;
     let kernel = p.bzimage();
-    let probe_env = Env {
-        kernel: &kernel,
-        initrd: &images[&selected[0].variant],
-        dir: p.out.join("scenarios/kvm-probe"),
-        accel: vm::Accel::Tcg,
-        echo: vm::Echo::Off,
-        progress: false,
-    };
-    let accel = accel::resolve(cli.accel, &probe_env);
+    let accel = resolve_accel(cli, &p, &kernel, &images[&selected[0].variant]);
 
     let (mut passed, mut failed) = (0, 0);
     for sc in &selected {
@@ -157,12 +263,12 @@ fn run(cli: &Cli, names: &[String], demo: bool) -> Result<bool> {
             initrd: &images[&sc.variant],
             dir,
             accel,
+            qemu: &cli.qemu,
             echo: match (cli.verbose, demo) {
                 (true, _) => vm::Echo::All,
                 (false, true) => vm::Echo::Scenario,
                 _ => vm::Echo::Off,
             },
-            progress: true,
         };
         let t0 = Instant::now();
         let result = scenario::run(sc, &env);
@@ -203,11 +309,29 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Run { names } => run(&cli, names, false),
+        Cmd::Soak {
+            migrations,
+            budget,
+            workload,
+            module,
+            cpus,
+            modes,
+            chain,
+            warmup,
+            allow_fenced,
+        } => survival::Filter::new(workload, *module, *cpus, modes).and_then(|f| {
+            let mut plan = survival::soak(*migrations, *budget, *chain, &f);
+            plan.warmup = *warmup;
+            plan.allow_fenced = *allow_fenced;
+            soak(&cli, plan)
+        }),
         Cmd::Demo => run(
             &cli,
             &[
                 "demo".into(),
                 "agent-migrate".into(),
+                "blocker-any-initiator".into(),
+                "libvirt-migrate-locked".into(),
                 "agent-plan-writeheavy".into(),
             ],
             true,

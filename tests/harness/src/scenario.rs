@@ -5,7 +5,6 @@
 use crate::agentdemo::Story;
 use crate::artifacts::Variant;
 use crate::ktap;
-use crate::migrate::{self, Mode};
 use crate::stubhost;
 use crate::vm::{Accel, Doorbell, Echo, Vm, VmSpec, Wait};
 use std::fmt;
@@ -17,8 +16,6 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     /// One guest runs its script to the end.
     Guest,
-    /// Two QEMU processes on 127.0.0.1; the guest is live-migrated.
-    Migrate(Mode),
     /// One guest with the doorbell UART served by the stub host.
     StubHost,
     /// The same, but the stub host starts only when the guest asks for it.
@@ -31,6 +28,22 @@ pub enum Kind {
     Agents(crate::agentdemo::Story),
     /// A benchmark of hints as advice (not part of a plain `run`).
     AdviceBench(crate::advice::Bench),
+    /// Chains of migrations after each of which the guest must prove it
+    /// survived (see `survival.rs`).
+    Survival(fn() -> crate::survival::Plan),
+    /// The lock against migrations another QMP client starts.
+    Blocker(Blocker),
+    /// Two real libvirt daemons and `virsh migrate`.
+    Libvirt,
+}
+
+/// Which `blocker-*` scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocker {
+    /// Refused while locked, completed after the unlock.
+    AnyInitiator,
+    /// Random locks against random migrations.
+    Race,
 }
 
 /// Why a scenario failed; selftests expect a particular one.
@@ -265,14 +278,49 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
-        kind: Kind::Migrate(Mode::Precopy),
-        timeout: secs(240),
-        ..guest("migrate-precopy", "migrate", "live pre-copy migration between two QEMUs on 127.0.0.1; the workload goes on and its memory verifies")
+        kind: Kind::Blocker(Blocker::AnyInitiator),
+        timeout: secs(180),
+        ..guest(
+            "blocker-any-initiator",
+            "blocker",
+            "a guest lock is QEMU's migration blocker: another QMP client's migrate fails with the lock's reason; after the unlock it completes",
+        )
     },
     Scenario {
-        kind: Kind::Migrate(Mode::Postcopy),
+        kind: Kind::Blocker(Blocker::Race),
+        timeout: secs(420),
+        ..guest(
+            "blocker-race",
+            "blocker-race",
+            "50 rounds: the guest locks at random, another QMP client migrates at random moments; no switchover while a lock is granted",
+        )
+    },
+    Scenario {
+        kind: Kind::Libvirt,
+        timeout: secs(300),
+        ..guest(
+            "libvirt-migrate-locked",
+            "libvirt-locked",
+            "two real libvirtd: virsh migrate --live of the locked guest fails naming the lock; a lock mid-migration cancels it; unlocked, it migrates",
+        )
+    },
+    Scenario {
+        kind: Kind::Survival(crate::survival::short),
+        timeout: secs(300),
+        ..guest(
+            "migrate-survival",
+            "survive",
+            "guests writing at about the link rate migrated back and forth (pre-copy, post-copy, with and without the module): each is alive and whole on arrival",
+        )
+    },
+    Scenario {
+        kind: Kind::Survival(crate::survival::qemu72),
         timeout: secs(240),
-        ..guest("migrate-postcopy", "migrate", "the same with post-copy (userfaultfd on the destination)")
+        ..guest(
+            "migrate-survival-qemu72",
+            "survive",
+            "Debian 12's QEMU 7.2 (TCG), where safe: the agent refuses pre-copy (its dirty log loses pages), auto plans post-copy, post-copy guests arrive whole",
+        )
     },
     Scenario {
         kind: Kind::Bench,
@@ -348,10 +396,10 @@ pub struct Env<'a> {
     pub dir: PathBuf,
     /// Accelerator.
     pub accel: Accel,
+    /// The QEMU binary every guest of the run starts with.
+    pub qemu: &'a Path,
     /// Echo guest serial output.
     pub echo: Echo,
-    /// Print migration progress.
-    pub progress: bool,
 }
 
 impl Env<'_> {
@@ -367,7 +415,10 @@ impl Env<'_> {
             dir: self.dir.clone(),
             kernel: self.kernel.into(),
             initrd: self.initrd.into(),
-            append: format!("console=ttyS0 panic=-1 mlscenario={guest}"),
+            // init_on_free: memory the kernel frees (the initramfs image
+            // once unpacked) is zero, which a migration sends for nothing.
+            append: format!("console=ttyS0 panic=-1 init_on_free=1 mlscenario={guest}"),
+            qemu: self.qemu.into(),
             mem_mib: 256,
             cpus: 2,
             accel: self.accel,
@@ -453,12 +504,15 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
             vm.quit()?;
             r
         }
-        Kind::Migrate(mode) => migrate::run(sc, env, mode, deadline),
         Kind::StubHost => run_stub_host(sc, env, deadline, false),
         Kind::LateStubHost => run_stub_host(sc, env, deadline, true),
         Kind::Agents(story) => crate::agentdemo::run(sc, env, deadline, story),
         Kind::Bench => crate::bench::run(sc, env, deadline),
         Kind::AdviceBench(b) => crate::advice::bench(sc, env, deadline, b),
+        Kind::Survival(plan) => crate::survival::run(&plan(), env, &env.dir),
+        Kind::Blocker(Blocker::AnyInitiator) => crate::blocker::any_initiator(sc, env, deadline),
+        Kind::Blocker(Blocker::Race) => crate::blocker::race(env, deadline),
+        Kind::Libvirt => crate::libvirt::migrate_locked(env, deadline),
     }
 }
 

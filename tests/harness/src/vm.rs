@@ -50,6 +50,8 @@ pub struct VmSpec {
     pub initrd: PathBuf,
     /// Kernel command line.
     pub append: String,
+    /// The QEMU binary (`qemu-system-x86_64`, or another build's wrapper).
+    pub qemu: PathBuf,
     /// Guest RAM.
     pub mem_mib: u32,
     /// vCPUs (TCG runs them in parallel host threads).
@@ -104,17 +106,69 @@ pub enum Wait {
     Closed,
 }
 
-/// A running QEMU; killed when dropped.
-pub struct Vm {
-    /// The QMP session.
-    pub qmp: Qmp,
-    child: Child,
+/// A guest's serial console: what it printed, line by line, and a way to
+/// type on it.
+pub struct Console {
     serial: UnixStream,
     lines: Receiver<String>,
     /// Where the serial log is written.
     pub serial_log: PathBuf,
     /// Lines seen so far (whole serial log).
     pub seen: Vec<String>,
+}
+
+impl Console {
+    /// Streams `serial` to `log` (named `name` when echoed; with
+    /// `started`, echoed before `/init`'s start line too).
+    pub fn new(
+        serial: UnixStream,
+        log: PathBuf,
+        echo: Echo,
+        name: String,
+        started: bool,
+    ) -> Result<Console> {
+        let lines = spawn_reader(serial.try_clone()?, &log, echo, name, started)?;
+        Ok(Console {
+            serial,
+            lines,
+            serial_log: log,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Types `line` on the guest's serial console.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        self.serial.write_all(line.as_bytes())?;
+        self.serial.write_all(b"\n")?;
+        Ok(())
+    }
+
+    /// Waits until `deadline` for a serial line satisfying `pred`.
+    pub fn wait_line(&mut self, deadline: Instant, mut pred: impl FnMut(&str) -> bool) -> Wait {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    self.seen.push(line);
+                    if hit {
+                        return Wait::Line(self.seen.last().cloned().unwrap_or_default());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return Wait::Timeout,
+                Err(RecvTimeoutError::Disconnected) => return Wait::Closed,
+            }
+        }
+    }
+}
+
+/// A running QEMU; killed when dropped. Its console's methods and fields
+/// are its own (`vm.wait_line`, `vm.seen`).
+pub struct Vm {
+    /// The QMP session.
+    pub qmp: Qmp,
+    child: Child,
+    console: Console,
     /// The host end of the doorbell UART, if the guest has one.
     pub doorbell: Option<UnixStream>,
     /// The host end of qemu-ga's UART, if the guest has one.
@@ -175,7 +229,7 @@ impl Vm {
         };
         let qemu_log = spec.dir.join(format!("{}-qemu.log", spec.name));
 
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut cmd = Command::new(&spec.qemu);
         cmd.args([
             "-M",
             "pc",
@@ -248,7 +302,12 @@ impl Vm {
             .stdout(File::create(&qemu_log)?)
             .stderr(File::create(qemu_log.with_extension("err"))?)
             .spawn()
-            .context("starting qemu-system-x86_64 (package qemu-system-x86; 'make deps')")?;
+            .with_context(|| {
+                format!(
+                    "starting {} (package qemu-system-x86; 'make deps')",
+                    spec.qemu.display()
+                )
+            })?;
 
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let setup = (|| {
@@ -278,10 +337,9 @@ impl Vm {
             }
         };
 
-        let serial_log = spec.dir.join(format!("{}-serial.log", spec.name));
-        let lines = spawn_reader(
-            serial.try_clone()?,
-            &serial_log,
+        let console = Console::new(
+            serial,
+            spec.dir.join(format!("{}-serial.log", spec.name)),
             spec.echo,
             spec.name.clone(),
             // A migration destination prints nothing before it runs.
@@ -290,38 +348,10 @@ impl Vm {
         Ok(Vm {
             qmp,
             child,
-            serial,
-            lines,
-            serial_log,
-            seen: Vec::new(),
+            console,
             doorbell,
             qga,
         })
-    }
-
-    /// Types `line` on the guest's serial console.
-    pub fn send_line(&mut self, line: &str) -> Result<()> {
-        self.serial.write_all(line.as_bytes())?;
-        self.serial.write_all(b"\n")?;
-        Ok(())
-    }
-
-    /// Waits until `deadline` for a serial line satisfying `pred`.
-    pub fn wait_line(&mut self, deadline: Instant, mut pred: impl FnMut(&str) -> bool) -> Wait {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let hit = pred(&line);
-                    self.seen.push(line);
-                    if hit {
-                        return Wait::Line(self.seen.last().cloned().unwrap_or_default());
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => return Wait::Timeout,
-                Err(RecvTimeoutError::Disconnected) => return Wait::Closed,
-            }
-        }
     }
 
     /// Asks QEMU to quit and waits for it (killing it after 10 s).
@@ -335,6 +365,19 @@ impl Vm {
         }
         self.child.wait()?;
         Ok(())
+    }
+}
+
+impl std::ops::Deref for Vm {
+    type Target = Console;
+    fn deref(&self) -> &Console {
+        &self.console
+    }
+}
+
+impl std::ops::DerefMut for Vm {
+    fn deref_mut(&mut self) -> &mut Console {
+        &mut self.console
     }
 }
 
@@ -382,7 +425,7 @@ fn spawn_reader(
                 // A fast workload ticks 50 times a second: the scenario view
                 // shows at most one tick line in 200 ms, the log keeps all.
                 let mut show = echo == Echo::All || (echo == Echo::Scenario && started);
-                if show && crate::migrate::tick_of(&line).is_some() {
+                if show && crate::pair::tick_of(&line).is_some() {
                     let now = std::time::Instant::now();
                     show = last_tick.is_none_or(|t| now - t >= TICK_ECHO_GAP);
                     if show {

@@ -817,6 +817,69 @@ fn bench_lock(n: usize) -> io::Result<()> {
     Ok(())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `mldtest lock-cost ROUNDS`: what a lock costs the application when the
+/// host must first block migrations in QEMU (the VM was unlocked for a
+/// while, so the blocker is gone) and when it need not (a second holder
+/// of an already locked VM). Prints medians.
+fn lock_cost(rounds: usize) -> io::Result<()> {
+    let (a, b) = (Device::open()?, Device::open()?);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // Longer than the host's linger after an unlock: the blocker is off.
+        std::thread::sleep(Duration::from_millis(800));
+        let t = Instant::now();
+        a.lock(&lock(Reason::CriticalOperation, 10_000, "first holder"))?;
+        first.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        b.lock(&lock(Reason::CriticalOperation, 10_000, "second holder"))?;
+        second.push(t.elapsed().as_secs_f64() * 1e6);
+        b.unlock(false)?;
+        a.unlock(false)?;
+    }
+    println!(
+        "lock-cost n={rounds} first_holder_us={:.0} second_holder_us={:.0}",
+        median(first),
+        median(second)
+    );
+    Ok(())
+}
+
+/// `mldtest lock-race SECONDS SEED`: locks and unlocks at random (holds of
+/// up to 300 ms, pauses mostly short, now and then long enough for a
+/// migration) until SECONDS pass or `/tmp/stop-race` appears; prints what
+/// the host answered.
+fn lock_race(seconds: u64, seed: u64) -> io::Result<()> {
+    let d = Device::open()?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let t0 = Instant::now();
+    let (mut granted, mut refused, mut failed) = (0u64, 0u64, 0u64);
+    let stop = std::path::Path::new("/tmp/stop-race");
+    while t0.elapsed() < Duration::from_secs(seconds) && !stop.exists() {
+        match d.lock(&lock(Reason::CriticalOperation, 30_000, "race")) {
+            Ok(()) => {
+                granted += 1;
+                std::thread::sleep(Duration::from_millis(rng.u64(0..300)));
+                d.unlock(false)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => refused += 1,
+            Err(_) => failed += 1,
+        }
+        let pause = if rng.u8(0..5) == 0 {
+            rng.u64(1500..4000)
+        } else {
+            rng.u64(0..300)
+        };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+    println!("lock-race granted={granted} refused={refused} failed={failed}");
+    Ok(())
+}
+
 /// `mldtest wait-channel MS`: waits until the host channel is connected.
 fn wait_channel(c: &mut Checks, ms: u64) -> io::Result<()> {
     let took = until(Duration::from_millis(ms), |s| s.channel());
@@ -1038,6 +1101,8 @@ fn main() -> ExitCode {
         Some("wait-postcopy") => wait_postcopy(num(2, 60_000) as u64),
         Some("hold-until-notice") => hold_until_notice(),
         Some("bench-lock") => bench_lock(num(2, 1000).max(1)),
+        Some("lock-cost") => lock_cost(num(2, 5).max(1)),
+        Some("lock-race") => lock_race(num(2, 600) as u64, num(3, 1) as u64),
         Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),
         Some("syscall-absent") => syscall_suite(&mut c, false),
         Some("try-lock") => {

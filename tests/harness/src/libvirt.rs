@@ -48,10 +48,19 @@ impl Drop for Daemon {
     }
 }
 
-/// Two libvirt hosts.
+/// Two libvirt hosts; their domains and daemons are stopped when dropped.
 pub struct Libvirt {
     lv: PathBuf,
     _daemons: Vec<Daemon>,
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        // libvirtd leaves its QEMUs running when it exits: stop them first.
+        for host in HOSTS {
+            let _ = self.virsh(host, &["destroy", DOMAIN]);
+        }
+    }
 }
 
 /// Adds `line` to the copy of `/etc/NAME` unless an entry of that name is there.

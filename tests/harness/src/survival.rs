@@ -228,7 +228,7 @@ fn migrate(p: &mut Pair, env: &Env<'_>, group: &Group, mode: Mode) -> Result<Rec
             Some("ok") => {
                 ok = true;
                 data = v["data"].clone();
-                chosen = data["plan"]["choice"].as_str().map(String::from);
+                chosen = data["ran"].as_str().map(String::from);
             }
             Some("error") => message = v["message"].as_str().unwrap_or("").to_string(),
             _ => {}
@@ -333,7 +333,8 @@ pub struct Plan {
     pub groups: Vec<Group>,
     /// Migrations per chain before the guest is booted afresh.
     pub chain: usize,
-    /// Stop after this many migrations...
+    /// Stop once this many migrations moved the guest (attempts that did
+    /// not converge or were refused come on top)...
     pub migrations: usize,
     /// ...or once this much time has passed (the running chain finishes
     /// its current migration).
@@ -386,9 +387,16 @@ pub fn run(plan: &Plan, env: &Env<'_>, out: &Path) -> Result<(), Failure> {
     let mut records: Vec<Record> = Vec::new();
     let mut qemu = String::new();
     let mut round = 0;
-    'outer: while records.len() < plan.migrations && started.elapsed() < plan.budget {
+    // Migrations that moved the guest (whatever became of it).
+    let moved = |records: &[Record]| {
+        records
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::NotConverged | Outcome::Refused))
+            .count()
+    };
+    'outer: while moved(&records) < plan.migrations && started.elapsed() < plan.budget {
         for (gi, group) in plan.groups.iter().enumerate() {
-            if records.len() >= plan.migrations || started.elapsed() >= plan.budget {
+            if moved(&records) >= plan.migrations || started.elapsed() >= plan.budget {
                 break 'outer;
             }
             let dir = env.dir.join(format!("{}-{round}", group.name()));
@@ -418,7 +426,7 @@ pub fn run(plan: &Plan, env: &Env<'_>, out: &Path) -> Result<(), Failure> {
                 eprintln!("  QEMU {qemu}");
             }
             for i in 0..plan.chain {
-                if records.len() >= plan.migrations || started.elapsed() >= plan.budget {
+                if moved(&records) >= plan.migrations || started.elapsed() >= plan.budget {
                     break;
                 }
                 // Chains of the same group start at different modes.
@@ -433,6 +441,7 @@ pub fn run(plan: &Plan, env: &Env<'_>, out: &Path) -> Result<(), Failure> {
                         mode.arg(),
                         rec.chosen
                             .as_deref()
+                            .filter(|_| mode == Mode::Auto)
                             .map(|c| format!("→{c}"))
                             .unwrap_or_default()
                     ),
@@ -645,7 +654,8 @@ pub fn qemu72() -> Plan {
             modes: vec![Mode::Postcopy, Mode::Precopy, Mode::Auto],
         }],
         chain: 3,
-        migrations: 3,
+        // The pre-copy in between is refused: it moves nothing.
+        migrations: 2,
         budget: Duration::from_secs(180),
         warmup: Duration::ZERO,
         allow_fenced: false,

@@ -289,7 +289,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
     agent.audit.record(
         name,
         "migrate-start",
-        json!({"to": req.to, "mode": req.mode, "forced": req.force, "plan": plan}),
+        json!({"to": req.to, "mode": req.mode, "runs": choice, "forced": req.force, "plan": plan}),
     );
     let mut postcopy_asked = false;
     if choice == Choice::Postcopy {
@@ -305,7 +305,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
         };
         let status = q["status"].as_str().unwrap_or("").to_string();
         match status.as_str() {
-            "completed" => return done(agent, name, &q, started, plan.as_ref()),
+            "completed" => return done(agent, name, &q, started, plan.as_ref(), choice),
             "failed" | "cancelled" => {
                 agent.audit.record(
                     name,
@@ -491,9 +491,17 @@ fn mib(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0) / 1048576.0
 }
 
-fn done(agent: &Agent, name: &str, q: &Value, started: Instant, plan: Option<&Plan>) -> Reply {
+fn done(
+    agent: &Agent,
+    name: &str,
+    q: &Value,
+    started: Instant,
+    plan: Option<&Plan>,
+    ran: Choice,
+) -> Reply {
     let stats = json!({
         "plan": plan,
+        "ran": ran,
         "total_time_ms": q["total-time"],
         "downtime_ms": q["downtime"],
         "transferred_bytes": q["ram"]["transferred"],

@@ -4,7 +4,7 @@
 #   make demo    the end-to-end demo in QEMU
 #   make test    every test: workspace, module lint, guest scenarios, KUnit
 #
-# Others: deps, kernel, module, clippy, rustfmt, tools, fuzz, clean.
+# Others: deps, kernel, module, clippy, rustfmt, tools, deb, fuzz, clean.
 
 TOP      := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 KMAKE    := $(shell $(TOP)/scripts/toolchain.sh)
@@ -13,7 +13,7 @@ KDIR     ?= $(shell $(TOP)/scripts/kernel.sh kdir)
 CARGO    ?= cargo
 HARNESS  := $(TOP)/tools/target/release/miglock-harness
 
-.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools fuzz bench sim-report soak demo test clean
+.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools deb fuzz bench sim-report soak demo test clean
 
 all: module
 
@@ -41,7 +41,12 @@ rustfmtcheck:
 
 tools:
 	cd tools && $(CARGO) build --release --locked -p miglock-harness -p miglockd \
-		-p miglock-tracer -p migsim
+		-p miglock-tracer -p migsim -p miglock-cli -p xtask
+
+# Debian packages into out/deb/ (miglockd, miglock-guest-tools, miglock-dkms)
+# from the release binaries of 'make tools'; tests/packages.sh checks them.
+deb: tools
+	@$(TOP)/scripts/mkdeb.sh
 
 # Runs every fuzz target for FUZZ_SECONDS each (cargo fuzz, nightly).
 FUZZ_SECONDS ?= 60

@@ -10,6 +10,7 @@ BINDGEN_VERSION=0.73.2
 CARGO_FUZZ_VERSION=0.13.2
 RUSTC_MIN=1.78.0          # Linux 6.12's minimum (scripts/min-tool-version.sh)
 LLVM_MAJOR=19
+DEBHELPER_MIN=13          # make deb: debhelper-compat 13, dh_installtmpfiles
 
 DEB_PKGS=(
 	linux-source-6.12 rustc-web rust-web-src rust-web-clippy
@@ -17,6 +18,7 @@ DEB_PKGS=(
 	busybox-static
 	bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc libc6-dev
 	libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients
+	debhelper dh-dkms dpkg-dev systemd man-db procps
 )
 # From bookworm-backports (Debian 13's versions): QEMU 10.0. Debian 12's
 # QEMU 7.2 loses dirty pages under TCG, so a migration test passing on it
@@ -90,6 +92,9 @@ clippy_ver=$(/usr/bin/clippy-driver --rustc --version 2>/dev/null | awk '{print 
 [ "$clippy_ver" = "$rustc_ver" ] ||
 	die "/usr/bin/clippy-driver is '$clippy_ver', rustc is $rustc_ver: install matching rust-web-clippy"
 command -v clang-$LLVM_MAJOR >/dev/null || die "clang-$LLVM_MAJOR not found"
+dh_ver=$(dpkg-query -W -f='${Version}' debhelper 2>/dev/null)
+ver_ge "${dh_ver:-0}" "$DEBHELPER_MIN" || die "debhelper is ${dh_ver:-missing}; make deb needs >= $DEBHELPER_MIN"
+command -v systemd-analyze >/dev/null || die "systemd-analyze not found (package systemd): tests/packages.sh verifies the units with it"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found"
 [ -x /bin/busybox ] || die "/bin/busybox (busybox-static) not found"
 ls /usr/src/linux-source-6.12.tar.* >/dev/null 2>&1 ||

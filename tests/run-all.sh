@@ -3,8 +3,9 @@
 #
 # Runs every test of the project and ends with one line:
 #   summary: N passed, N failed
-# Phases: the userspace workspace (fmt, clippy, unit tests), the kernel module
-# (build, clippy, rustfmt), and the guest scenarios in QEMU (KUnit, live
+# Phases: the userspace workspace (fmt, clippy, unit tests), the Debian
+# packages (built, then inspected), the kernel module (build, clippy,
+# rustfmt), and the guest scenarios in QEMU (KUnit, live
 # migration, harness selftests). A failing phase does not stop the others.
 # Called by 'make test', after the kernel and the harness are built.
 set -uo pipefail
@@ -47,19 +48,23 @@ cargo_counts() {
 		END { if (rc != 0 && f == 0) f = 1; print p + 0, f + 0 }' "$1"
 }
 
-# The harness's own closing line "harness: N passed, N failed".
-harness_counts() {
+# A closing line "WORD: N passed, N failed" (the harness's, the package
+# check's); none counts as a failure.
+closing_counts() {
 	local line
-	line=$(grep -E '^harness: [0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
+	line=$(grep -E '^[a-z]+: [0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
 	if [ -z "$line" ]; then echo "0 1"; return; fi
 	echo "$line" | awk '{ print $2, $4 }'
 }
+harness_counts() { closing_counts "$@"; }
 
 cargo_in_tools() { (cd tools && cargo "$@"); }
 
 phase workspace-fmt      single        cargo_in_tools fmt --all -- --check
 phase workspace-clippy   single        cargo_in_tools clippy --release --locked --workspace --all-targets -- -D warnings
 phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --workspace --no-fail-fast
+phase deb                single        make -s deb
+phase packages           closing_counts tests/packages.sh
 phase fuzz               single        make -s fuzz FUZZ_SECONDS=10
 phase module-build       single        make -s module
 phase module-clippy      single        make -s clippy

@@ -3,73 +3,13 @@
 //! `miglock`: the guest's migration-lock CLI.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use miglock_dev::{parse_reason, Device, Lock, Reason, Status};
+use clap::Parser;
+use miglock_cli::cli::{Cli, Cmd, LockOpts};
+use miglock_dev::{Device, Lock, Status};
 use serde_json::json;
 use std::process::{Command, ExitCode};
 use std::sync::mpsc;
 use std::time::Duration;
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Ask the host not to live-migrate this VM (via /dev/mld)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Args, Clone)]
-struct LockOpts {
-    /// critical-code, critical-operation, co-location, special-hardware, confidential or other.
-    #[arg(long, default_value = "other", value_parser = reason)]
-    reason: Reason,
-    /// Lease, e.g. 500ms, 30s, 5m (default: the maximum lease).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    lease: Option<Duration>,
-    /// Short printable label saying what holds the lock.
-    #[arg(long, default_value = "miglock")]
-    label: String,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Show the lock state.
-    Status {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Lock until `miglock unlock` or the lease ends (a detached hold).
-    Lock(LockOpts),
-    /// Drop the detached hold (and the static lock).
-    Unlock,
-    /// Restart the detached hold's lease.
-    Renew {
-        /// New lease (default: the maximum).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        lease: Option<Duration>,
-    },
-    /// Hold the lock exactly while CMD runs (like flock); exits with CMD's status.
-    Run {
-        #[command(flatten)]
-        lock: LockOpts,
-        /// Do not renew the lease while CMD runs.
-        #[arg(long)]
-        no_renew: bool,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        cmd: Vec<String>,
-    },
-}
-
-fn reason(s: &str) -> Result<Reason, String> {
-    parse_reason(s).ok_or_else(|| {
-        let all: Vec<_> = Reason::ALL.iter().map(|r| r.name()).collect();
-        format!("unknown reason '{s}'; one of: {}", all.join(", "))
-    })
-}
 
 fn open() -> Result<Device> {
     Device::open().context("opening /dev/mld (is miglock.ko loaded?)")

@@ -135,15 +135,141 @@ pub enum Reply {
     Error {
         /// What went wrong.
         message: String,
+        /// Which kind of failure (miglockctl's exit status follows it);
+        /// an agent that does not say is taken to mean `failed`.
+        #[serde(default)]
+        class: ErrorClass,
     },
     /// Progress of a long request.
     Progress {
         /// What is happening.
         message: String,
+        /// Where a migration is, for a progress bar (copy phases only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migration: Option<MigrationProgress>,
     },
     /// An event (for `watch`).
     Event {
         /// The audit record.
         event: serde_json::Value,
     },
+}
+
+impl Reply {
+    /// An error reply of `class`.
+    pub fn error(class: ErrorClass, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            message: message.into(),
+            class,
+        }
+    }
+
+    /// A progress line with only a message.
+    pub fn progress(message: impl Into<String>) -> Reply {
+        Reply::Progress {
+            message: message.into(),
+            migration: None,
+        }
+    }
+}
+
+/// What kind of failure an error reply reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    /// The request failed: QEMU's error, a bad request, a VM already
+    /// migrating.
+    #[default]
+    Failed,
+    /// The lock said no (or the fence for a QEMU that would corrupt the
+    /// guest in the mode asked).
+    Refused,
+    /// The migration started and was cancelled: a guest lock during the
+    /// copy, `--timeout`, or another client's `migrate_cancel`.
+    Cancelled,
+    /// The agent manages no VM of that name.
+    UnknownVm,
+}
+
+/// A migration's progress, from QEMU's `query-migrate`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// QEMU's status: `active`, `postcopy-active`, ...
+    pub status: String,
+    /// The guest's RAM, bytes.
+    pub total_bytes: u64,
+    /// Sent so far, every pass, bytes.
+    pub transferred_bytes: u64,
+    /// Still to send, bytes (pre-copy: grows again as the guest writes).
+    pub remaining_bytes: u64,
+    /// QEMU's current rate, bytes/s.
+    pub rate_bytes_per_s: u64,
+    /// Since the migration started, ms.
+    pub elapsed_ms: u64,
+}
+
+impl MigrationProgress {
+    /// The share of RAM the destination already has, 0.0..=1.0.
+    pub fn done(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 0.0;
+        }
+        let have = self.total_bytes.saturating_sub(self.remaining_bytes);
+        have as f64 / self.total_bytes as f64
+    }
+
+    /// Time left at the current rate; `None` while nothing moves.
+    pub fn eta(&self) -> Option<std::time::Duration> {
+        (self.rate_bytes_per_s > 0).then(|| {
+            std::time::Duration::from_secs_f64(
+                self.remaining_bytes as f64 / self.rate_bytes_per_s as f64,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Older agents send errors without a class: they still parse, as
+    /// failures; progress without figures keeps its old shape.
+    #[test]
+    fn replies_keep_their_shape() {
+        let old: Reply = serde_json::from_value(json!({"kind": "error", "message": "x"})).unwrap();
+        assert_eq!(old, Reply::error(ErrorClass::Failed, "x"));
+        let refused =
+            serde_json::to_value(Reply::error(ErrorClass::UnknownVm, "no VM 'a'")).unwrap();
+        assert_eq!(
+            refused,
+            json!({"kind": "error", "message": "no VM 'a'", "class": "unknown-vm"})
+        );
+        let p = serde_json::to_value(Reply::progress("listening on tcp:h:1")).unwrap();
+        assert_eq!(
+            p,
+            json!({"kind": "progress", "message": "listening on tcp:h:1"})
+        );
+    }
+
+    #[test]
+    fn progress_share_and_eta() {
+        let mut p = MigrationProgress {
+            status: "active".into(),
+            total_bytes: 400,
+            transferred_bytes: 300,
+            remaining_bytes: 100,
+            rate_bytes_per_s: 50,
+            elapsed_ms: 6000,
+        };
+        assert_eq!(p.done(), 0.75);
+        assert_eq!(p.eta(), Some(std::time::Duration::from_secs(2)));
+        p.rate_bytes_per_s = 0;
+        assert_eq!(p.eta(), None);
+        // More dirty than RAM (never expected) still reads 0 %, not garbage.
+        p.remaining_bytes = 500;
+        assert_eq!(p.done(), 0.0);
+        p.total_bytes = 0;
+        assert_eq!(p.done(), 0.0);
+    }
 }

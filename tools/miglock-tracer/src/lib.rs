@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub mod bench;
 pub mod bitset;
+pub mod cli;
 pub mod cpu;
 pub mod eval;
 pub mod hints;

@@ -7,14 +7,14 @@
 use crate::audit::{now_ms, Audit};
 use crate::ledger::{Ledger, Policy};
 use crate::store;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use miglock_abi::wire::{self, Header, Message, Notice};
 use miglock_qmp::{Event, Monitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -45,10 +45,13 @@ pub struct VmConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// State file (ledgers), rewritten atomically on every change.
+    #[serde(default = "default_state")]
     pub state: PathBuf,
     /// Audit log, JSON lines, append-only.
+    #[serde(default = "default_audit")]
     pub audit: PathBuf,
     /// Control socket for miglockctl.
+    #[serde(default = "default_control")]
     pub control: PathBuf,
     /// How fast a guest may talk.
     #[serde(default)]
@@ -62,6 +65,52 @@ pub struct Config {
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
+}
+
+fn default_state() -> PathBuf {
+    PathBuf::from("/var/lib/miglock/state.json")
+}
+
+fn default_audit() -> PathBuf {
+    PathBuf::from("/var/log/miglock/audit.jsonl")
+}
+
+fn default_control() -> PathBuf {
+    PathBuf::from(miglockd::cli::DEFAULT_SOCKET)
+}
+
+impl Config {
+    /// Reads and checks the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config
+            .check()
+            .with_context(|| format!("checking {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// What the types cannot say: VM names are unique, and so are the
+    /// sockets (two VMs on one doorbell would see each other's frames).
+    fn check(&self) -> Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut sockets = std::collections::BTreeSet::new();
+        for vm in &self.vms {
+            anyhow::ensure!(!vm.name.is_empty(), "a VM without a name");
+            anyhow::ensure!(names.insert(&vm.name), "VM '{}' twice", vm.name);
+            for s in [Some(&vm.doorbell), vm.qmp.as_ref()].into_iter().flatten() {
+                anyhow::ensure!(
+                    sockets.insert(s),
+                    "socket {} used twice (VM '{}')",
+                    s.display(),
+                    vm.name
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Per-guest rate limit (token bucket).
@@ -317,7 +366,7 @@ impl Agent {
             })
             .collect();
         if let Err(e) = store::save(&self.state_path, &all) {
-            eprintln!("miglockd: cannot save state: {e:#}");
+            tracing::error!(path = %self.state_path.display(), "cannot save the state: {e:#}");
         }
     }
 
@@ -352,5 +401,41 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(&Message::Notice(n), 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn an_empty_configuration_means_the_default_paths() {
+        let c = parse("").unwrap();
+        assert_eq!(c.state, Path::new("/var/lib/miglock/state.json"));
+        assert_eq!(c.audit, Path::new("/var/log/miglock/audit.jsonl"));
+        assert_eq!(c.control, Path::new("/run/miglock/control.sock"));
+        assert!(c.vms.is_empty());
+    }
+
+    #[test]
+    fn names_and_sockets_are_unique() {
+        let vm =
+            |name: &str, bell: &str| format!("[[vm]]\nname = \"{name}\"\ndoorbell = \"{bell}\"\n");
+        assert!(parse(&(vm("a", "/a") + &vm("b", "/b"))).is_ok());
+        let e = parse(&(vm("a", "/a") + &vm("a", "/b"))).unwrap_err();
+        assert!(e.to_string().contains("'a' twice"), "{e}");
+        let e = parse(&(vm("a", "/a") + &vm("b", "/a"))).unwrap_err();
+        assert!(e.to_string().contains("/a used twice"), "{e}");
+        assert!(
+            parse("[[vm]]\nname = \"x\"\n").is_err(),
+            "a VM needs a doorbell"
+        );
+        assert!(parse("bogus = 1\n").is_err(), "unknown keys are errors");
     }
 }

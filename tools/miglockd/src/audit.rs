@@ -6,12 +6,16 @@
 //! Each record is one `write(2)`, so a kill leaves at most one torn line at
 //! the end (a record whose decision nobody saw: the agent answers after the
 //! record is on disk). A starting agent cuts such a tail off and says so.
+//! On SIGHUP the agent reopens the log (logrotate moved it); on SIGTERM it
+//! writes its last record and never releases the log again, so no record
+//! can be cut in half by the exit.
 
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +29,7 @@ pub fn now_ms() -> u64 {
 
 /// The audit log and its live watchers.
 pub struct Audit {
+    path: PathBuf,
     file: Mutex<File>,
     watchers: Mutex<Vec<Sender<Value>>>,
 }
@@ -47,6 +52,40 @@ fn repair(f: &mut File) -> std::io::Result<Vec<u8>> {
     Ok(torn)
 }
 
+/// Opens `path` for appending, creating it readable by its owner and group
+/// only (it names VMs, holders and labels).
+fn open(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .with_context(|| format!("opening audit log {}", path.display()))
+}
+
+/// One record: time, VM, event and `fields`.
+fn line(vm: &str, event: &str, fields: Value) -> Value {
+    let mut rec = Map::new();
+    rec.insert("ts_ms".into(), json!(now_ms()));
+    rec.insert("vm".into(), json!(vm));
+    rec.insert("event".into(), json!(event));
+    if let Value::Object(f) = fields {
+        rec.extend(f);
+    }
+    Value::Object(rec)
+}
+
+/// Appends `rec` to `f` in one write(2), then syncs it. A failing disk
+/// must not take the agent down; it is reported.
+fn write(f: &mut File, rec: &Value) {
+    let mut line = rec.to_string();
+    line.push('\n');
+    if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+}
+
 impl Audit {
     /// Opens (creating) the log for appending, cutting off a record a kill
     /// tore (and recording that it did).
@@ -54,14 +93,10 @@ impl Audit {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening audit log {}", path.display()))?;
+        let mut file = open(path)?;
         let torn = repair(&mut file).with_context(|| format!("repairing {}", path.display()))?;
         let audit = Audit {
+            path: path.to_path_buf(),
             file: Mutex::new(file),
             watchers: Mutex::new(Vec::new()),
         };
@@ -76,29 +111,31 @@ impl Audit {
         Ok(audit)
     }
 
+    /// Opens the log's path again, a new file if logrotate moved the old
+    /// one away. Under the log's lock, so every later record goes to the
+    /// new file and none is split between the two.
+    pub fn reopen(&self) -> Result<()> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        *f = open(&self.path)?;
+        Ok(())
+    }
+
+    /// Writes `event` as the last record and keeps the log locked for good:
+    /// a thread that wants to record after it waits until the process has
+    /// exited, so its decision is neither torn nor answered unrecorded.
+    pub fn close(&self, event: &str, fields: Value) {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        write(&mut f, &line("-", event, fields));
+        std::mem::forget(f);
+    }
+
     /// Records `event` for `vm` with `fields`; returns the record.
     pub fn record(&self, vm: &str, event: &str, fields: Value) -> Value {
-        let mut rec = Map::new();
-        rec.insert("ts_ms".into(), json!(now_ms()));
-        rec.insert("vm".into(), json!(vm));
-        rec.insert("event".into(), json!(event));
-        if let Value::Object(f) = fields {
-            rec.extend(f);
-        }
-        let rec = Value::Object(rec);
-        let mut line = rec.to_string();
-        line.push('\n');
-        {
-            let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            // One write(2) per record: a kill cannot interleave two. A
-            // failing disk must not take the agent down; it is reported.
-            if f.write_all(line.as_bytes())
-                .and_then(|()| f.sync_data())
-                .is_err()
-            {
-                eprintln!("miglockd: cannot write the audit log");
-            }
-        }
+        let rec = line(vm, event, fields);
+        write(
+            &mut self.file.lock().unwrap_or_else(|e| e.into_inner()),
+            &rec,
+        );
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -143,6 +180,36 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         drop(Audit::open(&path).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// After logrotate moved the log away, a reopen sends later records to
+    /// a new file at the same path, created 0640; the moved file keeps
+    /// what it had.
+    #[test]
+    fn reopen_follows_a_rotation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("miglockd-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let a = Audit::open(&path).unwrap();
+        a.record("vm", "before", json!({}));
+        std::fs::rename(&path, dir.join("audit.jsonl.1")).unwrap();
+        a.reopen().unwrap();
+        a.record("vm", "after", json!({}));
+        let old = std::fs::read_to_string(dir.join("audit.jsonl.1")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            old.contains("\"before\"") && !old.contains("\"after\""),
+            "{old}"
+        );
+        assert!(
+            new.contains("\"after\"") && !new.contains("\"before\""),
+            "{new}"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

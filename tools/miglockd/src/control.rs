@@ -9,7 +9,7 @@ use crate::agent::{Agent, Vm};
 use crate::audit::now_ms;
 use crate::gate;
 use miglock_abi::wire::Notice;
-use miglock_control::{PolicyUpdate, Reply, Request};
+use miglock_control::{ErrorClass, PolicyUpdate, Reply, Request};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -61,9 +61,7 @@ fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
     for line in BufReader::new(conn).lines() {
         let line = line?;
         let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Reply::Error {
-                message: format!("bad request: {e}"),
-            },
+            Err(e) => Reply::error(ErrorClass::Failed, format!("bad request: {e}")),
             Ok(Request::Status) => Reply::Ok {
                 data: status(agent),
             },
@@ -123,9 +121,7 @@ const TOP_RANGES: usize = 16;
 
 fn hints(agent: &Agent, name: &str, all: bool) -> Reply {
     let Some(vm) = agent.vm(name) else {
-        return Reply::Error {
-            message: format!("no VM '{name}'"),
-        };
+        return Reply::error(ErrorClass::UnknownVm, format!("no VM '{name}'"));
     };
     let link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
     let h = &link.hints;
@@ -162,9 +158,7 @@ fn status(agent: &Agent) -> Value {
 
 fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
     let Some(vm) = agent.vm(name) else {
-        return Reply::Error {
-            message: format!("no VM '{name}'"),
-        };
+        return Reply::error(ErrorClass::UnknownVm, format!("no VM '{name}'"));
     };
     let Some(u) = set else {
         let p = vm
@@ -176,9 +170,10 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
         return Reply::Ok { data: json!(p) };
     };
     if u.window_ms == Some(0) || u.max_lease_ms == Some(0) {
-        return Reply::Error {
-            message: "window_ms and max_lease_ms must be positive".into(),
-        };
+        return Reply::error(
+            ErrorClass::Failed,
+            "window_ms and max_lease_ms must be positive",
+        );
     }
     let p = agent.update(vm, |l, _| {
         let p = &mut l.policy;
@@ -205,12 +200,7 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
 fn watch(agent: &Agent, w: &mut UnixStream) -> std::io::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     agent.audit.watch(tx);
-    send(
-        w,
-        &Reply::Progress {
-            message: "watching; one line per event".into(),
-        },
-    )?;
+    send(w, &Reply::progress("watching; one line per event"))?;
     for event in rx {
         send(w, &Reply::Event { event })?;
     }

@@ -18,7 +18,7 @@ use crate::fence;
 use crate::ledger::Migration;
 use crate::planner::{self, Choice, Plan};
 use miglock_abi::wire::{Notice, FORCED_BY_ADMIN};
-use miglock_control::{MigrateRequest, Mode, Reply};
+use miglock_control::{ErrorClass, MigrateRequest, MigrationProgress, Mode, Reply};
 use miglock_qmp::Monitor;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -26,11 +26,16 @@ use std::time::{Duration, Instant};
 type Progress<'a> = &'a mut dyn FnMut(&Reply) -> std::io::Result<()>;
 
 fn say(p: Progress<'_>, m: String) {
-    let _ = p(&Reply::Progress { message: m });
+    let _ = p(&Reply::progress(m));
 }
 
 fn err(m: impl Into<String>) -> Reply {
-    Reply::Error { message: m.into() }
+    Reply::error(ErrorClass::Failed, m)
+}
+
+/// The lock, or the fence, said no.
+fn refused(m: impl Into<String>) -> Reply {
+    Reply::error(ErrorClass::Refused, m)
 }
 
 /// Waits until `vm` is unlocked or `deadline`; true if it unlocked.
@@ -64,7 +69,7 @@ fn wait_unlocked(vm: &Vm, deadline: Instant) -> bool {
 /// Runs `migrate` for `req`, reporting progress through `p`.
 pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
     let Some(vm) = agent.vm(&req.vm) else {
-        return err(format!("no VM '{}'", req.vm));
+        return Reply::error(ErrorClass::UnknownVm, format!("no VM '{}'", req.vm));
     };
     let name = req.vm.as_str();
     let reason = req.reason.clone().unwrap_or_default();
@@ -155,7 +160,7 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
                     "migrate-refused",
                     json!({"why": "still locked after waiting", "locks": now_reasons}),
                 );
-                return err(format!(
+                return refused(format!(
                     "refused: VM '{name}' still locked after {wait} ms: {}",
                     now_reasons.join("; ")
                 ));
@@ -168,7 +173,7 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
                 (false, false)
             });
             if raced {
-                return err(format!("refused: VM '{name}' was locked again"));
+                return refused(format!("refused: VM '{name}' was locked again"));
             }
         } else {
             agent.audit.record(
@@ -176,7 +181,7 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
                 "migrate-refused",
                 json!({"why": "locked", "locks": reasons}),
             );
-            return err(format!(
+            return refused(format!(
                 "refused: VM '{name}' is locked: {}",
                 reasons.join("; ")
             ));
@@ -268,7 +273,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
             "migrate-refused",
             json!({"why": "locked while preparing", "locks": reasons}),
         );
-        return err(format!(
+        return refused(format!(
             "refused: VM '{name}' is locked: {}",
             reasons.join("; ")
         ));
@@ -313,7 +318,12 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
                     json!({"status": status, "error": q["error-desc"]}),
                 );
                 let why = q["error-desc"].as_str().unwrap_or("no description");
-                return err(format!("migration {status}: {why}"));
+                let class = if status == "cancelled" {
+                    ErrorClass::Cancelled
+                } else {
+                    ErrorClass::Failed
+                };
+                return Reply::error(class, format!("migration {status}: {why}"));
             }
             "pre-switchover" => {
                 let go = agent.update(vm, |l, now| {
@@ -357,10 +367,10 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
                     }
                 }
                 let (sent, left) = (mib(&q["ram"]["transferred"]), mib(&q["ram"]["remaining"]));
-                say(
-                    p,
-                    format!("{s}: {sent:.1} MiB sent, {left:.1} MiB remaining"),
-                );
+                let _ = p(&Reply::Progress {
+                    message: format!("{s}: {sent:.1} MiB sent, {left:.1} MiB remaining"),
+                    migration: Some(progress(s, &q, started)),
+                });
             }
         }
     }
@@ -401,7 +411,7 @@ fn fenced(
         agent
             .audit
             .record(name, "migrate-refused", json!({"why": why}));
-        err(format!("refused: {why}"))
+        refused(format!("refused: {why}"))
     })
 }
 
@@ -480,10 +490,26 @@ fn cancel(agent: &Agent, vm: &Vm, qmp: &Monitor, why: &str, q: Option<&Value>) -
     agent
         .audit
         .record(&vm.config.name, "migrate-cancelled", rec);
-    if reasons.is_empty() {
-        err(format!("cancelled: {why}"))
+    let message = if reasons.is_empty() {
+        format!("cancelled: {why}")
     } else {
-        err(format!("cancelled: {why}: {}", reasons.join("; ")))
+        format!("cancelled: {why}: {}", reasons.join("; "))
+    };
+    Reply::error(ErrorClass::Cancelled, message)
+}
+
+/// The figures of a `query-migrate` answer a progress bar needs.
+fn progress(status: &str, q: &Value, started: Instant) -> MigrationProgress {
+    let ram = &q["ram"];
+    let bytes = |k: &str| ram[k].as_u64().unwrap_or(0);
+    MigrationProgress {
+        status: status.to_string(),
+        total_bytes: bytes("total"),
+        transferred_bytes: bytes("transferred"),
+        remaining_bytes: bytes("remaining"),
+        // QEMU says megabits per second.
+        rate_bytes_per_s: (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64,
+        elapsed_ms: started.elapsed().as_millis() as u64,
     }
 }
 

@@ -6,20 +6,20 @@
 
 use crate::agent::Agent;
 use miglock_abi::wire::Notice;
-use miglock_control::{IncomingRequest, Reply};
+use miglock_control::{ErrorClass, IncomingRequest, Reply};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 type Progress<'a> = &'a mut dyn FnMut(&Reply) -> std::io::Result<()>;
 
 fn err(m: impl Into<String>) -> Reply {
-    Reply::Error { message: m.into() }
+    Reply::error(ErrorClass::Failed, m)
 }
 
 /// Runs `incoming` for `req`, reporting progress through `p`.
 pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply {
     let Some(vm) = agent.vm(&req.vm) else {
-        return err(format!("no VM '{}'", req.vm));
+        return Reply::error(ErrorClass::UnknownVm, format!("no VM '{}'", req.vm));
     };
     let name = req.vm.as_str();
     let qmp = match agent.monitor(vm) {
@@ -53,9 +53,7 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
     agent
         .audit
         .record(name, "incoming-listen", json!({"uri": bound}));
-    let _ = p(&Reply::Progress {
-        message: format!("listening on {bound}"),
-    });
+    let _ = p(&Reply::progress(format!("listening on {bound}")));
     let started = Instant::now();
     let (mut resumed, mut told) = (false, false);
     loop {
@@ -85,7 +83,12 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
                 agent
                     .audit
                     .record(name, "incoming-failed", json!({"status": s}));
-                return err(format!("incoming migration {s}"));
+                let class = if s == "cancelled" {
+                    ErrorClass::Cancelled
+                } else {
+                    ErrorClass::Failed
+                };
+                return Reply::error(class, format!("incoming migration {s}"));
             }
             // Listening starts before the device state arrives: wait until
             // the guest runs here, or the notice would land in a UART that
@@ -98,9 +101,9 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
                     agent
                         .audit
                         .record(name, "incoming-postcopy", json!({"guest_told": true}));
-                    let _ = p(&Reply::Progress {
-                        message: "post-copy: the guest runs here; told it to run ahead".into(),
-                    });
+                    let _ = p(&Reply::progress(
+                        "post-copy: the guest runs here; told it to run ahead",
+                    ));
                 }
             }
             _ => {}

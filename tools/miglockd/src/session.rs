@@ -10,6 +10,7 @@
 //! touch another VM's state.
 
 use crate::agent::{Agent, Vm};
+use crate::dial::Dial;
 use crate::ledger::Verdict;
 use miglock_abi::types::{check_label, Reason};
 use miglock_abi::wire::{self, Decoder, Event, Message};
@@ -19,6 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
 
 /// Rejections (malformed or over the rate) in one second that cut the link.
 pub const CUT_AFTER: u32 = 2000;
@@ -58,31 +60,51 @@ impl Bucket {
 
 /// Serves `vm` until `stop` is set: dial, serve, redial.
 pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
+    let name = vm.config.name.as_str();
+    let path = vm.config.doorbell.display().to_string();
+    let mut dial = Dial::default();
     let mut was_connected = false;
     while !stop.load(Ordering::Relaxed) {
         match UnixStream::connect(&vm.config.doorbell) {
             Ok(s) => {
+                match dial.connected(Instant::now()) {
+                    Some(after) => {
+                        info!(vm = name, path, down_for = ?after, "doorbell reachable again")
+                    }
+                    None => info!(vm = name, path, "doorbell connected"),
+                }
                 agent
                     .audit
-                    .record(&vm.config.name, "guest-link", json!({"state": "connected"}));
+                    .record(name, "guest-link", json!({"state": "connected"}));
                 was_connected = true;
                 let why = serve(&agent, &vm, s, &stop);
                 vm.link.lock().unwrap_or_else(|e| e.into_inner()).writer = None;
+                info!(vm = name, path, why, "doorbell link ended");
                 agent.audit.record(
-                    &vm.config.name,
+                    name,
                     "guest-link",
                     json!({"state": "disconnected", "why": why}),
                 );
             }
-            Err(e) if was_connected => {
-                agent.audit.record(
-                    &vm.config.name,
-                    "guest-link",
-                    json!({"state": "unreachable", "error": e.to_string()}),
-                );
-                was_connected = false;
+            Err(e) => {
+                let error = e.to_string();
+                if dial.failed(&error, Instant::now()) {
+                    warn!(
+                        vm = name,
+                        path, error, "cannot dial the doorbell socket; retrying"
+                    );
+                } else {
+                    debug!(vm = name, path, error, "doorbell dial failed again");
+                }
+                if was_connected {
+                    agent.audit.record(
+                        name,
+                        "guest-link",
+                        json!({"state": "unreachable", "error": error}),
+                    );
+                    was_connected = false;
+                }
             }
-            Err(_) => {}
         }
         std::thread::sleep(REDIAL); // redial pacing, not synchronisation
     }
@@ -155,6 +177,7 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
                     link.stats.cut += 1;
                     link.stats
                 };
+                warn!(vm = name, "guest floods or sends garbage: link cut");
                 agent.audit.record(
                     name,
                     "guest-misbehaving",

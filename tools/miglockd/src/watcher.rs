@@ -9,6 +9,7 @@
 
 use crate::agent::{Agent, Vm};
 use crate::audit::now_ms;
+use crate::dial::Dial;
 use crate::enforce;
 use crate::ledger::Migration;
 use crate::session::REDIAL;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::{info, warn};
 
 /// Longest time between two looks at the ledger (leases end on their own).
 const TICK: Duration = Duration::from_millis(500);
@@ -37,28 +39,31 @@ pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
         return;
     }
     let name = vm.config.name.clone();
-    let mut unreachable: Option<String> = None;
+    let mut dial = Dial::default();
     while !stop.load(Ordering::Relaxed) {
         let mon = match agent.monitor(&vm) {
             Ok(m) => m,
             Err(e) => {
-                // Said once per outage, not every redial.
-                if unreachable.as_deref() != Some(e.as_str()) {
+                // Said once per outage (and error), not every redial.
+                if dial.failed(&e, Instant::now()) {
+                    warn!(vm = name, error = e, "cannot dial the QMP socket; retrying");
                     agent.audit.record(
                         &name,
                         "qmp-link",
                         json!({"state": "unreachable", "error": e}),
                     );
-                    unreachable = Some(e);
                 }
                 std::thread::sleep(REDIAL); // redial pacing, not synchronisation
                 continue;
             }
         };
+        match dial.connected(Instant::now()) {
+            Some(after) => info!(vm = name, down_for = ?after, "QMP reachable again"),
+            None => info!(vm = name, "QMP connected"),
+        }
         agent
             .audit
             .record(&name, "qmp-link", json!({"state": "connected"}));
-        unreachable = None;
         follow(&agent, &vm, &mon, &stop);
     }
 }
@@ -95,6 +100,7 @@ fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 let why = mon.closed().unwrap_or_default();
+                info!(vm = vm.config.name, why, "QMP link ended");
                 agent.audit.record(
                     &vm.config.name,
                     "qmp-link",

@@ -3,18 +3,17 @@
 //! The real miglockd binary against scripted guests on fake doorbell
 //! sockets (standing in for QEMU's chardevs) and its control socket.
 
-use miglock_abi::wire::{self, Decoder, Event, Header, Message};
+use miglock_abi::wire::{self, Header, Message};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[path = "support.rs"]
 mod support;
-use support::Agent;
+use support::{listen, Agent, Guest, Kind};
 
 trait Control {
     fn control(&self, req: Value) -> Value;
@@ -43,125 +42,6 @@ impl Control for Agent {
             }
         }
         panic!("no reply");
-    }
-}
-
-/// A guest on a fake doorbell socket that the agent dials.
-struct Guest {
-    s: UnixStream,
-    dec: Decoder,
-    seq: u32,
-}
-
-fn listen(path: &Path) -> mpsc::Receiver<UnixStream> {
-    let l = UnixListener::bind(path).unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            if tx.send(c).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-impl Guest {
-    fn accept(rx: &mpsc::Receiver<UnixStream>) -> Guest {
-        let s = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the agent dials the doorbell");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut g = Guest {
-            s,
-            dec: Decoder::new(),
-            seq: 0,
-        };
-        // The agent announces itself first.
-        assert!(matches!(g.next(), (_, Kind::Welcome)));
-        g
-    }
-
-    fn send(&mut self, m: Message<'_>) -> u32 {
-        self.frame(|hdr, b| wire::encode(&m, hdr, b))
-    }
-
-    /// Writes the frame `encode` makes under the next sequence number.
-    fn frame(
-        &mut self,
-        encode: impl FnOnce(Header, &mut [u8]) -> Result<usize, wire::EncodeError>,
-    ) -> u32 {
-        self.seq += 1;
-        let mut b = [0u8; wire::MAX_FRAME];
-        let hdr = Header {
-            seq: self.seq,
-            reply_to: 0,
-        };
-        let n = encode(hdr, &mut b).unwrap();
-        self.s.write_all(&b[..n]).unwrap();
-        self.seq
-    }
-
-    fn next(&mut self) -> (u32, Kind) {
-        let mut b = [0u8; 1];
-        loop {
-            self.s.read_exact(&mut b).expect("a frame from the agent");
-            if self.dec.push(b[0]) == Event::Frame {
-                let (h, m) = wire::decode(self.dec.frame()).unwrap();
-                return (h.reply_to, Kind::of(m));
-            }
-        }
-    }
-
-    fn decision(&mut self, seq: u32) -> (bool, u32, u32) {
-        loop {
-            if let (r, Kind::Decision(g, l, why)) = self.next() {
-                if r == seq {
-                    return (g, l, why);
-                }
-            }
-        }
-    }
-
-    /// Waits until the agent has handled everything sent so far: it answers
-    /// in order, so its Pong to a Ping means the frames before were handled.
-    fn sync(&mut self) {
-        let seq = self.send(Message::Ping);
-        while self.next() != (seq, Kind::Other) {}
-    }
-
-    fn lock(&mut self, hold: u32, label: &str, lease_ms: u32) -> (bool, u32, u32) {
-        let l = miglock_abi::types::make_label(label).unwrap();
-        let seq = self.send(Message::Lock {
-            hold,
-            reason: 2,
-            lease_ms,
-            label: l,
-        });
-        self.decision(seq)
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum Kind {
-    Welcome,
-    Decision(bool, u32, u32),
-    Notice,
-    Other,
-}
-
-impl Kind {
-    fn of(m: Message<'_>) -> Kind {
-        match m {
-            Message::Welcome { .. } => Kind::Welcome,
-            Message::Decision {
-                granted,
-                lease_ms,
-                reason,
-            } => Kind::Decision(granted, lease_ms, reason),
-            Message::Notice(_) => Kind::Notice,
-            _ => Kind::Other,
-        }
     }
 }
 
@@ -217,7 +97,7 @@ fn decides_records_and_survives_a_restart() {
         boot_id: 1,
         features: 0,
     });
-    assert!(matches!(g.next(), (r, Kind::Welcome) if r == seq));
+    assert!(matches!(g.recv(), (r, Kind::Welcome) if r == seq));
 
     // The policy caps the lease.
     assert_eq!(g.lock(5, "db commit", 60_000), (true, 20_000, 0));

@@ -1,11 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The miglockd process under test, shared by the integration tests.
+//! The miglockd process under test, shared by the integration tests: start
+//! it, wait for a condition, and a fake QEMU monitor to migrate against.
+#![allow(dead_code)] // each test file uses its own part
 
+use miglock_abi::wire::{self, Decoder, Event, Header, Message};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-/// A running miglockd with `dir/agent.toml`; killed when dropped.
+/// A running miglockd; killed when dropped.
 pub struct Agent {
     /// Its directory (configuration, sockets, logs).
     pub dir: PathBuf,
@@ -15,16 +23,44 @@ pub struct Agent {
 impl Agent {
     /// Starts miglockd on `dir/agent.toml`, stderr to `dir/agent.err`.
     pub fn start(dir: &Path) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_miglockd"))
-            .arg("--config")
-            .arg(dir.join("agent.toml"))
-            .stderr(std::fs::File::create(dir.join("agent.err")).unwrap())
-            .spawn()
-            .expect("start miglockd");
+        let mut cmd = Agent::command(dir);
+        cmd.arg("--config").arg(dir.join("agent.toml"));
+        Agent::spawn(dir, cmd)
+    }
+
+    /// The miglockd command, stderr to `dir/agent.err`.
+    pub fn command(dir: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_miglockd"));
+        cmd.stderr(std::fs::File::create(dir.join("agent.err")).unwrap());
+        cmd
+    }
+
+    /// Starts `cmd` as the agent of `dir`.
+    pub fn spawn(dir: &Path, mut cmd: Command) -> Agent {
         Agent {
             dir: dir.to_path_buf(),
-            child,
+            child: cmd.spawn().expect("start miglockd"),
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.err")).unwrap_or_default()
+    }
+
+    /// Waits for it to exit.
+    pub fn exit_status(&mut self, within: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_for(within, "miglockd to exit", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
     }
 }
 
@@ -33,4 +69,222 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls `cond` until it holds; panics naming `what` after `within`.
+pub fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10)); // polling pace
+    }
+}
+
+/// A scripted guest on a fake doorbell socket that the agent dials.
+pub struct Guest {
+    /// The connection.
+    pub s: UnixStream,
+    dec: Decoder,
+    /// The last sequence number sent.
+    pub seq: u32,
+}
+
+/// Accepts the agent's dials of a fake doorbell at `path`.
+pub fn listen(path: &Path) -> mpsc::Receiver<UnixStream> {
+    let l = UnixListener::bind(path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            if tx.send(c).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Guest {
+    /// The next connection: the agent announces itself first.
+    pub fn accept(rx: &mpsc::Receiver<UnixStream>) -> Guest {
+        let s = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the agent dials the doorbell");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = Guest {
+            s,
+            dec: Decoder::new(),
+            seq: 0,
+        };
+        // The agent announces itself first.
+        assert!(matches!(g.recv(), (_, Kind::Welcome)));
+        g
+    }
+
+    pub fn send(&mut self, m: Message<'_>) -> u32 {
+        self.frame(|hdr, b| wire::encode(&m, hdr, b))
+    }
+
+    /// Writes the frame `encode` makes under the next sequence number.
+    pub fn frame(
+        &mut self,
+        encode: impl FnOnce(Header, &mut [u8]) -> Result<usize, wire::EncodeError>,
+    ) -> u32 {
+        self.seq += 1;
+        let mut b = [0u8; wire::MAX_FRAME];
+        let hdr = Header {
+            seq: self.seq,
+            reply_to: 0,
+        };
+        let n = encode(hdr, &mut b).unwrap();
+        self.s.write_all(&b[..n]).unwrap();
+        self.seq
+    }
+
+    pub fn recv(&mut self) -> (u32, Kind) {
+        let mut b = [0u8; 1];
+        loop {
+            self.s.read_exact(&mut b).expect("a frame from the agent");
+            if self.dec.push(b[0]) == Event::Frame {
+                let (h, m) = wire::decode(self.dec.frame()).unwrap();
+                return (h.reply_to, Kind::of(m));
+            }
+        }
+    }
+
+    pub fn decision(&mut self, seq: u32) -> (bool, u32, u32) {
+        loop {
+            if let (r, Kind::Decision(g, l, why)) = self.recv() {
+                if r == seq {
+                    return (g, l, why);
+                }
+            }
+        }
+    }
+
+    /// Waits until the agent has handled everything sent so far: it answers
+    /// in order, so its Pong to a Ping means the frames before were handled.
+    pub fn sync(&mut self) {
+        let seq = self.send(Message::Ping);
+        while self.recv() != (seq, Kind::Other) {}
+    }
+
+    pub fn lock(&mut self, hold: u32, label: &str, lease_ms: u32) -> (bool, u32, u32) {
+        let l = miglock_abi::types::make_label(label).unwrap();
+        let seq = self.send(Message::Lock {
+            hold,
+            reason: 2,
+            lease_ms,
+            label: l,
+        });
+        self.decision(seq)
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Kind {
+    Welcome,
+    Decision(bool, u32, u32),
+    Notice,
+    Other,
+}
+
+impl Kind {
+    pub fn of(m: Message<'_>) -> Kind {
+        match m {
+            Message::Welcome { .. } => Kind::Welcome,
+            Message::Decision {
+                granted,
+                lease_ms,
+                reason,
+            } => Kind::Decision(granted, lease_ms, reason),
+            Message::Notice(_) => Kind::Notice,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// How a fake QEMU's migrations go.
+#[derive(Clone, Copy, Debug)]
+pub struct FakeQemu {
+    /// QEMU's version (major, minor): below 10 under TCG, the agent fences
+    /// pre-copy.
+    pub version: (u32, u32),
+    /// How every migration ends after one "active" look: "completed" (via
+    /// a pause before the switchover), "failed" or "cancelled".
+    pub ending: &'static str,
+}
+
+impl Default for FakeQemu {
+    fn default() -> Self {
+        FakeQemu {
+            version: (10, 0),
+            ending: "completed",
+        }
+    }
+}
+
+/// Serves a QMP monitor on `path` (one client at a time, as QEMU does)
+/// that walks each migration through "active" to `q.ending`.
+pub fn fake_qemu(path: &Path, q: FakeQemu) {
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut w = conn.try_clone().unwrap();
+            let _ = writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#);
+            let mut state = "none";
+            let mut nodes: Vec<Value> = Vec::new();
+            for line in BufReader::new(conn).lines() {
+                let Ok(v) = serde_json::from_str::<Value>(&line.unwrap_or_default()) else {
+                    break;
+                };
+                let mut reply = match v["execute"].as_str().unwrap_or("") {
+                    "query-version" => json!({"return": {"qemu":
+                        {"major": q.version.0, "minor": q.version.1, "micro": 0}}}),
+                    "query-kvm" => json!({"return": {"enabled": false, "present": false}}),
+                    "query-status" => json!({"return": {"status": "running", "running": true}}),
+                    "query-migrate-parameters" => {
+                        json!({"return": {"max-bandwidth": 1 << 27, "downtime-limit": 300}})
+                    }
+                    "query-named-block-nodes" => json!({ "return": nodes }),
+                    "query-fdsets" => json!({"return": []}),
+                    "add-fd" => json!({"return": {"fdset-id": 1, "fd": 3}}),
+                    "blockdev-add" => {
+                        nodes.push(json!({"node-name": v["arguments"]["node-name"]}));
+                        json!({"return": {}})
+                    }
+                    "blockdev-del" => {
+                        nodes.retain(|n| n["node-name"] != v["arguments"]["node-name"]);
+                        json!({"return": {}})
+                    }
+                    "migrate" => {
+                        state = "active";
+                        json!({"return": {}})
+                    }
+                    "query-migrate" => {
+                        let r = json!({"return": {"status": state, "ram": {"total": 4 << 20,
+                            "transferred": 1 << 20, "remaining": 3 << 20, "mbps": 8.0}}});
+                        state = match (state, q.ending) {
+                            ("active", "completed") => "pre-switchover",
+                            ("active", end) => end,
+                            (s, _) => s,
+                        };
+                        r
+                    }
+                    "migrate-continue" => {
+                        state = "completed";
+                        json!({"return": {}})
+                    }
+                    "migrate_cancel" => {
+                        state = "cancelled";
+                        json!({"return": {}})
+                    }
+                    _ => json!({"return": {}}),
+                };
+                reply["id"] = v["id"].clone();
+                if writeln!(w, "{reply}").is_err() {
+                    break;
+                }
+            }
+        }
+    });
 }

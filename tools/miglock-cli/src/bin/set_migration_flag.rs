@@ -7,6 +7,8 @@
 //! otherwise the equivalent detached hold through `/dev/mld`. Either way the
 //! lock outlives this process and is bounded by the maximum lease.
 
+use clap::Parser;
+use miglock_cli::cli::SetMigrationFlag;
 use miglock_dev::{syscall_set_migration_flag, Device, Lock, Reason};
 use std::io;
 use std::process::ExitCode;
@@ -29,17 +31,8 @@ fn via_ioctl(flag: i32) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = match args.get(1).map(String::as_str) {
-        Some("0") if args.len() == 2 => 0,
-        Some("1") if args.len() == 2 => 1,
-        _ => {
-            eprintln!(
-                "usage: set_migration_flag 0|1   (0 = lock: do not migrate, 1 = may migrate)"
-            );
-            return ExitCode::from(2);
-        }
-    };
+    // A bad argument exits 2 with the usage, as it always did.
+    let flag = i32::from(SetMigrationFlag::parse().flag == "1");
     let r = match syscall_set_migration_flag(flag) {
         Ok(_) => Ok("syscall"),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => via_ioctl(flag).map(|()| "/dev/mld"),

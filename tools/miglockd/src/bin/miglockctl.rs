@@ -1,190 +1,196 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `miglockctl`: talk to miglockd.
+//! `miglockctl`: talk to miglockd. The exit status says how a command
+//! ended (`miglockd::cli::Outcome`, documented in the man page).
 
-use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use miglock_control::{IncomingRequest, MigrateRequest, Mode, PolicyUpdate, Reply, Request};
-use std::io::{BufRead, BufReader, Write};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use miglock_control::{
+    ErrorClass, IncomingRequest, MigrateRequest, MigrationProgress, PolicyUpdate, Reply, Request,
+};
+use miglockd::cli::{Ctl, CtlCmd, Outcome};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-#[derive(Parser)]
-#[command(version, about = "Control the miglock host agent")]
-struct Cli {
-    /// The agent's control socket.
-    #[arg(
-        long,
-        default_value = "/run/miglock/control.sock",
-        env = "MIGLOCKD_SOCKET"
-    )]
-    socket: PathBuf,
-    /// Print raw JSON replies.
-    #[arg(long)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
+/// Why a command did not end well.
+#[derive(Debug, thiserror::Error)]
+enum Fail {
+    #[error("cannot reach miglockd at {path}: {source}")]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("miglockd closed the connection without an answer")]
+    NoAnswer,
+    #[error("{message}")]
+    Agent { class: ErrorClass, message: String },
+    #[error("miglockd does not manage VM '{0}'")]
+    NoVm(String),
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error("bad reply from miglockd: {0}")]
+    BadReply(serde_json::Error),
 }
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// Every VM's lock state.
-    Status,
-    /// Show or change a VM's policy.
-    Policy {
-        /// VM name.
-        vm: String,
-        /// "migration = yes|no" (the paper's static setting).
-        #[arg(long)]
-        migration: Option<bool>,
-        /// Whether the guest may lock.
-        #[arg(long)]
-        guest_locks: Option<bool>,
-        /// Longest lease granted.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        max_lease: Option<Duration>,
-        /// Locked time allowed per window.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        quota: Option<Duration>,
-        /// Quota window.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        window: Option<Duration>,
-        /// Grace after a pending-migration notice.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        grace: Option<Duration>,
-    },
-    /// Migrate a VM if its lock allows.
-    Migrate {
-        /// VM name.
-        vm: String,
-        /// Destination URI, e.g. tcp:127.0.0.1:4444.
-        #[arg(long)]
-        to: String,
-        /// precopy, postcopy, precopy-then-postcopy (alias hybrid), or auto
-        /// (planned from the guest's hints).
-        #[arg(long, default_value = "precopy", value_parser = mode)]
-        mode: Mode,
-        /// Bandwidth cap, bytes/s with an optional K/M/G suffix (binary).
-        #[arg(long, value_parser = bytes)]
-        bandwidth: Option<u64>,
-        /// Bandwidth cap for the post-copy phase (default: none).
-        #[arg(long, value_parser = bytes)]
-        postcopy_bandwidth: Option<u64>,
-        /// Longest pause allowed at the switchover.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        downtime_limit: Option<Duration>,
-        /// Give up on a migration still copying after this long.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
-        /// If locked: ask the guest to unlock and wait this long (without a
-        /// value: the VM policy's grace period).
-        #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1)]
-        wait_unlock: Option<Option<Duration>>,
-        /// Migrate even if locked (needs --reason; audited).
-        #[arg(long)]
-        force: bool,
-        /// Why (with --force).
-        #[arg(long)]
-        reason: Option<String>,
-    },
-    /// Print events as they happen.
-    Watch,
-    /// The latest hints from a VM's guest (working set, dirty rate, ranges).
-    Hints {
-        /// VM name.
-        vm: String,
-        /// Every range, not only the hottest 16.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Receive a VM here (its QEMU runs with -incoming defer): listen,
-    /// follow the migration, tell the guest when post-copy starts.
-    Incoming {
-        /// VM name.
-        vm: String,
-        /// Where to listen, e.g. tcp:0.0.0.0:4444 (port 0: any).
-        #[arg(long)]
-        listen: String,
-        /// Allow post-copy.
-        #[arg(long)]
-        postcopy: bool,
-    },
-    /// Exit 0 if VM may migrate now, 1 (with the reasons) if it is locked;
-    /// for scripts such as the libvirt hook.
-    Check {
-        /// VM name.
-        vm: String,
-    },
-}
-
-fn ask(socket: &PathBuf, req: &Request) -> Result<serde_json::Value> {
-    let mut s = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to miglockd at {}", socket.display()))?;
-    writeln!(s, "{}", serde_json::to_string(req)?)?;
-    for line in BufReader::new(s).lines() {
-        match serde_json::from_str::<Reply>(&line?).context("bad reply from miglockd")? {
-            Reply::Ok { data } => return Ok(data),
-            Reply::Error { message } => bail!("{message}"),
-            _ => {}
+impl Fail {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Fail::Unreachable { .. } | Fail::NoAnswer | Fail::NoVm(_) => Outcome::Unreachable,
+            Fail::Agent { class, .. } => match class {
+                ErrorClass::Refused => Outcome::Locked,
+                ErrorClass::Cancelled => Outcome::Cancelled,
+                ErrorClass::UnknownVm => Outcome::Unreachable,
+                ErrorClass::Failed => Outcome::Failed,
+            },
+            Fail::Usage(_) => Outcome::Usage,
+            Fail::BadReply(_) => Outcome::Failed,
         }
     }
-    bail!("miglockd closed the connection without an answer")
 }
 
-fn check(socket: &PathBuf, vm: &str) -> Result<bool> {
-    let st = ask(socket, &Request::Status)?;
+/// Non-terminal output gets a copy progress line at most this often (and
+/// at every change of QEMU's status).
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// Which copy progress lines a log (not a terminal) gets.
+#[derive(Default)]
+struct Throttle {
+    last: Option<(Instant, String)>,
+}
+
+impl Throttle {
+    fn due(&mut self, status: &str, now: Instant) -> bool {
+        let due = match &self.last {
+            Some((at, s)) => s != status || now.saturating_duration_since(*at) >= PLAIN_EVERY,
+            None => true,
+        };
+        if due {
+            self.last = Some((now, status.to_string()));
+        }
+        due
+    }
+}
+
+/// Progress on stderr: one updating bar on a terminal, plain lines
+/// otherwise.
+struct Show {
+    bar: Option<ProgressBar>,
+    throttle: Throttle,
+}
+
+impl Show {
+    fn new() -> Show {
+        Show {
+            bar: None,
+            throttle: Throttle::default(),
+        }
+    }
+
+    fn say(&mut self, message: &str, migration: Option<&MigrationProgress>) {
+        let Some(m) = migration else {
+            self.line(&format!("miglockctl: {message}"));
+            return;
+        };
+        if !std::io::stderr().is_terminal() {
+            if self.throttle.due(&m.status, Instant::now()) {
+                eprintln!("miglockctl: {message}");
+            }
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{bar:30} {percent:>3}% {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        bar.set_position((m.done() * 1000.0) as u64);
+        bar.set_message(bar_text(m));
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// "active: 12.3 MiB/s, ETA 4s, 140.2 MiB sent".
+fn bar_text(m: &MigrationProgress) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let eta = m.eta().map_or("-".to_string(), |d| {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    });
+    format!(
+        "{}: {:.1} MiB/s, ETA {eta}, {:.1} MiB sent",
+        m.status,
+        mib(m.rate_bytes_per_s),
+        mib(m.transferred_bytes)
+    )
+}
+
+/// Sends `req` and reads the answer up to its result; progress and events
+/// go to `each` on the way, with the raw line.
+fn converse(
+    socket: &Path,
+    req: &Request,
+    mut each: impl FnMut(&str, &Reply),
+) -> Result<Value, Fail> {
+    let unreachable = |source| Fail::Unreachable {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut s = UnixStream::connect(socket).map_err(unreachable)?;
+    let text = serde_json::to_string(req).map_err(Fail::BadReply)?;
+    writeln!(s, "{text}").map_err(unreachable)?;
+    for line in BufReader::new(s).lines() {
+        let line = line.map_err(unreachable)?;
+        let reply = serde_json::from_str::<Reply>(&line).map_err(Fail::BadReply)?;
+        each(&line, &reply);
+        match reply {
+            Reply::Ok { data } => return Ok(data),
+            Reply::Error { message, class } => return Err(Fail::Agent { class, message }),
+            Reply::Progress { .. } | Reply::Event { .. } => {}
+        }
+    }
+    Err(Fail::NoAnswer)
+}
+
+fn check(cli: &Ctl, vm: &str) -> Result<Outcome, Fail> {
+    let st = converse(&cli.socket, &Request::Status, |_, _| {})?;
     let v = &st["vms"][vm];
     if v.is_null() {
-        bail!("miglockd does not manage VM '{vm}'");
+        return Err(Fail::NoVm(vm.to_string()));
     }
-    if v["locked"] == true {
-        let reasons: Vec<String> = v["reasons"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+    let locked = v["locked"] == true;
+    let reasons: Vec<&str> = v["reasons"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if cli.json {
+        let out = json!({"vm": vm, "may_migrate": !locked, "locked": locked, "reasons": reasons});
+        println!("{out}");
+    }
+    if locked {
         eprintln!("miglockctl: VM '{vm}' is locked: {}", reasons.join("; "));
-        return Ok(false);
+        return Ok(Outcome::Locked);
     }
-    println!("VM '{vm}' may migrate");
-    Ok(true)
-}
-
-fn mode(s: &str) -> Result<Mode, String> {
-    match s {
-        "precopy" => Ok(Mode::Precopy),
-        "postcopy" => Ok(Mode::Postcopy),
-        "precopy-then-postcopy" | "hybrid" => Ok(Mode::PrecopyThenPostcopy),
-        "auto" => Ok(Mode::Auto),
-        _ => Err(format!(
-            "unknown mode '{s}' (precopy, postcopy, precopy-then-postcopy or auto)"
-        )),
+    if !cli.json {
+        println!("VM '{vm}' may migrate");
     }
-}
-
-fn bytes(s: &str) -> Result<u64, String> {
-    let (num, mul) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1),
-        Some((i, _)) => (
-            &s[..i],
-            match s[i..].trim_end_matches(['B', 'i']) {
-                "K" | "k" => 1 << 10,
-                "M" => 1 << 20,
-                "G" => 1 << 30,
-                u => return Err(format!("unknown unit '{u}' (K, M or G)")),
-            },
-        ),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("'{s}' is not a bandwidth (e.g. 100M)"))
+    Ok(Outcome::Done)
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -192,21 +198,31 @@ fn ms(d: Option<Duration>) -> Option<u64> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+    let cli = match Ctl::try_parse() {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("miglockctl: {e:#}");
-            ExitCode::from(2)
+            let _ = e.print();
+            // --help and --version end well; clap's usage error code (2)
+            // would read as "unreachable".
+            let code = if e.exit_code() == 0 {
+                Outcome::Done
+            } else {
+                Outcome::Usage
+            };
+            return ExitCode::from(code.code());
         }
-    }
+    };
+    let outcome = run(&cli).unwrap_or_else(|f| {
+        eprintln!("miglockctl: {f}");
+        f.outcome()
+    });
+    ExitCode::from(outcome.code())
 }
 
-fn run() -> Result<bool> {
-    let cli = Cli::parse();
-    let req = match cli.cmd {
-        Cmd::Status => Request::Status,
-        Cmd::Policy {
+fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
+    Ok(match cmd {
+        CtlCmd::Status => Request::Status,
+        CtlCmd::Policy {
             vm,
             migration,
             guest_locks,
@@ -216,20 +232,20 @@ fn run() -> Result<bool> {
             grace,
         } => {
             let set = PolicyUpdate {
-                migration,
-                guest_locks,
-                max_lease_ms: ms(max_lease).map(|v| v.min(u64::from(u32::MAX)) as u32),
-                quota_ms: ms(quota),
-                window_ms: ms(window),
-                grace_ms: ms(grace).map(|v| v.min(u64::from(u32::MAX)) as u32),
+                migration: *migration,
+                guest_locks: *guest_locks,
+                max_lease_ms: ms(*max_lease).map(|v| v.min(u64::from(u32::MAX)) as u32),
+                quota_ms: ms(*quota),
+                window_ms: ms(*window),
+                grace_ms: ms(*grace).map(|v| v.min(u64::from(u32::MAX)) as u32),
             };
             let changed = set != PolicyUpdate::default();
             Request::Policy {
-                vm,
+                vm: vm.clone(),
                 set: changed.then_some(set),
             }
         }
-        Cmd::Migrate {
+        CtlCmd::Migrate {
             vm,
             to,
             mode,
@@ -241,62 +257,109 @@ fn run() -> Result<bool> {
             downtime_limit,
             timeout,
         } => {
-            if force && reason.is_none() {
-                bail!("--force needs --reason");
+            if *force && reason.is_none() {
+                return Err(Fail::Usage("--force needs --reason"));
             }
             Request::Migrate(MigrateRequest {
-                vm,
-                to,
-                mode,
+                vm: vm.clone(),
+                to: to.clone(),
+                mode: *mode,
                 wait_unlock_ms: ms(wait_unlock.flatten()),
                 wait_grace: matches!(wait_unlock, Some(None)),
-                force,
-                reason,
-                bandwidth,
-                postcopy_bandwidth,
-                downtime_limit_ms: ms(downtime_limit),
-                timeout_ms: ms(timeout),
+                force: *force,
+                reason: reason.clone(),
+                bandwidth: *bandwidth,
+                postcopy_bandwidth: *postcopy_bandwidth,
+                downtime_limit_ms: ms(*downtime_limit),
+                timeout_ms: ms(*timeout),
             })
         }
-        Cmd::Watch => Request::Watch,
-        Cmd::Hints { vm, all } => Request::Hints { vm, all },
-        Cmd::Incoming {
+        CtlCmd::Watch => Request::Watch,
+        CtlCmd::Hints { vm, all } => Request::Hints {
+            vm: vm.clone(),
+            all: *all,
+        },
+        CtlCmd::Incoming {
             vm,
             listen,
             postcopy,
         } => Request::Incoming(IncomingRequest {
-            vm,
-            uri: listen,
-            postcopy,
+            vm: vm.clone(),
+            uri: listen.clone(),
+            postcopy: *postcopy,
         }),
-        Cmd::Check { vm } => return check(&cli.socket, &vm),
-    };
-    let mut s = UnixStream::connect(&cli.socket)
-        .with_context(|| format!("connecting to miglockd at {}", cli.socket.display()))?;
-    writeln!(s, "{}", serde_json::to_string(&req)?)?;
-    for line in BufReader::new(s).lines() {
-        let line = line?;
+        CtlCmd::Check { .. } => unreachable!("check asks for the status itself"),
+    })
+}
+
+fn run(cli: &Ctl) -> Result<Outcome, Fail> {
+    if let CtlCmd::Check { vm } = &cli.cmd {
+        return check(cli, vm);
+    }
+    let req = request(&cli.cmd)?;
+    let mut show = Show::new();
+    let r = converse(&cli.socket, &req, |line, reply| {
         if cli.json {
             println!("{line}");
         }
-        match serde_json::from_str::<Reply>(&line).context("bad reply from miglockd")? {
-            Reply::Progress { message } => eprintln!("miglockctl: {message}"),
-            Reply::Event { event } => {
-                if !cli.json {
-                    println!("{event}");
-                }
-            }
-            Reply::Ok { data } => {
-                if !cli.json {
-                    println!("{}", serde_json::to_string_pretty(&data)?);
-                }
-                return Ok(true);
-            }
-            Reply::Error { message } => {
-                eprintln!("miglockctl: {message}");
-                return Ok(false);
-            }
+        match reply {
+            Reply::Progress { message, migration } => show.say(message, migration.as_ref()),
+            Reply::Event { event } if !cli.json => println!("{event}"),
+            _ => {}
         }
+    });
+    show.done();
+    let data = r?;
+    if !cli.json {
+        // Printing JSON we just parsed cannot fail.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&data).unwrap_or_default()
+        );
     }
-    Ok(true)
+    Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_progress_is_thinned_but_status_changes_show() {
+        let t0 = Instant::now();
+        let mut t = Throttle::default();
+        assert!(t.due("active", t0));
+        assert!(!t.due("active", t0 + Duration::from_millis(250)));
+        assert!(!t.due("active", t0 + Duration::from_millis(4750)));
+        assert!(t.due("active", t0 + Duration::from_secs(5)));
+        assert!(t.due("postcopy-active", t0 + Duration::from_millis(5250)));
+    }
+
+    #[test]
+    fn each_failure_has_its_outcome() {
+        let agent = |class| Fail::Agent {
+            class,
+            message: String::new(),
+        };
+        assert_eq!(agent(ErrorClass::Refused).outcome(), Outcome::Locked);
+        assert_eq!(agent(ErrorClass::Cancelled).outcome(), Outcome::Cancelled);
+        assert_eq!(agent(ErrorClass::Failed).outcome(), Outcome::Failed);
+        assert_eq!(agent(ErrorClass::UnknownVm).outcome(), Outcome::Unreachable);
+        assert_eq!(Fail::NoAnswer.outcome(), Outcome::Unreachable);
+        assert_eq!(Fail::NoVm("x".into()).outcome(), Outcome::Unreachable);
+        assert_eq!(Fail::Usage("x").outcome(), Outcome::Usage);
+    }
+
+    #[test]
+    fn the_bar_says_rate_and_eta() {
+        let m = MigrationProgress {
+            status: "active".into(),
+            total_bytes: 256 << 20,
+            transferred_bytes: 64 << 20,
+            remaining_bytes: 192 << 20,
+            rate_bytes_per_s: 32 << 20,
+            elapsed_ms: 2000,
+        };
+        assert_eq!(bar_text(&m), "active: 32.0 MiB/s, ETA 6s, 64.0 MiB sent");
+    }
 }

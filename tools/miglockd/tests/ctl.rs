@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! miglockctl's exit status, each case against a running agent: scripted
+//! guests on the doorbells and fake QEMU monitors whose migrations end as
+//! each test needs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+#[path = "support.rs"]
+mod support;
+use support::{fake_qemu, listen, wait_for, Agent, FakeQemu, Guest};
+
+/// A VM on a fake QEMU whose migrations end with `ending`, version `v`.
+fn vm(d: &Path, name: &str, ending: &'static str, v: (u32, u32)) -> String {
+    let qmp = d.join(format!("{name}-qmp.sock"));
+    fake_qemu(&qmp, FakeQemu { version: v, ending });
+    format!(
+        "[[vm]]\nname = \"{name}\"\ndoorbell = \"{}/{name}.sock\"\nqmp = \"{}\"\n",
+        d.display(),
+        qmp.display()
+    )
+}
+
+fn setup() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("miglockd-ctl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let vms = [
+        vm(&dir, "ok", "completed", (10, 0)),
+        vm(&dir, "bad", "failed", (10, 0)),
+        vm(&dir, "gone", "cancelled", (10, 0)),
+        vm(&dir, "old", "completed", (7, 2)),
+    ]
+    .concat();
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
+             control = \"{d}/control.sock\"\n{vms}\
+             [[vm]]\nname = \"held\"\ndoorbell = \"{d}/held.sock\"\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn ctl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_miglockctl"))
+        .arg("--socket")
+        .arg(dir.join("control.sock"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn every_outcome_has_its_exit_status() {
+    let dir = setup();
+    let held = listen(&dir.join("held.sock"));
+    let _agent = Agent::start(&dir);
+    let mut guest = Guest::accept(&held);
+    let within = Duration::from_secs(10);
+    wait_for(within, "the control socket", || {
+        dir.join("control.sock").exists()
+    });
+
+    // check: 0 may migrate, 1 locked, 2 unknown VM.
+    assert_eq!(code(&ctl(&dir, &["check", "held"])), 0);
+    assert!(guest.lock(1, "nightly backup", 60_000).0);
+    let locked = ctl(&dir, &["check", "held"]);
+    assert_eq!(code(&locked), 1, "{locked:?}");
+    assert!(stderr(&locked).contains("nightly backup"), "{locked:?}");
+    let json = ctl(&dir, &["check", "held", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["may_migrate"], false, "{v}");
+    assert_eq!(code(&ctl(&dir, &["check", "nosuch"])), 2);
+
+    // migrate: 0 done, 1 refused (locked, or fenced on this QEMU), 3 failed,
+    // 4 cancelled, 2 unknown VM.
+    let to = ["--to", "tcp:127.0.0.1:1"];
+    let done = ctl(&dir, &[&["migrate", "ok"][..], &to].concat());
+    assert_eq!(code(&done), 0, "{done:?}");
+    assert!(stderr(&done).contains("MiB remaining"), "{done:?}");
+    let policy = ctl(&dir, &["policy", "ok", "--migration", "false"]);
+    assert_eq!(code(&policy), 0, "{policy:?}");
+    let refused = ctl(&dir, &[&["migrate", "ok"][..], &to].concat());
+    assert_eq!(code(&refused), 1, "{refused:?}");
+    assert!(stderr(&refused).contains("migration = no"), "{refused:?}");
+    let fenced = ctl(&dir, &[&["migrate", "old"][..], &to].concat());
+    assert_eq!(code(&fenced), 1, "{fenced:?}");
+    let failed = ctl(&dir, &[&["migrate", "bad"][..], &to].concat());
+    assert_eq!(code(&failed), 3, "{failed:?}");
+    let cancelled = ctl(&dir, &[&["migrate", "gone"][..], &to].concat());
+    assert_eq!(code(&cancelled), 4, "{cancelled:?}");
+    assert!(stderr(&cancelled).contains("cancelled"), "{cancelled:?}");
+    assert_eq!(
+        code(&ctl(&dir, &[&["migrate", "nosuch"][..], &to].concat())),
+        2
+    );
+
+    // Usage errors are 64, not clap's 2 (which would read "unreachable");
+    // --help is 0.
+    let force = ctl(&dir, &[&["migrate", "bad", "--force"][..], &to].concat());
+    assert_eq!(code(&force), 64, "{force:?}");
+    assert_eq!(code(&ctl(&dir, &["migrate", "bad"])), 64);
+    assert_eq!(code(&ctl(&dir, &["--help"])), 0);
+
+    // No agent there: 2.
+    let gone = Command::new(env!("CARGO_BIN_EXE_miglockctl"))
+        .args(["--socket", "/nonexistent/control.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&gone), 2, "{gone:?}");
+    assert!(stderr(&gone).contains("/nonexistent/control.sock"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -279,12 +279,12 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                         Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
                         refused => refused,
                     };
-                    decide(agent, name, "lock", hold, reason, text, lease_ms, v);
+                    decide(agent, vm, "lock", hold, reason, text, lease_ms, v);
                     v
                 }
                 _ => {
                     let v = Verdict::Refused(wire::REFUSE_INVALID);
-                    decide(agent, name, "lock", hold, reason, "?", lease_ms, v);
+                    decide(agent, vm, "lock", hold, reason, "?", lease_ms, v);
                     v
                 }
             };
@@ -302,7 +302,7 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                 Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
                 refused => refused,
             };
-            decide(agent, name, "renew", hold, 0, "", lease_ms, v);
+            decide(agent, vm, "renew", hold, 0, "", lease_ms, v);
             reply(decision(v));
         }
         Message::Unlock { hold } => {
@@ -413,7 +413,7 @@ fn decision(v: Verdict) -> Message<'static> {
 #[allow(clippy::too_many_arguments)]
 fn decide(
     agent: &Agent,
-    vm: &str,
+    vm: &Vm,
     what: &str,
     hold: u32,
     reason: u32,
@@ -425,12 +425,24 @@ fn decide(
         Verdict::Granted(l) => (true, l, 0),
         Verdict::Refused(r) => (false, 0, r),
     };
+    // When the lease really ends (it began at the decision, before QEMU
+    // took the blocker and this record was written).
+    let until_ms = granted
+        .then(|| {
+            vm.ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .holds
+                .get(&hold)
+                .map(|h| h.until_ms)
+        })
+        .flatten();
     agent.audit.record(
-        vm,
+        &vm.config.name,
         what,
         json!({
             "hold": hold, "reason": reason, "label": label, "asked_ms": lease_ms,
-            "granted": granted, "lease_ms": lease, "refusal": refusal,
+            "granted": granted, "lease_ms": lease, "until_ms": until_ms, "refusal": refusal,
         }),
     );
 }

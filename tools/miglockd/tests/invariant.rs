@@ -257,10 +257,11 @@ fn replay(audit: &str) -> Vec<String> {
         let ts = r["ts_ms"].as_u64().unwrap_or(0);
         match r["event"].as_str().unwrap_or("") {
             "lock" | "renew" if r["granted"] == true => {
-                live.insert(
-                    r["hold"].as_u64().unwrap(),
-                    ts + r["lease_ms"].as_u64().unwrap(),
-                );
+                // The lease ran from the decision, a little before the record.
+                let until = r["until_ms"]
+                    .as_u64()
+                    .unwrap_or(ts + r["lease_ms"].as_u64().unwrap());
+                live.insert(r["hold"].as_u64().unwrap(), until);
             }
             "unlock" => {
                 live.remove(&r["hold"].as_u64().unwrap());

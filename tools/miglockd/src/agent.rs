@@ -44,7 +44,8 @@ pub struct VmConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// State file (ledgers), rewritten atomically on every change.
+    /// State file (every VM's ledger): a snapshot, with the journal of
+    /// changes since beside it (`journal.rs`).
     #[serde(default = "default_state")]
     pub state: PathBuf,
     /// Audit log, JSON lines, append-only.
@@ -62,6 +63,9 @@ pub struct Config {
     /// How the lock is enforced in QEMU.
     #[serde(default)]
     pub blocker: BlockerOptions,
+    /// When written records reach the disk.
+    #[serde(default)]
+    pub storage: crate::commit::Storage,
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
@@ -256,8 +260,10 @@ pub struct Agent {
     pub planner: crate::planner::Options,
     /// How the lock is enforced in QEMU.
     pub blocker: BlockerOptions,
-    state_path: PathBuf,
-    save_lock: Mutex<()>,
+    /// The state's journal.
+    pub journal: crate::journal::Journal,
+    /// Syncs the audit log and the journal in batches.
+    pub commit: Arc<crate::commit::Committer>,
 }
 
 fn epoch() -> u64 {
@@ -270,8 +276,11 @@ fn epoch() -> u64 {
 impl Agent {
     /// Builds the agent, restoring ledgers from the state file.
     pub fn new(config: &Config) -> Result<Agent> {
-        let mut saved = store::load(&config.state)?;
-        let audit = Audit::open(&config.audit)?;
+        let commit = Arc::new(crate::commit::Committer::new(
+            std::time::Duration::from_millis(config.storage.commit_ms),
+        ));
+        let (journal, mut saved) = crate::journal::Journal::open(&config.state, commit.clone())?;
+        let audit = Audit::open(&config.audit, commit.clone())?;
         let mut vms = BTreeMap::new();
         for vc in &config.vms {
             // A restored ledger keeps its holds; the configured policy wins.
@@ -297,8 +306,8 @@ impl Agent {
             limits: config.limits,
             planner: config.planner,
             blocker: config.blocker,
-            state_path: config.state.clone(),
-            save_lock: Mutex::new(()),
+            journal,
+            commit,
         })
     }
 
@@ -338,25 +347,27 @@ impl Agent {
         self.vms.get(name)
     }
 
-    /// Runs `f` on `vm`'s ledger and saves the state if `f` says it changed.
+    /// Runs `f` on `vm`'s ledger and journals it if `f` says it changed
+    /// (before anyone can act on the change).
     pub fn update<R>(&self, vm: &Vm, f: impl FnOnce(&mut Ledger, u64) -> (R, bool)) -> R {
         let now = now_ms();
         let (r, changed) = {
             let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut l, now)
+            let (r, changed) = f(&mut l, now);
+            if changed {
+                self.journal.append(&vm.config.name, &l);
+            }
+            (r, changed)
         };
         if changed {
-            self.save();
             vm.changed.notify_all();
         }
         r
     }
 
-    /// Writes every ledger to the state file.
-    pub fn save(&self) {
-        let _one_at_a_time = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let all: store::Ledgers = self
-            .vms
+    /// Every VM's ledger as it is now.
+    pub fn ledgers(&self) -> store::Ledgers {
+        self.vms
             .iter()
             .map(|(n, vm)| {
                 (
@@ -364,9 +375,18 @@ impl Agent {
                     vm.ledger.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 )
             })
-            .collect();
-        if let Err(e) = store::save(&self.state_path, &all) {
-            tracing::error!(path = %self.state_path.display(), "cannot save the state: {e:#}");
+            .collect()
+    }
+
+    /// The committer's batch: everything written is synced, and a long
+    /// journal folded into the snapshot.
+    pub fn sync_batch(&self) {
+        self.audit.sync();
+        self.journal.sync();
+        if self.journal.long() {
+            if let Err(e) = self.journal.compact(|| self.ledgers()) {
+                tracing::error!("cannot fold the state journal: {e:#}");
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //! writes its last record and never releases the log again, so no record
 //! can be cut in half by the exit.
 
+use crate::commit::Committer;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use std::fs::{File, OpenOptions};
@@ -17,7 +18,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -32,6 +33,7 @@ pub struct Audit {
     path: PathBuf,
     file: Mutex<File>,
     watchers: Mutex<Vec<Sender<Value>>>,
+    commit: Arc<Committer>,
 }
 
 /// Cuts a torn last line (no newline) off `f`; returns what it cut.
@@ -76,12 +78,16 @@ fn line(vm: &str, event: &str, fields: Value) -> Value {
     Value::Object(rec)
 }
 
-/// Appends `rec` to `f` in one write(2), then syncs it. A failing disk
-/// must not take the agent down; it is reported.
-fn write(f: &mut File, rec: &Value) {
+/// Appends `rec` to `f` in one write(2) (the kernel has it: a kill loses
+/// nothing), synced at once when `sync`. A failing disk must not take the
+/// agent down; it is reported.
+fn write(f: &mut File, rec: &Value, sync: bool) {
     let mut line = rec.to_string();
     line.push('\n');
-    if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
+    let r = f
+        .write_all(line.as_bytes())
+        .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+    if let Err(e) = r {
         tracing::error!(error = %e, "cannot write the audit log");
     }
 }
@@ -89,7 +95,7 @@ fn write(f: &mut File, rec: &Value) {
 impl Audit {
     /// Opens (creating) the log for appending, cutting off a record a kill
     /// tore (and recording that it did).
-    pub fn open(path: &Path) -> Result<Audit> {
+    pub fn open(path: &Path, commit: Arc<Committer>) -> Result<Audit> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -99,6 +105,7 @@ impl Audit {
             path: path.to_path_buf(),
             file: Mutex::new(file),
             watchers: Mutex::new(Vec::new()),
+            commit,
         };
         if !torn.is_empty() {
             let start: String = String::from_utf8_lossy(&torn).chars().take(120).collect();
@@ -125,8 +132,21 @@ impl Audit {
     /// exited, so its decision is neither torn nor answered unrecorded.
     pub fn close(&self, event: &str, fields: Value) {
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        write(&mut f, &line("-", event, fields));
+        write(&mut f, &line("-", event, fields), true);
         std::mem::forget(f);
+    }
+
+    /// Puts every record written so far on disk (the committer's call).
+    pub fn sync(&self) {
+        let f = self
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone();
+        // Synced outside the lock: records go on being written meanwhile.
+        if let Err(e) = f.and_then(|f| f.sync_data()) {
+            tracing::error!(error = %e, "cannot sync the audit log");
+        }
     }
 
     /// Records `event` for `vm` with `fields`; returns the record.
@@ -135,7 +155,9 @@ impl Audit {
         write(
             &mut self.file.lock().unwrap_or_else(|e| e.into_inner()),
             &rec,
+            self.commit.inline(),
         );
+        self.commit.wrote();
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -163,7 +185,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("audit.jsonl");
         std::fs::write(&path, "{\"event\":\"lock\",\"hold\":1}\n{\"event\":\"unl").unwrap();
-        let a = Audit::open(&path).unwrap();
+        let a = Audit::open(&path, Arc::new(Committer::new(std::time::Duration::ZERO))).unwrap();
         a.record("vm", "after", json!({}));
         let text = std::fs::read_to_string(&path).unwrap();
         let recs: Vec<Value> = text
@@ -178,7 +200,7 @@ mod tests {
         // A whole log is left as it is.
         drop(a);
         let before = std::fs::read(&path).unwrap();
-        drop(Audit::open(&path).unwrap());
+        drop(Audit::open(&path, Arc::new(Committer::new(std::time::Duration::ZERO))).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), before);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -193,7 +215,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("audit.jsonl");
-        let a = Audit::open(&path).unwrap();
+        let a = Audit::open(&path, Arc::new(Committer::new(std::time::Duration::ZERO))).unwrap();
         a.record("vm", "before", json!({}));
         std::fs::rename(&path, dir.join("audit.jsonl.1")).unwrap();
         a.reopen().unwrap();

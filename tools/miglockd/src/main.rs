@@ -9,6 +9,7 @@
 mod agent;
 mod audit;
 mod blocker;
+mod commit;
 mod control;
 mod dial;
 mod enforce;
@@ -16,6 +17,7 @@ mod fence;
 mod gate;
 mod hints;
 mod incoming;
+mod journal;
 mod ledger;
 mod libvirt;
 mod log;
@@ -85,6 +87,8 @@ fn serve(config: &agent::Config) -> Result<()> {
         "agent-start",
         serde_json::json!({"epoch": agent.epoch, "vms": agent.vms.keys().collect::<Vec<_>>()}),
     );
+    let a = agent.clone();
+    std::thread::spawn(move || a.commit.run(|| a.sync_batch()));
     let stop = Arc::new(AtomicBool::new(false));
     for vm in agent.vms.values() {
         let (a, v, s) = (agent.clone(), vm.clone(), stop.clone());
@@ -126,6 +130,7 @@ fn signals(agent: &agent::Agent, control: PathBuf) {
                 let _ = sd_notify::notify(&[NotifyState::Stopping]);
                 // miglockctl then says "not running" rather than hanging.
                 let _ = std::fs::remove_file(&control);
+                agent.journal.sync();
                 agent
                     .audit
                     .close("agent-stop", serde_json::json!({"signal": sig.as_str()}));

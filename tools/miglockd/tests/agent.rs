@@ -136,6 +136,44 @@ fn decides_records_and_survives_a_restart() {
     assert_eq!(a.iter().filter(|r| r["event"] == "agent-start").count(), 2);
 }
 
+/// A burst of decisions, then the agent is killed before the committer's
+/// batch reached the disk: every decision the guest heard is in the audit
+/// log, whole and in order, and every hold it was granted is in the state
+/// the next agent loads (the kernel had both before the guest was answered).
+#[test]
+fn a_kill_mid_batch_loses_no_decision_and_no_lock() {
+    let dir = setup_with("batch", "[storage]\ncommit_ms = 60000\n");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let holds: Vec<u32> = (1..=40).collect();
+    for &h in &holds {
+        assert!(g.lock(h, &format!("burst {h}"), 10_000).0, "hold {h}");
+    }
+    // SIGKILL: nothing has been synced (the batch waits a minute).
+    drop(agent);
+    let text = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert!(text.ends_with('\n'), "a torn record");
+    let granted: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a whole record"))
+        .filter(|r| r["event"] == "lock" && r["granted"] == true)
+        .map(|r| r["hold"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        granted,
+        holds.iter().map(|&h| u64::from(h)).collect::<Vec<_>>()
+    );
+    let agent = Agent::start(&dir);
+    let st = agent.control(json!({"cmd": "status"}));
+    let kept = st["data"]["vms"]["good"]["holds"]
+        .as_object()
+        .unwrap()
+        .len();
+    assert_eq!(kept, holds.len(), "{st}");
+}
+
 #[test]
 fn refuses_invalid_requests_and_follows_policy() {
     let dir = setup("policy");

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `bench-agent-scale`: one agent serving 1, 10 and 100 VMs whose guests
+//! all lock and unlock at once (scripted guests on the doorbell sockets,
+//! a fake QEMU monitor per VM, so every first lock installs a blocker over
+//! QMP). Prints, and writes to `out/bench/agent-scale.json`, per size: how
+//! many decisions, how many a second host-wide, and each lock's time from
+//! the request leaving the guest to its decision arriving (p50, p99).
+//! Figures, not pass/fail: `make bench` runs it.
+
+#[path = "../tests/support.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::{fake_qemu, listen, Agent, FakeQemu, Guest};
+
+/// Lock/unlock pairs each guest makes (within the default rate limit's
+/// burst, so the limit refuses none).
+const PAIRS: u32 = 100;
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn run(vms: usize) -> Value {
+    let dir = std::env::temp_dir().join(format!("miglockd-scale-{vms}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let mut toml = format!(
+        "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\ncontrol = \"{d}/control.sock\"\n"
+    );
+    let mut doors = Vec::new();
+    for i in 0..vms {
+        toml.push_str(&format!(
+            "[[vm]]\nname = \"vm{i}\"\ndoorbell = \"{d}/vm{i}.sock\"\nqmp = \"{d}/vm{i}-qmp.sock\"\n"
+        ));
+        doors.push(listen(&dir.join(format!("vm{i}.sock"))));
+        fake_qemu(&dir.join(format!("vm{i}-qmp.sock")), FakeQemu::default());
+    }
+    std::fs::write(dir.join("agent.toml"), toml).unwrap();
+    let agent = Agent::start(&dir);
+    let guests: Vec<Guest> = doors.iter().map(Guest::accept).collect();
+    let start = std::sync::Barrier::new(vms);
+    let t0 = Instant::now();
+    let lat: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let start = &start;
+        let handles: Vec<_> = guests
+            .into_iter()
+            .map(|mut g| {
+                s.spawn(move || {
+                    start.wait();
+                    let mut v = Vec::with_capacity(PAIRS as usize);
+                    for i in 0..PAIRS {
+                        let t = Instant::now();
+                        let (granted, _, reason) = g.lock(i % 8 + 1, "scale", 60_000);
+                        v.push(t.elapsed().as_secs_f64() * 1e3);
+                        assert!(granted, "refused (reason {reason})");
+                        g.send(miglock_abi::wire::Message::Unlock { hold: i % 8 + 1 });
+                    }
+                    v
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut all: Vec<f64> = lat.into_iter().flatten().collect();
+    all.sort_by(f64::total_cmp);
+    let decisions = all.len();
+    json!({
+        "vms": vms,
+        "decisions": decisions,
+        "decisions_per_s": (decisions as f64 / secs).round(),
+        "p50_ms": (pct(&all, 0.50) * 1000.0).round() / 1000.0,
+        "p99_ms": (pct(&all, 0.99) * 1000.0).round() / 1000.0,
+    })
+}
+
+fn main() {
+    // `cargo bench` passes its own flags; a name filter is all we heed.
+    let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let mut rows = Vec::new();
+    for vms in [1, 10, 100] {
+        if only.is_some_and(|o| o != vms) {
+            continue;
+        }
+        let r = run(vms);
+        println!(
+            "bench agent-scale: {:>3} VMs: {:>6} decisions, {:>7} decisions/s, lock p50 {:.3} ms, p99 {:.3} ms",
+            r["vms"], r["decisions"], r["decisions_per_s"], r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0)
+        );
+        rows.push(r);
+    }
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../out/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("agent-scale.json"),
+        serde_json::to_string_pretty(&rows).unwrap(),
+    )
+    .unwrap();
+    println!(
+        "bench agent-scale: wrote {}",
+        out.join("agent-scale.json").display()
+    );
+    let _ = Duration::ZERO;
+}

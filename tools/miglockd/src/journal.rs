@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The agent's state on disk: a snapshot (`state.json`, written atomically
+//! by `store.rs`) and a journal beside it (`state.json.journal`).
+//!
+//! Every change appends the changed VM's whole ledger as one line, in one
+//! `write(2)`, before the decision is answered, so an agent kill loses no
+//! lock (the committer puts it on disk in batches, `commit.rs`). Rewriting
+//! every VM's state per decision made every decision wait for the disk.
+//! Loading replays the journal over the snapshot (the last line of a VM
+//! wins; a torn last line is cut). When the journal grows, it is moved
+//! aside, the current state becomes the snapshot, and the old journal goes.
+
+use crate::commit::Committer;
+use crate::ledger::Ledger;
+use crate::store::{self, Ledgers};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Lines after which the journal is folded into the snapshot.
+pub const COMPACT_AFTER: usize = 4096;
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    vm: String,
+    ledger: Ledger,
+}
+
+/// The journal of ledger changes.
+pub struct Journal {
+    snapshot: PathBuf,
+    path: PathBuf,
+    file: Mutex<File>,
+    lines: AtomicUsize,
+    commit: Arc<Committer>,
+}
+
+fn journal_path(snapshot: &Path, suffix: &str) -> PathBuf {
+    let mut p = snapshot.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Applies the whole lines of `path` (if it exists) to `ledgers`; a torn
+/// last line (a kill mid-write) is cut off the file.
+fn replay(path: &Path, ledgers: &mut Ledgers) -> Result<()> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut whole = 0u64;
+    let mut reader = BufReader::new(f);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        let e: Entry = serde_json::from_str(&line)
+            .with_context(|| format!("{}: a journal line does not parse", path.display()))?;
+        ledgers.insert(e.vm, e.ledger);
+        whole += n as u64;
+    }
+    let f = OpenOptions::new().write(true).open(path)?;
+    if f.metadata()?.len() != whole {
+        f.set_len(whole)?;
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
+impl Journal {
+    /// Loads the state at `snapshot` (and its journals), folds it into a
+    /// new snapshot and starts an empty journal.
+    pub fn open(snapshot: &Path, commit: Arc<Committer>) -> Result<(Journal, Ledgers)> {
+        let mut ledgers = store::load(snapshot)?;
+        let path = journal_path(snapshot, ".journal");
+        let old = journal_path(snapshot, ".journal.old");
+        // A compaction cut short left the old journal: it is older.
+        replay(&old, &mut ledgers)?;
+        replay(&path, &mut ledgers)?;
+        store::save(snapshot, &ledgers)?;
+        let _ = fs::remove_file(&old);
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.sync_all()?;
+        Ok((
+            Journal {
+                snapshot: snapshot.to_path_buf(),
+                path,
+                file: Mutex::new(file),
+                lines: AtomicUsize::new(0),
+                commit,
+            },
+            ledgers,
+        ))
+    }
+
+    /// Records `vm`'s ledger as it is now. Called with that ledger locked,
+    /// so lines of one VM are in the order of its changes.
+    pub fn append(&self, vm: &str, ledger: &Ledger) {
+        let mut line = match serde_json::to_string(&Entry {
+            vm: vm.to_string(),
+            ledger: ledger.clone(),
+        }) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("cannot encode the state of {vm}: {e}"),
+        };
+        line.push('\n');
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let written = f.write_all(line.as_bytes()).and_then(|()| {
+            if self.commit.inline() {
+                f.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            tracing::error!(path = %self.path.display(), "cannot write the state journal: {e}");
+        }
+        drop(f);
+        self.lines.fetch_add(1, Ordering::Relaxed);
+        self.commit.wrote();
+    }
+
+    /// Puts what was appended on disk.
+    pub fn sync(&self) {
+        let f = self
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone();
+        // Synced outside the lock: appends go on meanwhile.
+        if let Err(e) = f.and_then(|f| f.sync_data()) {
+            tracing::error!(path = %self.path.display(), "cannot sync the state journal: {e}");
+        }
+    }
+
+    /// Whether the journal should be folded into the snapshot.
+    pub fn long(&self) -> bool {
+        self.lines.load(Ordering::Relaxed) >= COMPACT_AFTER
+    }
+
+    /// Folds the journal into the snapshot: the journal is moved aside (new
+    /// lines go to a new one), `current` (taken after the move, so it holds
+    /// everything the old journal does) becomes the snapshot, and the old
+    /// journal goes.
+    pub fn compact(&self, current: impl FnOnce() -> Ledgers) -> Result<()> {
+        let old = journal_path(&self.snapshot, ".journal.old");
+        {
+            let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            f.sync_data()?;
+            fs::rename(&self.path, &old)?;
+            *f = File::create(&self.path)?;
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        store::save(&self.snapshot, &current())?;
+        fs::remove_file(&old)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Policy;
+    use std::time::Duration;
+
+    fn dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("miglockd-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn committer() -> Arc<Committer> {
+        Arc::new(Committer::new(Duration::from_millis(5)))
+    }
+
+    #[test]
+    fn changes_survive_a_kill_and_a_torn_line_is_cut() {
+        let d = dir("kill");
+        let snap = d.join("state.json");
+        let (j, l) = Journal::open(&snap, committer()).unwrap();
+        assert!(l.is_empty());
+        let mut a = Ledger::new(Policy::default());
+        a.lock(1, 1, "a", 1000, 5);
+        j.append("vm1", &a);
+        a.lock(2, 1, "b", 1000, 6);
+        j.append("vm1", &a);
+        j.append("vm2", &Ledger::new(Policy::default()));
+        // Killed: nothing synced, nothing folded; a last write torn.
+        drop(j);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(journal_path(&snap, ".journal"))
+            .unwrap();
+        f.write_all(b"{\"vm\":\"vm1\",\"led").unwrap();
+        let (_, back) = Journal::open(&snap, committer()).unwrap();
+        assert_eq!(back["vm1"], a);
+        assert!(back.contains_key("vm2"));
+        // Folded into the snapshot on open: the journal starts empty.
+        assert_eq!(store::load(&snap).unwrap()["vm1"], a);
+        assert_eq!(
+            fs::metadata(journal_path(&snap, ".journal")).unwrap().len(),
+            0
+        );
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_lines_written_meanwhile() {
+        let d = dir("compact");
+        let snap = d.join("state.json");
+        let (j, _) = Journal::open(&snap, committer()).unwrap();
+        let mut a = Ledger::new(Policy::default());
+        a.lock(1, 1, "a", 1000, 5);
+        j.append("vm1", &a);
+        let mut b = a.clone();
+        b.lock(2, 1, "b", 1000, 6);
+        // A change lands while the snapshot is being taken: it is in the
+        // new journal, and so in the state after a reload.
+        j.compact(|| {
+            j.append("vm1", &b);
+            Ledgers::from([("vm1".to_string(), a.clone())])
+        })
+        .unwrap();
+        assert!(!journal_path(&snap, ".journal.old").exists());
+        drop(j);
+        let (_, back) = Journal::open(&snap, committer()).unwrap();
+        assert_eq!(back["vm1"], b);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_compaction_loses_nothing() {
+        let d = dir("interrupted");
+        let snap = d.join("state.json");
+        let mut a = Ledger::new(Policy::default());
+        a.lock(7, 1, "x", 1000, 5);
+        store::save(&snap, &Ledgers::new()).unwrap();
+        // The old journal was moved aside, the snapshot never written.
+        fs::write(
+            journal_path(&snap, ".journal.old"),
+            format!(
+                "{}\n",
+                serde_json::to_string(&Entry {
+                    vm: "vm1".into(),
+                    ledger: a.clone()
+                })
+                .unwrap()
+            ),
+        )
+        .unwrap();
+        let (_, back) = Journal::open(&snap, committer()).unwrap();
+        assert_eq!(back["vm1"], a);
+        fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -201,6 +201,7 @@ impl Shared {
                     Notice::PolicyChange { .. } => {}
                     // Pollers (the tracer) run ahead of the workload's faults.
                     Notice::PostcopyStarted => st.postcopy_gen = st.postcopy_gen.wrapping_add(1),
+                    Notice::MigrationCancelled | Notice::Migrated => {}
                 });
                 self.events.wake_all();
             }
@@ -647,7 +648,9 @@ impl MldFile {
             last_refusal: st.last_refusal,
             max_lease_ms: self.shared.config.max_lease_ms,
             postcopy_gen: st.postcopy_gen,
-            reserved: [0; 6],
+            pending_deadline_ms: 0,
+            migration_gen: 0,
+            reserved: [0; 4],
         }
     }
 }

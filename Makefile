@@ -34,10 +34,10 @@ clippy:
 	$(MAKE) -C $(KDIR) $(KMAKE) M=$(TOP) CLIPPY=1 modules
 
 rustfmt:
-	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml rust/*.rs
+	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml rust/*.rs rust/compat/*.rs
 
 rustfmtcheck:
-	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml --check rust/*.rs
+	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml --check rust/*.rs rust/compat/*.rs
 
 tools:
 	cd tools && $(CARGO) build --release --locked -p miglock-harness -p miglockd \

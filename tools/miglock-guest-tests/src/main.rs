@@ -708,7 +708,8 @@ fn syscall_suite(c: &mut Checks, loaded: bool) -> io::Result<()> {
 }
 
 /// With a host that announces a migration after granting `await-notice`:
-/// the notice wakes `poll()` and shows in status until the VM is unlocked.
+/// the notice wakes `poll()` once and shows in status, with its deadline,
+/// until the migration happens or is called off (unlocking does neither).
 fn host_notice(c: &mut Checks) -> io::Result<()> {
     let d = Device::open()?;
     d.lock(&lock(Reason::CriticalOperation, 30_000, "await-notice"))?;
@@ -720,12 +721,23 @@ fn host_notice(c: &mut Checks) -> io::Result<()> {
         st.migration_pending(),
         || format!("{st:?}"),
     );
+    c.check(
+        "the notice carries the host's deadline",
+        st.pending_deadline()
+            .is_some_and(|d| d > Duration::ZERO && d <= Duration::from_millis(5000)),
+        || format!("{st:?}"),
+    );
     d.unlock(false)?;
     let st = d.status()?;
     c.check(
-        "unlocking clears it",
-        !st.migration_pending() && !st.locked(),
+        "unlocking ends the hold, not the announced migration",
+        st.migration_pending() && !st.locked(),
         || format!("{st:?}"),
+    );
+    c.check(
+        "the notice was reported once",
+        !readable(d.as_raw_fd(), 0)?,
+        String::new,
     );
     Ok(())
 }

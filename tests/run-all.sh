@@ -63,6 +63,7 @@ phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --
 phase fuzz               single        make -s fuzz FUZZ_SECONDS=10
 phase module-build       single        make -s module
 phase module-clippy      single        make -s clippy
+phase module-archcheck   single        make -s archcheck
 phase module-rustfmt     single        make -s rustfmtcheck
 
 # Guest scenarios stream their progress: they take the longest.

@@ -30,12 +30,20 @@ use kernel::{
     time::msecs_to_jiffies,
 };
 
-/// How long one attempt waits for the host's answer.
-pub(crate) const REQUEST_TIMEOUT_MS: u32 = 200;
+/// How long one attempt waits for the host's answer: long enough for an
+/// agent that first has QEMU take its blocker on a busy host (hundreds of
+/// ms were seen), short enough that a host that is gone is found out in
+/// [`ATTEMPTS`] of them.
+pub(crate) const REQUEST_TIMEOUT_MS: u32 = 500;
 /// Attempts per request.
 pub(crate) const ATTEMPTS: u32 = 3;
-/// Requests that may wait for the host at once; more wait for a slot.
-pub(crate) const SLOTS: usize = 16;
+/// Requests that may wait for the host at once; more wait for a slot. The
+/// agent decides one request at a time (each audited, about 10 ms), with
+/// unlocks and state reports in between: four in flight keep the queue
+/// ahead of any one well inside [`REQUEST_TIMEOUT_MS`], where more
+/// would only make each wait longer (and time out, and be sent again),
+/// never the host faster.
+pub(crate) const SLOTS: usize = 4;
 
 /// An answer from the host, owned (frames live in the decoder's buffer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -56,6 +56,10 @@ struct State {
     last_refusal: u32,
     /// The host released the lock by force; cleared by the next lock.
     forced_release: bool,
+    /// Lock requests the host may be deciding now.
+    asking: u32,
+    /// A state report waits for them to end.
+    report_due: bool,
 }
 
 /// Every open file's pollers. Notified by the lease timer (they then expire
@@ -149,6 +153,8 @@ impl Service {
                     last_decision: MLD_DECISION_NONE,
                     last_refusal: 0,
                     forced_release: false,
+                    asking: 0,
+                    report_due: false,
                 }),
                 wakeup <- Timer::new(pin_init!(Pollers {
                     cv <- new_poll_condvar!("miglock_events"),
@@ -163,10 +169,16 @@ impl Service {
         )
     }
 
-    /// Runs `f` on the state after dropping expired holds and arms the
-    /// timer for the next lease end; returns the state to report to the
-    /// host if the VM-wide lock changed.
-    fn change<R>(&self, f: impl FnOnce(&mut State, u64) -> R) -> (R, Option<Report>) {
+    /// Runs `f` on the state after dropping expired holds, arms the timer
+    /// for the next lease end, and tells the host the guest's state if the
+    /// VM-wide lock changed.
+    ///
+    /// The report goes out under the state lock, so the host gets reports
+    /// and requests in the order the state saw them; and while a lock
+    /// request is out it waits for that to be decided ([`Service::asked`]):
+    /// the host, told "no holders" while it grants a hold the guest is about
+    /// to take, would end that hold.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State, u64) -> R) -> R {
         let now = now_ns();
         let mut st = self.state.lock();
         let before = st.table.locked();
@@ -175,17 +187,25 @@ impl Service {
         if let Some(end) = st.table.earliest_expiry() {
             self.wakeup.arm_in(end.saturating_sub(now));
         }
-        let report = (before != st.table.locked()).then(|| report_of(&st.table, now));
-        (r, report)
-    }
-
-    /// As [`Service::change`], and tells the host (without the state lock).
-    fn with_state<R>(&self, f: impl FnOnce(&mut State, u64) -> R) -> R {
-        let (r, report) = self.change(f);
-        if let Some(report) = report {
-            self.channel.report(report);
+        if before != st.table.locked() {
+            st.report_due = true;
+        }
+        if st.report_due && st.asking == 0 {
+            st.report_due = false;
+            self.channel.report(report_of(&st.table, now));
         }
         r
+    }
+
+    /// A lock request goes out (see [`Service::with_state`]).
+    fn asking(&self) {
+        self.with_state(|st, _| st.asking += 1);
+    }
+
+    /// The lock request is decided (its hold taken or not): a report that
+    /// waited goes out now, with the state that follows.
+    fn asked(&self) {
+        self.with_state(|st, _| st.asking -= 1);
     }
 
     /// Runs `f` on the current table (sysfs).
@@ -229,8 +249,7 @@ impl Service {
 
     /// Sends the host the whole state (after it reappeared).
     fn resync(&self) {
-        let report = self.with_table(report_of);
-        self.channel.report(report);
+        self.with_state(|st, _| st.report_due = true);
     }
 
     /// A new open file: its id (non-zero; the host knows its hold by it)
@@ -277,10 +296,15 @@ impl Service {
         let hold = hold_id(owner);
         let had = self.holds(owner);
         // Ask first: a host round trip must not hold the state lock.
+        self.asking();
         let decision = match self
             .channel
             .request_lock(hold, req.reason, req.lease_ms, label)
         {
+            Ok(Decision::Local) if self.config.host_required && self.channel.present() => {
+                self.asked();
+                return Err(errno::etimedout());
+            }
             Ok(d) => d,
             // No answer in time: the host is away for now, so decide as
             // without one (unless the host is required).
@@ -292,13 +316,12 @@ impl Service {
                 if !had {
                     self.channel.released(hold);
                 }
+                self.asked();
                 return Err(e);
             }
         };
-        if decision == Decision::Local && self.config.host_required && self.channel.present() {
-            return Err(errno::etimedout());
-        }
         let r = self.with_state(|st, now| {
+            st.asking -= 1;
             let (code, lease) = match decision {
                 Decision::Granted { lease_ms } => {
                     (MLD_DECISION_GRANTED, lease_ms.min(req.lease_ms))
@@ -364,7 +387,7 @@ impl Service {
     /// Ends `owner`'s hold (and, with `and_static`, the static lock), then
     /// tells the host; returns whether there was a hold and a static lock.
     fn end(&self, owner: Owner, and_static: bool) -> (bool, bool) {
-        let (ended, report) = self.change(|st, _| {
+        let ended = self.with_state(|st, _| {
             let had_static = and_static && st.table.static_lock();
             if had_static {
                 st.table.clear_static();
@@ -373,9 +396,6 @@ impl Service {
         });
         if ended.0 {
             self.channel.released(hold_id(owner));
-        }
-        if let Some(report) = report {
-            self.channel.report(report);
         }
         ended
     }

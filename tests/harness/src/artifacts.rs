@@ -176,7 +176,10 @@ pub fn guest_binaries(p: &Paths) -> Result<Vec<(String, PathBuf)>> {
         // Static glibc binaries: the initramfs has no dynamic loader. No
         // debug info: every byte of the initramfs is guest memory that
         // each migration copies (twice: the image and the unpacked files).
-        .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=debuginfo");
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        );
     for (pkg, bin) in BINS {
         cmd.args(["-p", pkg, "--bin", bin]);
     }

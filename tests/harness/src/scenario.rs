@@ -35,6 +35,8 @@ pub enum Kind {
     Blocker(Blocker),
     /// Two real libvirt daemons and `virsh migrate`.
     Libvirt,
+    /// A lock call's result against the host's holds (see `locking.rs`).
+    Locking(crate::locking::Which),
 }
 
 /// Which `blocker-*` scenario.
@@ -181,6 +183,33 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     guest("mld-cli", "mld-cli", "miglock status/lock/unlock/run and set_migration_flag end to end"),
     guest("mld-unload", "mld-unload", "rmmod is refused while a file holds the lock; a detached hold is released at unload"),
+    Scenario {
+        kind: Kind::Locking(crate::locking::Which::Interrupted),
+        timeout: secs(300),
+        ..guest(
+            "mld-interrupted-lock",
+            "mld-interrupted-lock",
+            "1000 locks against a slow host, SIGALRM (no SA_RESTART) mid-request: EINTR and no hold, never 0 without a grant; guest holds = host holds",
+        )
+    },
+    Scenario {
+        kind: Kind::Locking(crate::locking::Which::Storm),
+        timeout: secs(300),
+        ..guest(
+            "mld-request-storm",
+            "mld-request-storm",
+            "64 threads lock and unlock at once against miglockd: every call gets its own answer, none lost or swapped",
+        )
+    },
+    Scenario {
+        kind: Kind::Locking(crate::locking::Which::FlagRelease),
+        timeout: secs(180),
+        ..guest(
+            "mld-flag-release",
+            "mld-flag-release",
+            "two holders, one lets go with SET_MIGRATION_FLAG 1: miglockd's holds match the guest's after each step",
+        )
+    },
     guest(
         "tracer-wset",
         "tracer-wset",
@@ -513,6 +542,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::Blocker(Blocker::AnyInitiator) => crate::blocker::any_initiator(sc, env, deadline),
         Kind::Blocker(Blocker::Race) => crate::blocker::race(env, deadline),
         Kind::Libvirt => crate::libvirt::migrate_locked(env, deadline),
+        Kind::Locking(which) => crate::locking::run(sc, env, deadline, which),
     }
 }
 
@@ -538,7 +568,11 @@ fn run_stub_host(
             return finish_guest(sc, &mut vm, deadline);
         }
     }
-    let stub = stubhost::serve(bell.try_clone().map_err(anyhow::Error::from)?, &log, late)
+    let opts = stubhost::Options {
+        announce: late,
+        ..Default::default()
+    };
+    let stub = stubhost::serve(bell.try_clone().map_err(anyhow::Error::from)?, &log, opts)
         .map_err(anyhow::Error::from)?;
     let r = finish_guest(sc, &mut vm, deadline);
     vm.quit()?;

@@ -12,6 +12,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod host;
+
 struct Checks {
     failed: usize,
     total: usize,
@@ -1116,6 +1118,10 @@ fn main() -> ExitCode {
         Some("lock-cost") => lock_cost(num(2, 5).max(1)),
         Some("lock-race") => lock_race(num(2, 600) as u64, num(3, 1) as u64),
         Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),
+        Some("interrupted-lock") => host::interrupted_lock(&mut c, num(2, 1000), num(3, 1) as u64),
+        Some("request-storm") => host::request_storm(&mut c, num(2, 64), num(3, 50)),
+        Some("flag-release") => host::flag_release(&mut c),
+        Some("notice-app") => host::notice_app(args.get(2).map(String::as_str) == Some("lock")),
         Some("syscall-absent") => syscall_suite(&mut c, false),
         Some("try-lock") => {
             let groups: Vec<u32> = args.iter().skip(3).filter_map(|g| g.parse().ok()).collect();
@@ -1124,7 +1130,9 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: mldtest holders|leases|badinput|poll|syscall|syscall-absent|\
-                 concurrency [THREADS ROUNDS]|fuzz [COUNT SEED]|try-lock UID [GID...]"
+                 concurrency [THREADS ROUNDS]|fuzz [COUNT SEED]|try-lock UID [GID...]|\
+                 interrupted-lock [ROUNDS SEED]|request-storm [THREADS ROUNDS]|flag-release|\
+                 notice-app lock|idle"
             );
             return ExitCode::from(2);
         }

@@ -218,6 +218,8 @@ pub enum Story {
     PlanWriteHeavy,
     /// `--mode auto` keeps pre-copy on a read-mostly guest.
     PlanReadMostly,
+    /// Every open file hears of a migration, its cancellation, the arrival.
+    Notices,
 }
 
 impl Story {
@@ -406,6 +408,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Postcopy => postcopy(&mut h, sc, deadline),
         Story::PlanWriteHeavy => crate::advice::plan_write_heavy(&mut h, sc, env, deadline),
         Story::PlanReadMostly => crate::advice::plan_read_mostly(&mut h, sc, deadline),
+        Story::Notices => notices(&mut h, sc, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
         eprintln!("  source agent's audit log:");
@@ -629,6 +632,47 @@ fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure
         .send_line("done")
         .context("typing on the guest console")?;
     finish_guest(sc, &mut h.src, deadline)
+}
+
+/// A migration the guest's lock refuses after 3 s, then (the guest
+/// unlocked) one that completes: the guest's applications check what they
+/// heard; the agents must have announced both, called off the first, and
+/// told the guest it arrived.
+fn notices(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
+    let refused = h.migrate(&["--wait-unlock", "3s"])?;
+    require(
+        !refused.status.success(),
+        "the locked VM's migration was not refused after its wait",
+    )?;
+    h.src
+        .send_line("unlock")
+        .context("typing on the guest console")?;
+    wait_for(&mut h.src, deadline, "@@MIGLOCK unlocked@@")?;
+    h.wait_locked(false, deadline)?;
+    require(
+        h.migrate(&[])?.status.success(),
+        "the migration after the unlock failed",
+    )?;
+    h.arrive(sc, deadline)?;
+    let ev = h.src_events();
+    let count = |e: &str| ev.iter().filter(|r| r["event"] == e).count();
+    require(
+        count("migrate-announced") == 2 && count("migrate-called-off") == 1,
+        "source audit: not two migrations announced and one called off",
+    )?;
+    require(
+        has(&ev, "migrate-announced", |r| {
+            r["deadline_ms"] == 3000 && r["guest_told"] == true
+        }),
+        "source audit: the refused migration was not announced with its 3 s",
+    )?;
+    require(
+        has(&h.dst_agent.audit(), "guest-migrated", |r| {
+            r["guest_told"] == true
+        }),
+        "destination audit: the guest was not told it arrived",
+    )
 }
 
 /// The destination agent receives a post-copy migration and tells the

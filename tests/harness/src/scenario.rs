@@ -247,6 +247,15 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest("agent-notice", "agent-notice", "migrate --wait-unlock: the notice wakes the application's poll(), it unlocks, the VM migrates")
     },
     Scenario {
+        kind: Kind::Agents(Story::Notices),
+        timeout: secs(300),
+        ..guest(
+            "mld-notices",
+            "mld-notices",
+            "a locked and an unlocked application both hear a pending migration with its deadline, its cancellation and (on the destination) the arrival; miglock wait returns for each",
+        )
+    },
+    Scenario {
         kind: Kind::Agents(Story::Force),
         timeout: secs(240),
         ..guest("agent-force", "agent-force", "migrate --force needs a reason, overrides the lock, is audited; the guest's holds are void")

@@ -221,7 +221,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "shim-stub-host",
             "shim-stub-host",
-            "the shim over the doorbell UART: hello, granted and refused locks, lease cap, a migration notice wakes poll",
+            "the host channel over the doorbell UART: hello, granted and refused locks, lease cap, a migration notice wakes poll",
         )
     },
     Scenario {
@@ -555,7 +555,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
     }
 }
 
-/// The guest's shim against the stub host: the guest script checks what the
+/// The guest's host channel against the stub host: the guest script checks what the
 /// guest sees, this checks what the host saw.
 fn run_stub_host(
     sc: &Scenario,

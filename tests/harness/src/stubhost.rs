@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A scripted stand-in for the host agent on the doorbell socket, to test
-//! the guest's shim on its own: it answers `Hello`, grants locks (capping the
+//! the guest's host channel on its own: it answers `Hello`, grants locks (capping the
 //! lease at [`MAX_LEASE_MS`]) except those labelled `refuse*`, announces a
 //! pending migration after granting a lock labelled `await-notice`, answers
 //! `Ping`, and records everything it received and which holds it holds.

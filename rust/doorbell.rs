@@ -12,7 +12,7 @@
 //! [`REQUEST_TIMEOUT_MS`] is sent again, up to [`ATTEMPTS`] times; then the
 //! channel counts as disconnected. A signal ends the wait at once
 //! (`ERESTARTSYS`). A `Welcome` the host sends on its own (agent restart, or
-//! the VM now on another host), or any frame from a host thought gone,
+//! the VM now on another host), or a late answer from a host thought gone,
 //! reconnects the channel, and the guest resends its whole state.
 
 use crate::abi::types::Reason;

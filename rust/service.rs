@@ -199,13 +199,13 @@ impl Service {
 
     /// A lock request goes out (see [`Service::with_state`]).
     fn asking(&self) {
-        self.with_state(|st, _| st.asking += 1);
+        self.with_state(|st, _| st.asking = st.asking.saturating_add(1));
     }
 
     /// The lock request is decided (its hold taken or not): a report that
     /// waited goes out now, with the state that follows.
     fn asked(&self) {
-        self.with_state(|st, _| st.asking -= 1);
+        self.with_state(|st, _| st.asking = st.asking.saturating_sub(1));
     }
 
     /// Runs `f` on the current table (sysfs).
@@ -321,7 +321,7 @@ impl Service {
             }
         };
         let r = self.with_state(|st, now| {
-            st.asking -= 1;
+            st.asking = st.asking.saturating_sub(1);
             let (code, lease) = match decision {
                 Decision::Granted { lease_ms } => {
                     (MLD_DECISION_GRANTED, lease_ms.min(req.lease_ms))

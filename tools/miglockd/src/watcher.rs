@@ -204,6 +204,8 @@ fn on_event(
             f.last_status = status.clone();
             if direction.is_none() {
                 *direction = Some(if enforce::incoming(mon) {
+                    // The VM starts arriving: its next RESUME is the arrival.
+                    f.arriving = true;
                     Direction::In
                 } else {
                     Direction::Out
@@ -225,7 +227,7 @@ fn on_event(
                         *direction = None;
                     }
                     "completed" => *direction = None,
-                    _ => f.arriving = true,
+                    _ => {}
                 }
                 return;
             }

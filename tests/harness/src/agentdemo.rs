@@ -451,15 +451,17 @@ impl Hosts {
     }
 }
 
-/// The migration is refused naming the hold `label`; the guest unlocks
-/// ("unlock" on its console); then it migrates and arrives.
+/// The migration (`migrate` with `first`) is refused naming the hold
+/// `label`; the guest unlocks ("unlock" on its console); then it migrates
+/// and arrives.
 fn refused_until_unlocked(
     h: &mut Hosts,
     sc: &Scenario,
     deadline: Instant,
     label: &str,
+    first: &[&str],
 ) -> Result<(), Failure> {
-    let refused = h.migrate(&[])?;
+    let refused = h.migrate(first)?;
     let why = String::from_utf8_lossy(&refused.stderr);
     require(
         !refused.status.success() && why.contains(label),
@@ -479,7 +481,7 @@ fn refused_until_unlocked(
 
 fn demo(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
     wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
-    refused_until_unlocked(h, sc, deadline, "payment batch")?;
+    refused_until_unlocked(h, sc, deadline, "payment batch", &[])?;
     let ev = h.src_events();
     for want in [
         "lock",
@@ -552,7 +554,7 @@ fn restart(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Re
     let bins = h.bins.clone();
     h.src_agent = Agent::start(&bins, &env.dir, "src")?; // the old one is dropped: killed
     h.wait_locked(true, deadline)?;
-    refused_until_unlocked(h, sc, deadline, "restart test")?;
+    refused_until_unlocked(h, sc, deadline, "restart test", &[])?;
     require(
         h.src_events()
             .iter()
@@ -640,21 +642,7 @@ fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure
 /// told the guest it arrived.
 fn notices(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
     wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
-    let refused = h.migrate(&["--wait-unlock", "3s"])?;
-    require(
-        !refused.status.success(),
-        "the locked VM's migration was not refused after its wait",
-    )?;
-    h.src
-        .send_line("unlock")
-        .context("typing on the guest console")?;
-    wait_for(&mut h.src, deadline, "@@MIGLOCK unlocked@@")?;
-    h.wait_locked(false, deadline)?;
-    require(
-        h.migrate(&[])?.status.success(),
-        "the migration after the unlock failed",
-    )?;
-    h.arrive(sc, deadline)?;
+    refused_until_unlocked(h, sc, deadline, "notice app", &["--wait-unlock", "3s"])?;
     let ev = h.src_events();
     let count = |e: &str| ev.iter().filter(|r| r["event"] == e).count();
     require(

@@ -86,31 +86,16 @@ fn settled(
     }
 }
 
-fn write_result(env: &Env<'_>, v: &Value) -> Result<(), Failure> {
-    std::fs::write(
-        env.dir.join("result.json"),
-        serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?,
-    )
-    .context("writing result.json")?;
-    Ok(())
-}
-
 /// `mld-interrupted-lock`: 1000 lock calls against a stub host that answers
 /// after 30 ms and refuses every fifth, with SIGALRM at a random moment.
 fn interrupted(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
     let mut vm = Vm::start(&env.spec_with("vm", sc.guest, false, Doorbell::Harness))?;
-    let bell = vm.doorbell.take().context("no doorbell socket")?;
     let opts = stubhost::Options {
         announce: false,
         delay: Duration::from_millis(30),
         refuse_every: 5,
     };
-    let stub = stubhost::serve(
-        bell.try_clone().map_err(anyhow::Error::from)?,
-        &env.dir.join("stub-host.log"),
-        opts,
-    )
-    .map_err(anyhow::Error::from)?;
+    let stub = stubhost::attach(&mut vm, &env.dir.join("stub-host.log"), opts)?;
     let seen = (|| {
         let stats = line(&mut vm, deadline, "@@MIGLOCK interrupted-lock ")?;
         let guest = ids(&line(&mut vm, deadline, "@@MIGLOCK holds ")?);
@@ -120,29 +105,23 @@ fn interrupted(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
     let _ = vm.send_line("done");
     let r = finish_guest(sc, &mut vm, deadline);
     vm.quit()?;
-    let _ = bell.shutdown(std::net::Shutdown::Both);
-    let rec = stub
-        .join()
-        .map_err(|_| anyhow::anyhow!("stub host panicked"))?;
+    let rec = stub.finish()?;
     let (stats, guest, host) = seen?;
     let f = |k| field(&stats, k).unwrap_or(0);
     let differ = guest.symmetric_difference(&host).count() as u64;
     let mismatches = f("mismatches") + differ;
-    write_result(
-        env,
-        &json!({
-            "rounds": f("rounds"),
-            "interrupted": f("interrupted"),
-            "mismatches": mismatches,
-            "granted": f("granted"),
-            "refused": f("refused"),
-            "signals": f("signals"),
-            "host_grants": rec.grants,
-            "host_refusals": rec.refusals,
-            "guest_holds": guest,
-            "host_holds": host,
-        }),
-    )?;
+    env.write_result(&json!({
+        "rounds": f("rounds"),
+        "interrupted": f("interrupted"),
+        "mismatches": mismatches,
+        "granted": f("granted"),
+        "refused": f("refused"),
+        "signals": f("signals"),
+        "host_grants": rec.grants,
+        "host_refusals": rec.refusals,
+        "guest_holds": guest,
+        "host_holds": host,
+    }))?;
     eprintln!(
         "  {} rounds, {} interrupted, {} granted, {} refused; guest holds {guest:?}, host holds {host:?}",
         f("rounds"),
@@ -221,19 +200,16 @@ fn storm(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure>
     h.quit()?;
     let said = said?;
     let f = |k| field(&said, k).unwrap_or(u64::MAX);
-    write_result(
-        env,
-        &json!({
-            "threads": f("threads"),
-            "calls": f("calls"),
-            "wrong_or_lost": f("wrong_or_lost"),
-            "refused": f("refused"),
-            "channel_failures": f("failures"),
-            "channel_retries": f("retries"),
-            "stale_answers": f("stale"),
-            "host_decisions": decisions,
-        }),
-    )?;
+    env.write_result(&json!({
+        "threads": f("threads"),
+        "calls": f("calls"),
+        "wrong_or_lost": f("wrong_or_lost"),
+        "refused": f("refused"),
+        "channel_failures": f("failures"),
+        "channel_retries": f("retries"),
+        "stale_answers": f("stale"),
+        "host_decisions": decisions,
+    }))?;
     eprintln!("  {said}; the agent decided {decisions} lock requests");
     r?;
     if f("threads") != 64 || f("wrong_or_lost") != 0 {
@@ -267,7 +243,7 @@ fn flag_release(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), F
         }
         finish_guest(sc, &mut h.vm, deadline)
     })();
-    write_result(env, &json!({"steps": steps, "mismatches": wrong.len()}))?;
+    env.write_result(&json!({"steps": steps, "mismatches": wrong.len()}))?;
     h.quit()?;
     r?;
     if wrong.is_empty() {

@@ -441,6 +441,13 @@ pub struct Env<'a> {
 }
 
 impl Env<'_> {
+    /// Writes `v` as the scenario's `result.json`.
+    pub fn write_result(&self, v: &serde_json::Value) -> Result<(), Failure> {
+        let text = serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?;
+        std::fs::write(self.dir.join("result.json"), text)
+            .map_err(|e| Failure::new(FailKind::Harness, format!("writing result.json: {e}")))
+    }
+
     /// The spec for one guest of this scenario.
     pub fn spec(&self, name: &str, guest: &str, incoming: bool) -> VmSpec {
         self.spec_with(name, guest, incoming, Doorbell::None)
@@ -564,10 +571,6 @@ fn run_stub_host(
     late: bool,
 ) -> Result<(), Failure> {
     let mut vm = Vm::start(&env.spec_with("vm", sc.guest, false, Doorbell::Harness))?;
-    let bell = vm
-        .doorbell
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no doorbell socket"))?;
     let log = env.dir.join("stub-host.log");
     if late {
         // Nobody answers until the guest asks for the host.
@@ -581,14 +584,10 @@ fn run_stub_host(
         announce: late,
         ..Default::default()
     };
-    let stub = stubhost::serve(bell.try_clone().map_err(anyhow::Error::from)?, &log, opts)
-        .map_err(anyhow::Error::from)?;
+    let stub = stubhost::attach(&mut vm, &log, opts)?;
     let r = finish_guest(sc, &mut vm, deadline);
     vm.quit()?;
-    let _ = bell.shutdown(std::net::Shutdown::Both);
-    let rec = stub
-        .join()
-        .map_err(|_| anyhow::anyhow!("stub host panicked"))?;
+    let rec = stub.finish()?;
     r?;
     let labels: Vec<&str> = rec.locks.iter().map(|(_, l)| l.as_str()).collect();
     let mut wrong = Vec::new();

@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::scenario::{FailKind, Failure};
+use crate::vm::Vm;
+
 /// The stub's maximum lease.
 pub const MAX_LEASE_MS: u32 = 60_000;
 /// The stub's refusal reason code.
@@ -66,12 +69,34 @@ pub struct Stub {
     /// What it saw so far.
     pub record: Arc<Mutex<Record>>,
     thread: JoinHandle<()>,
+    /// The doorbell socket, closed by [`Stub::finish`].
+    bell: UnixStream,
+}
+
+/// Serves `vm`'s doorbell (the harness's end of it) with a stub host that
+/// logs to `log`.
+pub fn attach(vm: &mut Vm, log: &Path, opts: Options) -> Result<Stub, Failure> {
+    let harness = |e: std::io::Error| Failure::new(FailKind::Harness, format!("stub host: {e}"));
+    let bell = vm
+        .doorbell
+        .take()
+        .ok_or_else(|| Failure::new(FailKind::Harness, "no doorbell socket"))?;
+    let (record, thread) = serve(bell.try_clone().map_err(harness)?, log, opts).map_err(harness)?;
+    Ok(Stub {
+        record,
+        thread,
+        bell,
+    })
 }
 
 impl Stub {
-    /// Waits until the guest's side closed; what it saw.
-    pub fn join(self) -> std::thread::Result<Record> {
-        self.thread.join()?;
+    /// Closes the doorbell (once the guest is done) and waits for the stub;
+    /// what it saw.
+    pub fn finish(self) -> Result<Record, Failure> {
+        let _ = self.bell.shutdown(std::net::Shutdown::Both);
+        self.thread
+            .join()
+            .map_err(|_| Failure::new(FailKind::Harness, "stub host panicked"))?;
         let r = std::mem::take(&mut *self.record.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(r)
     }
@@ -92,7 +117,11 @@ fn label(l: &[u8]) -> String {
 }
 
 /// Serves `stream` until it closes, as `opts` say.
-pub fn serve(mut stream: UnixStream, log: &Path, opts: Options) -> std::io::Result<Stub> {
+fn serve(
+    mut stream: UnixStream,
+    log: &Path,
+    opts: Options,
+) -> std::io::Result<(Arc<Mutex<Record>>, JoinHandle<()>)> {
     let mut log = File::create(log)?;
     let record = Arc::new(Mutex::new(Record::default()));
     let shared = record.clone();
@@ -239,5 +268,5 @@ pub fn serve(mut stream: UnixStream, log: &Path, opts: Options) -> std::io::Resu
             }
         }
     });
-    Ok(Stub { record, thread })
+    Ok((record, thread))
 }

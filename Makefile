@@ -13,7 +13,7 @@ KDIR     ?= $(shell $(TOP)/scripts/kernel.sh kdir)
 CARGO    ?= cargo
 HARNESS  := $(TOP)/tools/target/release/miglock-harness
 
-.PHONY: all module clippy rustfmt rustfmtcheck deps kernel tools deb fuzz bench sim-report soak demo test clean
+.PHONY: all module clippy archcheck rustfmt rustfmtcheck deps kernel tools deb fuzz bench sim-report soak demo test clean
 
 all: module
 
@@ -33,11 +33,22 @@ module:
 clippy:
 	$(MAKE) -C $(KDIR) $(KMAKE) M=$(TOP) CLIPPY=1 modules
 
+# Proves that a kernel without CONFIG_X86_64 is refused before anything is
+# compiled (the module drives x86 port I/O; see rust/Kconfig).
+archcheck:
+	@out=$$($(MAKE) -C $(KDIR) $(KMAKE) M=$(TOP) CONFIG_X86_64= modules 2>&1); \
+	if echo "$$out" | grep -q 'miglock: needs CONFIG_X86_64=y'; then \
+		echo "archcheck: a kernel without CONFIG_X86_64 is refused: ok"; \
+	else \
+		echo "$$out" | tail -n 5; \
+		echo "archcheck: a kernel without CONFIG_X86_64 was not refused" >&2; exit 1; \
+	fi
+
 rustfmt:
-	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml rust/*.rs
+	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml rust/*.rs rust/compat/*.rs
 
 rustfmtcheck:
-	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml --check rust/*.rs
+	rustfmt --edition 2021 --config-path $(KDIR)/.rustfmt.toml --check rust/*.rs rust/compat/*.rs
 
 tools:
 	cd tools && $(CARGO) build --release --locked -p miglock-harness -p miglockd \

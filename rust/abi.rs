@@ -11,20 +11,6 @@ pub mod ioctl;
 #[path = "../tools/miglock-abi/src/types.rs"]
 pub mod types;
 
-// The guest-host protocol; the hypercall shim (next part) speaks it.
+// The guest-host protocol the host channels speak.
 #[path = "../tools/miglock-abi/src/wire.rs"]
 pub mod wire;
-
-use kernel::types::{AsBytes, FromBytes};
-use types::{MldHints, MldLock, MldRenew, MldStatus};
-
-// SAFETY: `repr(C)` structs of integers and byte arrays without padding: every
-// bit pattern is valid.
-unsafe impl FromBytes for MldLock {}
-// SAFETY: as above.
-unsafe impl FromBytes for MldRenew {}
-// SAFETY: as above (integers only; `reserved` makes the tail padding explicit).
-unsafe impl FromBytes for MldHints {}
-// SAFETY: `repr(C)` of integers with no padding bytes (checked by the ABI
-// crate's layout test), so no uninitialised byte is copied to userspace.
-unsafe impl AsBytes for MldStatus {}

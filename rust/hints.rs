@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Hint batches from the tracer: checked here, rate limited, then forwarded
-//! to the host by the shim.
+//! to the host over the host channel.
 //!
 //! Hints are advice, so over the rate a batch is refused with `EAGAIN`
 //! rather than queued: the tracer's next batch supersedes it anyway, and a
@@ -72,7 +72,7 @@ impl Limiter {
     /// hints off, `EAGAIN` over the rate.
     pub(crate) fn admit(&mut self, frames: u32, now_ns: u64) -> Result {
         if self.rate == 0 {
-            return Err(crate::errno::eopnotsupp());
+            return Err(crate::compat::errno::eopnotsupp());
         }
         let gained = now_ns
             .saturating_sub(self.at_ns)

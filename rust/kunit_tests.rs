@@ -2,12 +2,15 @@
 
 //! The module's KUnit suite: runs in the guest at `insmod`.
 
+use crate::channel::{Decision, HostChannel, Report, Stats};
+use crate::service::Service;
 use crate::{
     abi::{ioctl as abi, types},
-    kunit::{kunit_expect, kunit_expect_eq, kunit_suite, Test},
+    compat::kunit::{kunit_expect, kunit_expect_eq, kunit_suite, Test},
     lockstate::table::{Error as TableError, Owner, Table, Transition, LABEL_LEN, MAX_HOLDERS},
 };
-use kernel::{ioctl, prelude::*};
+use core::sync::atomic::{AtomicU32, Ordering};
+use kernel::{ioctl, prelude::*, sync::Arc};
 
 /// The ABI crate's encoding agrees with the kernel's own `_IO*` macros.
 fn ioctl_encoding_matches_kernel(test: &mut Test) {
@@ -153,7 +156,8 @@ fn wire_round_trip(test: &mut Test) {
 /// The vmcall backend's signature check reads EBX, ECX, EDX in order, and
 /// stock hypervisors' signatures are not ours.
 fn vmcall_signature(test: &mut Test) {
-    use crate::vmcall::{signature, SIGNATURE};
+    use crate::compat::x86::signature;
+    use crate::vmcall::SIGNATURE;
     // "KVMKVMKVM\0\0\0" as KVM returns it.
     let kvm = signature(0x4b4d_564b, 0x564b_4d56, 0x0000_004d);
     kunit_expect!(test, &kvm[..9] == b"KVMKVMKVM");
@@ -216,6 +220,294 @@ fn hint_rate_limit(test: &mut Test) {
     kunit_expect!(test, Limiter::new(0).admit(1, SEC).is_err());
 }
 
+/// The status layout the C header and the ABI crate promise, as this
+/// kernel's compiler lays it out.
+fn status_layout(test: &mut Test) {
+    use core::mem::{offset_of, size_of};
+    use types::MldStatus;
+    kunit_expect_eq!(test, size_of::<MldStatus>(), 64);
+    kunit_expect_eq!(test, ioctl::_IOC_SIZE(abi::MLD_IOC_STATUS), 64);
+    kunit_expect_eq!(test, offset_of!(MldStatus, postcopy_gen), 36);
+    kunit_expect_eq!(test, offset_of!(MldStatus, pending_deadline_ms), 40);
+    kunit_expect_eq!(test, offset_of!(MldStatus, migration_gen), 44);
+    kunit_expect_eq!(test, offset_of!(MldStatus, reserved), 48);
+}
+
+/// The request checks the ioctls run: a good request passes unchanged,
+/// each bad field is refused, a lease of 0 is the maximum.
+fn request_checks(test: &mut Test) {
+    use crate::lockstate::request::{check_flag, check_lock, check_unlock, lease, Invalid, Target};
+    let Some(label) = types::make_label("ok") else {
+        kunit_expect!(test, false, "label");
+        return;
+    };
+    let good = types::MldLock {
+        reason: 2,
+        flags: 0,
+        lease_ms: 0,
+        reserved: 0,
+        label,
+    };
+    let r = check_lock(&good, 900);
+    kunit_expect!(
+        test,
+        r.is_ok_and(|r| r.lease_ms == 900 && r.target == Target::ThisFile)
+    );
+    let bad = types::MldLock {
+        reserved: 1,
+        ..good
+    };
+    kunit_expect_eq!(test, check_lock(&bad, 900).err(), Some(Invalid::Reserved));
+    kunit_expect_eq!(test, lease(901, 900), Err(Invalid::Lease));
+    kunit_expect_eq!(
+        test,
+        check_unlock(types::MLD_LOCK_DETACHED),
+        Ok(Target::Detached)
+    );
+    kunit_expect!(test, check_flag(2).is_err());
+}
+
+/// Request slots: an answer reaches only the request it names, never more
+/// requests wait than there are slots, a given-up request's answer is stale.
+fn request_slots(test: &mut Test) {
+    use crate::lockstate::slots::Slots;
+    let Ok(mut s) = KBox::new(Slots::<u32, 2>::new(), GFP_KERNEL) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    let (Some(a), Some(b)) = (s.claim(), s.claim()) else {
+        kunit_expect!(test, false, "two free slots");
+        return;
+    };
+    kunit_expect!(test, s.claim().is_none());
+    s.sent(&a, 7);
+    s.sent(&b, 8);
+    kunit_expect!(test, s.answer(8, 80));
+    kunit_expect_eq!(test, s.take(&a), None);
+    kunit_expect_eq!(test, s.take(&b), Some(80));
+    s.release(a);
+    kunit_expect!(test, !s.answer(7, 70));
+    kunit_expect_eq!(test, s.in_use(), 1);
+    s.release(b);
+    kunit_expect_eq!(test, s.in_use(), 0);
+}
+
+/// A host channel that answers as told and records what it is told.
+struct Fake {
+    /// 0: grant, 1: the caller is interrupted, 2: no answer, 3: refuse.
+    mode: AtomicU32,
+    requests: AtomicU32,
+    released: AtomicU32,
+    last_released: AtomicU32,
+}
+
+impl Fake {
+    fn answer(&self, lease_ms: u32) -> Result<Decision> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match self.mode.load(Ordering::Relaxed) {
+            0 => Ok(Decision::Granted { lease_ms }),
+            1 => Err(ERESTARTSYS),
+            2 => Err(crate::compat::errno::etimedout()),
+            _ => Ok(Decision::Refused { reason: 2 }),
+        }
+    }
+}
+
+impl HostChannel for Fake {
+    fn present(&self) -> bool {
+        true
+    }
+    fn connected(&self) -> bool {
+        true
+    }
+    fn start(&self) -> bool {
+        true
+    }
+    fn stop(&self) {}
+    fn request_lock(&self, _: u32, _: types::Reason, lease_ms: u32, _: &[u8]) -> Result<Decision> {
+        self.answer(lease_ms)
+    }
+    fn request_renew(&self, _: u32, lease_ms: u32) -> Result<Decision> {
+        self.answer(lease_ms)
+    }
+    fn released(&self, hold: u32) {
+        self.released.fetch_add(1, Ordering::Relaxed);
+        self.last_released.store(hold, Ordering::Relaxed);
+    }
+    fn report(&self, _: Report) {}
+    fn send_hints(&self, _: &crate::abi::wire::Message<'_>, _: u32, _: &[u8]) -> Result {
+        Ok(())
+    }
+    fn stats(&self) -> Stats {
+        Stats::default()
+    }
+}
+
+/// A service over a [`Fake`] host (host_required as given).
+fn fake_service(host_required: bool) -> Option<(Arc<Fake>, Arc<Service>)> {
+    let fake = Arc::new(
+        Fake {
+            mode: AtomicU32::new(0),
+            requests: AtomicU32::new(0),
+            released: AtomicU32::new(0),
+            last_released: AtomicU32::new(u32::MAX),
+        },
+        GFP_KERNEL,
+    )
+    .ok()?;
+    let config = crate::service::Config {
+        max_lease_ms: 10_000,
+        lock_gid: None,
+        host_required,
+        hint_rate: 0,
+    };
+    let svc = Service::new(config, false, fake.clone()).ok()?;
+    Some((fake, svc))
+}
+
+fn lock_req(target: crate::lockstate::request::Target) -> crate::lockstate::request::LockRequest {
+    crate::lockstate::request::flag_lock(target, 5000)
+}
+
+/// Every way a hold ends goes through one release path, which tells the
+/// host: close, unlock, `SET_MIGRATION_FLAG 1` (with another holder left,
+/// where the VM stays locked and no state report would tell the host), and
+/// the detached hold.
+fn release_path(test: &mut Test) {
+    use crate::lockstate::request::{FlagRequest, Target};
+    let Some((fake, svc)) = fake_service(false) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    let (a, b) = (Owner::File(11), Owner::File(12));
+    kunit_expect_eq!(test, svc.lock(a, &lock_req(Target::ThisFile)), Ok(false));
+    kunit_expect_eq!(test, svc.lock(b, &lock_req(Target::ThisFile)), Ok(false));
+    kunit_expect_eq!(test, svc.set_flag(a, FlagRequest::Unlock), Ok(false));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 1);
+    kunit_expect_eq!(test, fake.last_released.load(Ordering::Relaxed), 11);
+    kunit_expect!(test, svc.with_table(|t, _| t.locked() && t.holders() == 1));
+    // Nothing to release: no error for the flag, none sent.
+    kunit_expect_eq!(test, svc.set_flag(a, FlagRequest::Unlock), Ok(false));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 1);
+    kunit_expect!(test, svc.release(b), "close releases");
+    kunit_expect_eq!(test, fake.last_released.load(Ordering::Relaxed), 12);
+    kunit_expect_eq!(test, svc.lock(a, &lock_req(Target::ThisFile)), Ok(false));
+    kunit_expect_eq!(test, svc.unlock(a), Ok(()));
+    kunit_expect_eq!(test, svc.unlock(a), Err(crate::compat::errno::enolck()));
+    kunit_expect_eq!(
+        test,
+        svc.lock(Owner::Detached, &lock_req(Target::Detached)),
+        Ok(false)
+    );
+    kunit_expect_eq!(test, svc.unlock(Owner::Detached), Ok(()));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 4);
+    kunit_expect_eq!(test, fake.last_released.load(Ordering::Relaxed), 0);
+    kunit_expect!(test, svc.with_table(|t, _| !t.locked()));
+}
+
+/// A request the host may have seen but did not answer leaves no hold the
+/// caller did not have, and the host is told to let go; no answer in time
+/// is a local decision the caller can tell (or ETIMEDOUT with
+/// host_required); a refusal changes nothing.
+fn unanswered_requests(test: &mut Test) {
+    use crate::lockstate::request::Target;
+    let Some((fake, svc)) = fake_service(false) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    let me = Owner::File(21);
+    fake.mode.store(1, Ordering::Relaxed);
+    kunit_expect_eq!(
+        test,
+        svc.lock(me, &lock_req(Target::ThisFile)),
+        Err(ERESTARTSYS)
+    );
+    kunit_expect!(test, svc.with_table(|t, _| t.hold(me).is_none()));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 1);
+    kunit_expect_eq!(test, fake.last_released.load(Ordering::Relaxed), 21);
+    // An owner that held keeps its hold, and the host keeps its own.
+    fake.mode.store(0, Ordering::Relaxed);
+    kunit_expect_eq!(test, svc.lock(me, &lock_req(Target::ThisFile)), Ok(false));
+    fake.mode.store(1, Ordering::Relaxed);
+    kunit_expect_eq!(
+        test,
+        svc.lock(me, &lock_req(Target::ThisFile)),
+        Err(ERESTARTSYS)
+    );
+    kunit_expect_eq!(test, svc.renew(me, 100), Err(ERESTARTSYS));
+    kunit_expect!(test, svc.with_table(|t, _| t.hold(me).is_some()));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 1);
+    svc.release(me);
+    // No answer: decided locally, and said so.
+    fake.mode.store(2, Ordering::Relaxed);
+    kunit_expect_eq!(test, svc.lock(me, &lock_req(Target::ThisFile)), Ok(true));
+    svc.release(me);
+    // Refused: nothing held.
+    fake.mode.store(3, Ordering::Relaxed);
+    kunit_expect_eq!(test, svc.lock(me, &lock_req(Target::ThisFile)), Err(EACCES));
+    kunit_expect!(test, svc.with_table(|t, _| !t.locked()));
+    let Some((fake, svc)) = fake_service(true) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    fake.mode.store(2, Ordering::Relaxed);
+    let released = fake.released.load(Ordering::Relaxed);
+    kunit_expect_eq!(
+        test,
+        svc.lock(me, &lock_req(Target::ThisFile)),
+        Err(crate::compat::errno::etimedout())
+    );
+    kunit_expect!(test, svc.with_table(|t, _| !t.locked()));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), released + 1);
+}
+
+/// Host notices reach every open file, locked or not, once each, with the
+/// deadline the host gave.
+fn notices_reach_every_file(test: &mut Test) {
+    use crate::abi::wire::Notice;
+    use crate::channel::{HostEvent, HostEvents};
+    use crate::lockstate::request::Target;
+    let Some((_fake, svc)) = fake_service(false) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    let (locked, idle) = (Owner::File(31), Owner::File(32));
+    let (_, mut seen_locked) = svc.open_file();
+    let (_, mut seen_idle) = svc.open_file();
+    kunit_expect_eq!(
+        test,
+        svc.lock(locked, &lock_req(Target::ThisFile)),
+        Ok(false)
+    );
+    seen_locked.expect_hold = true;
+    svc.host_event(HostEvent::Notice(Notice::MigrationPending {
+        deadline_ms: 60_000,
+    }));
+    for (owner, seen) in [(locked, &mut seen_locked), (idle, &mut seen_idle)] {
+        kunit_expect!(test, svc.has_event(owner, seen));
+        let st = svc.status(owner, seen);
+        kunit_expect!(test, st.flags & types::MLD_ST_MIGRATION_PENDING != 0);
+        kunit_expect!(
+            test,
+            st.pending_deadline_ms > 50_000 && st.pending_deadline_ms <= 60_000
+        );
+        kunit_expect!(test, !svc.has_event(owner, seen));
+    }
+    svc.host_event(HostEvent::Notice(Notice::MigrationCancelled));
+    svc.host_event(HostEvent::Notice(Notice::Migrated));
+    for (owner, seen) in [(locked, &mut seen_locked), (idle, &mut seen_idle)] {
+        let st = svc.status(owner, seen);
+        let want = types::MLD_ST_MIGRATION_CANCELLED | types::MLD_ST_MIGRATED;
+        kunit_expect_eq!(
+            test,
+            st.flags & (want | types::MLD_ST_MIGRATION_PENDING),
+            want
+        );
+        kunit_expect_eq!(test, st.migration_gen, 1);
+    }
+    svc.release(locked);
+}
+
 /// Proves the harness notices a failing case; only in the selftest build.
 #[cfg(miglock_selftest = "kunit_fail")]
 fn selftest_deliberate_failure(test: &mut Test) {
@@ -239,6 +531,12 @@ kunit_suite!(
         vmcall_signature,
         hint_batch_checks,
         hint_rate_limit,
+        status_layout,
+        request_checks,
+        request_slots,
+        release_path,
+        unanswered_requests,
+        notices_reach_every_file,
         #[cfg(miglock_selftest = "kunit_fail")]
         selftest_deliberate_failure,
     ]

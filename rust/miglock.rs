@@ -8,27 +8,25 @@
 use kernel::{c_str, prelude::*, sync::Arc};
 
 pub mod abi;
-mod bindings;
 mod channel;
-mod cred;
-mod errno;
+mod compat;
+mod doorbell;
 mod hints;
-mod ioport;
-mod irq;
-mod kunit;
 mod kunit_tests;
 pub mod lockstate;
-mod miscdev;
 mod mld;
-mod param;
-mod shim;
-#[cfg(miglock_syscall)]
-mod syscall;
+mod service;
 mod sysfs;
-mod timer;
 mod uart;
 mod vmcall;
-mod waitqueue;
+
+use channel::{HostChannel, NoHost};
+use compat::irq::ThreadedRegistration;
+use compat::miscdevice::{MiscDeviceOptions, MiscDeviceRegistration};
+use compat::param;
+use compat::x86::Hypervisor;
+use doorbell::{Doorbell, DoorbellIrq};
+use service::Service;
 
 module! {
     type: Miglock,
@@ -108,27 +106,29 @@ param::module_param!(
 /// The longest `max_lease_ms` accepted: a day.
 const MAX_LEASE_LIMIT_MS: u32 = 86_400_000;
 
-struct Miglock {
-    _dev: Pin<KBox<miscdev::Registration<mld::MldDevice>>>,
-    _sysfs: sysfs::Sysfs,
-    #[cfg(miglock_syscall)]
-    _syscall: syscall::Syscall,
-    _irq: Option<irq::Irq<mld::Shared>>,
-    shared: Arc<mld::Shared>,
+/// The host channel running; stopped when dropped, before the interrupt
+/// line is freed (fields and locals drop in that order), so a failed load
+/// never leaves the UART interrupting on a line nobody handles.
+struct ChannelOn(Arc<Service>);
+
+impl Drop for ChannelOn {
+    fn drop(&mut self) {
+        self.0.stop_channel();
+    }
 }
 
-/// A random id of this boot, so the host can tell a rebooted guest.
-fn boot_id() -> u64 {
-    // SAFETY: `get_random_u64` has no preconditions.
-    unsafe { kernel::bindings::get_random_u64() }
+struct Miglock {
+    _dev: Pin<KBox<MiscDeviceRegistration<mld::MldDevice>>>,
+    _sysfs: compat::sysfs::Directory<sysfs::View>,
+    #[cfg(miglock_syscall)]
+    _syscall: compat::syscall::Registration<Service>,
+    _channel: Option<ChannelOn>,
+    _irq: Option<ThreadedRegistration<DoorbellIrq>>,
+    service: Arc<Service>,
 }
 
 impl kernel::Module for Miglock {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        if cfg!(miglock_selftest = "init_fail") {
-            pr_err!("selftest build: failing init on purpose\n");
-            return Err(EINVAL);
-        }
+    fn init(_module: &'static ThisModule) -> Result<Self> {
         let max_lease_ms = MAX_LEASE_MS.get();
         if max_lease_ms == 0 || max_lease_ms > MAX_LEASE_LIMIT_MS {
             pr_err!(
@@ -151,7 +151,7 @@ impl kernel::Module for Miglock {
             pr_err!("dev_mode={:o} invalid (read/write bits only)\n", mode);
             return Err(EINVAL);
         }
-        let config = mld::Config {
+        let config = service::Config {
             max_lease_ms,
             lock_gid,
             host_required: HOST_REQUIRED.get(),
@@ -175,42 +175,75 @@ impl kernel::Module for Miglock {
                 }
             },
         };
-        let (hypercall, seen) = if VMCALL.get() {
+        let hypervisor = if VMCALL.get() {
             vmcall::probe()
         } else {
-            (None, vmcall::Detected::BareMetal)
+            Hypervisor::None
         };
-        match seen {
-            vmcall::Detected::Offered => {
-                pr_info!("vmcall backend: offered by the hypervisor, used for lock decisions\n")
+        let bell = match uart {
+            Some(u) => Some(Arc::pin_init(
+                Doorbell::new(u, compat::random::u64()),
+                GFP_KERNEL,
+            )?),
+            None => None,
+        };
+        let channel: Arc<dyn HostChannel> = match (hypervisor, &bell) {
+            (Hypervisor::Offers(hc), bell) => {
+                pr_info!("vmcall backend: offered by the hypervisor, used for lock decisions\n");
+                Arc::new(vmcall::Vmcall::new(hc, bell.clone()), GFP_KERNEL)?
             }
-            vmcall::Detected::Other(sig) => pr_info!(
-                "vmcall backend: not offered (hypervisor {:?}); using the port-I/O doorbell\n",
-                core::str::from_utf8(&sig)
-                    .unwrap_or("?")
-                    .trim_end_matches('\0')
-            ),
-            vmcall::Detected::BareMetal => {
-                pr_info!("vmcall backend: off or no hypervisor; using the port-I/O doorbell\n")
+            (seen, bell) => {
+                match seen {
+                    Hypervisor::Other(sig) => pr_info!(
+                        "vmcall backend: not offered (hypervisor {:?}); using the port-I/O doorbell\n",
+                        core::str::from_utf8(&sig)
+                            .unwrap_or("?")
+                            .trim_end_matches('\0')
+                    ),
+                    _ => pr_info!(
+                        "vmcall backend: off or no hypervisor; using the port-I/O doorbell\n"
+                    ),
+                }
+                match bell {
+                    Some(b) => b.clone(),
+                    None => Arc::new(NoHost, GFP_KERNEL)?,
+                }
             }
-        }
-        let boot_id = boot_id();
-        let shared = mld::Shared::new(config, LOCKED.get(), uart, hypercall, boot_id)?;
-        let irq = if shared.channel_present() {
-            Some(irq::Irq::request(
+        };
+        let service = Service::new(config, LOCKED.get(), channel)?;
+        let irq = match bell {
+            Some(b) => Some(ThreadedRegistration::register(
                 DOORBELL_IRQ.get(),
                 c_str!("miglock"),
-                shared.clone(),
-            )?)
-        } else {
-            None
+                Arc::new(DoorbellIrq::new(b, service.clone()), GFP_KERNEL)?,
+            )?),
+            None => None,
         };
-        let connected = shared.start_channel();
+        let (channel, connected) = match service.channel_present() {
+            true => {
+                let on = ChannelOn(service.clone());
+                let connected = service.start_channel();
+                (Some(on), connected)
+            }
+            false => (None, false),
+        };
+        if cfg!(miglock_selftest = "init_fail") {
+            // After the channel started, before anything userspace can
+            // reach: its teardown (UART stopped, then the line freed) runs.
+            pr_err!("selftest build: failing init on purpose\n");
+            return Err(EINVAL);
+        }
         // Whoever can open the node may read status; locking checks privilege.
-        let sysfs = sysfs::Sysfs::new(shared.clone())?;
+        let sysfs = sysfs::create(service.clone())?;
         #[cfg(miglock_syscall)]
-        let syscall = syscall::Syscall::register(shared.clone())?;
-        let dev = miscdev::Registration::new(c_str!("mld"), mode as u16, module, shared.clone())?;
+        let syscall = compat::syscall::Registration::register(service.clone())?;
+        let dev = MiscDeviceRegistration::register(
+            MiscDeviceOptions {
+                name: c_str!("mld"),
+                mode: mode as u16,
+            },
+            service.clone(),
+        )?;
         pr_info!(
             "loaded: /dev/mld ready (max lease {} ms{}); host channel: {}\n",
             max_lease_ms,
@@ -219,7 +252,7 @@ impl kernel::Module for Miglock {
             } else {
                 ""
             },
-            match (irq.is_some(), connected) {
+            match (service.channel_present(), connected) {
                 (false, _) => "none, decisions are local",
                 (true, true) => "connected",
                 (true, false) => "no answer yet, decisions are local until the host appears",
@@ -230,20 +263,20 @@ impl kernel::Module for Miglock {
             _sysfs: sysfs,
             #[cfg(miglock_syscall)]
             _syscall: syscall,
+            _channel: channel,
             _irq: irq,
-            shared,
+            service,
         })
     }
 }
 
 impl Drop for Miglock {
     fn drop(&mut self) {
-        // Quiet the doorbell before its interrupt line is freed.
-        self.shared.stop_channel();
         // No file is open (each pins the module), so only the detached hold
         // and the static lock can remain: release them rather than vanish
-        // silently.
-        match self.shared.release_all() {
+        // silently. The fields then go in order: the node, sysfs, the
+        // syscall hook, the channel (stopped), the interrupt line.
+        match self.service.release_all() {
             0 => pr_info!("unloaded\n"),
             n => pr_info!("unloaded while locked: released {} hold(s)\n", n),
         }

@@ -3,9 +3,11 @@
 //! A 16550-compatible UART used as the doorbell to the host.
 //!
 //! Transmit waits for the holding register a bounded number of polls per
-//! byte; receive is interrupt-driven (see `shim.rs`), never polled.
+//! byte; receive is interrupt-driven (see `doorbell.rs`), never polled. A
+//! UART that goes away (module unload, or a failed load after it started)
+//! stops interrupting first.
 
-use crate::ioport::IoRegion;
+use crate::compat::ioport::IoRegion;
 use kernel::{prelude::*, str::CStr};
 
 const RBR_THR: u16 = 0; // receive buffer / transmit holding (DLL with DLAB)
@@ -28,7 +30,7 @@ const LSR_THR_EMPTY: u8 = 0x20;
 /// byte takes about 87 µs, far fewer polls than this.
 const TX_POLLS: u32 = 1_000_000;
 
-/// A UART at a claimed I/O base.
+/// A UART at a claimed I/O base; stopped when dropped.
 pub(crate) struct Uart {
     io: IoRegion,
 }
@@ -74,7 +76,7 @@ impl Uart {
             while self.io.read(LSR) & LSR_THR_EMPTY == 0 {
                 polls += 1;
                 if polls == TX_POLLS {
-                    return Err(crate::errno::etimedout());
+                    return Err(crate::compat::errno::etimedout());
                 }
                 core::hint::spin_loop();
             }
@@ -106,5 +108,13 @@ impl Uart {
     /// which gives the edge-triggered ISA line a fresh edge.
     pub(crate) fn unmask(&self) {
         self.io.write(IER, IER_RX_DATA);
+    }
+}
+
+impl Drop for Uart {
+    fn drop(&mut self) {
+        // Before the ports are released: no interrupt from a UART nobody
+        // owns, on a line that may already be freed.
+        self.stop();
     }
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The `vmcall` backend: lock requests as hypercalls, for hypervisors that
-//! implement them.
+//! The `vmcall` backend: lock decisions as hypercalls, for hypervisors that
+//! implement them. It is a [`HostChannel`]; labels, state reports, notices
+//! and hints stay on the doorbell UART, when there is one.
 //!
 //! A hypervisor offers it by returning the signature [`SIGNATURE`]
 //! (`"MigLockHVcal"`) in EBX, ECX, EDX of one of the CPUID hypervisor
@@ -15,8 +16,14 @@
 //! convention): RAX = [`HC_MIGLOCK`], RBX = operation (1 lock, 2 unlock,
 //! 3 renew), RCX = hold id, RDX = reason code, RSI = lease in ms. Returns in
 //! RAX: the granted lease in ms (> 0), 0 for a done unlock, or a negative
-//! `REFUSE_*` reason from the wire protocol. Labels, state reports, notices
-//! and hints stay on the doorbell UART.
+//! `REFUSE_*` reason from the wire protocol.
+
+use crate::abi::types::Reason;
+use crate::abi::wire::Message;
+use crate::channel::{Decision, HostChannel, Report, Stats};
+use crate::compat::x86::{self, Hypercall, Hypervisor};
+use crate::doorbell::Doorbell;
+use kernel::{prelude::*, sync::Arc};
 
 /// The hypercall number ("ML", 1).
 pub(crate) const HC_MIGLOCK: u64 = 0x4d4c_0001;
@@ -36,87 +43,88 @@ pub(crate) enum Op {
     Renew = 3,
 }
 
-/// The 12-byte vendor signature of a CPUID leaf's EBX, ECX, EDX.
-pub(crate) fn signature(ebx: u32, ecx: u32, edx: u32) -> [u8; 12] {
-    let mut s = [0u8; 12];
-    s[0..4].copy_from_slice(&ebx.to_le_bytes());
-    s[4..8].copy_from_slice(&ecx.to_le_bytes());
-    s[8..12].copy_from_slice(&edx.to_le_bytes());
-    s
+/// Looks for the backend; see the module documentation.
+pub(crate) fn probe() -> Hypervisor {
+    x86::find(SIGNATURE, HC_MIGLOCK)
 }
 
-/// CPUID `leaf` (subleaf 0): EAX, EBX, ECX, EDX.
-fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
-    // (Older compilers require `unsafe` here, newer warn.)
-    #[allow(unused_unsafe)]
-    // SAFETY: CPUID exists on every x86-64 CPU and only reads identification
-    // registers; no memory is touched.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, 0) };
-    (r.eax, r.ebx, r.ecx, r.edx)
-}
-
-/// What the hypervisor said about itself.
-pub(crate) enum Detected {
-    /// No hypervisor bit in CPUID.
-    BareMetal,
-    /// A hypervisor without the backend; its first signature, for logs.
-    Other([u8; 12]),
-    /// The backend is offered.
-    Offered,
-}
-
-/// Looks for [`SIGNATURE`] in the hypervisor leaves.
-pub(crate) fn detect() -> Detected {
-    // CPUID.1:ECX bit 31: running under a hypervisor.
-    if cpuid(1).2 & (1 << 31) == 0 {
-        return Detected::BareMetal;
-    }
-    let mut first = None;
-    for n in 0..256u32 {
-        let leaf = 0x4000_0000 + n * 0x100;
-        let (max, b, c, d) = cpuid(leaf);
-        let sig = signature(b, c, d);
-        if sig == SIGNATURE && max >= leaf {
-            return Detected::Offered;
+/// A hypercall's answer: a granted lease (> 0) or a refusal (<= 0).
+fn decision(r: i64) -> Decision {
+    if r > 0 {
+        Decision::Granted {
+            lease_ms: r.min(u32::MAX.into()) as u32,
         }
-        if max >= leaf && first.is_none() {
-            first = Some(sig);
+    } else {
+        Decision::Refused {
+            reason: r.unsigned_abs().min(u32::MAX.into()) as u32,
         }
     }
-    first.map_or(Detected::BareMetal, Detected::Other)
 }
 
-/// Proof that the hypervisor offers the backend; only [`probe`] makes one.
-pub(crate) struct Hypercall(());
+/// Lock decisions by hypercall, the rest over the doorbell if there is one.
+pub(crate) struct Vmcall {
+    hc: Hypercall,
+    bell: Option<Arc<Doorbell>>,
+}
 
-/// A [`Hypercall`] if, and only if, the hypervisor advertised it.
-pub(crate) fn probe() -> (Option<Hypercall>, Detected) {
-    match detect() {
-        Detected::Offered => (Some(Hypercall(())), Detected::Offered),
-        d => (None, d),
+impl Vmcall {
+    /// The backend `hc`, with `bell` for everything but decisions.
+    pub(crate) fn new(hc: Hypercall, bell: Option<Arc<Doorbell>>) -> Self {
+        Vmcall { hc, bell }
+    }
+
+    fn call(&self, op: Op, hold: u32, reason: u32, lease_ms: u32) -> i64 {
+        self.hc
+            .call(op as u64, hold.into(), reason.into(), lease_ms.into())
     }
 }
 
-impl Hypercall {
-    /// Performs `op`; see the module documentation for the ABI.
-    pub(crate) fn call(&self, op: Op, hold: u32, reason: u32, lease_ms: u32) -> i64 {
-        let ret: u64;
-        // SAFETY: `Hypercall` exists only when the hypervisor advertised this
-        // hypercall (see `probe`), so `vmcall` traps to it; RBX is saved and
-        // restored around the call because LLVM reserves it.
-        unsafe {
-            core::arch::asm!(
-                "xchg {b}, rbx",
-                "vmcall",
-                "xchg {b}, rbx",
-                b = inout(reg) op as u64 => _,
-                inout("rax") HC_MIGLOCK => ret,
-                in("rcx") u64::from(hold),
-                in("rdx") u64::from(reason),
-                in("rsi") u64::from(lease_ms),
-                options(nostack)
-            )
-        };
-        ret as i64
+impl HostChannel for Vmcall {
+    fn present(&self) -> bool {
+        true
+    }
+
+    /// The hypervisor always answers.
+    fn connected(&self) -> bool {
+        true
+    }
+
+    fn start(&self) -> bool {
+        self.bell.as_ref().map_or(true, |b| b.start())
+    }
+
+    fn stop(&self) {
+        if let Some(b) = &self.bell {
+            b.stop();
+        }
+    }
+
+    fn request_lock(&self, hold: u32, reason: Reason, lease_ms: u32, _: &[u8]) -> Result<Decision> {
+        Ok(decision(self.call(Op::Lock, hold, reason as u32, lease_ms)))
+    }
+
+    fn request_renew(&self, hold: u32, lease_ms: u32) -> Result<Decision> {
+        Ok(decision(self.call(Op::Renew, hold, 0, lease_ms)))
+    }
+
+    fn released(&self, hold: u32) {
+        self.call(Op::Unlock, hold, 0, 0);
+    }
+
+    fn report(&self, report: Report) {
+        if let Some(b) = &self.bell {
+            b.report(report);
+        }
+    }
+
+    fn send_hints(&self, w: &Message<'_>, batch: u32, raw: &[u8]) -> Result {
+        match &self.bell {
+            Some(b) => b.send_hints(w, batch, raw),
+            None => Err(crate::compat::errno::enotconn()),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        self.bell.as_ref().map_or(Stats::default(), |b| b.stats())
     }
 }

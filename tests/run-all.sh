@@ -68,6 +68,7 @@ phase packages           closing_counts tests/packages.sh
 phase fuzz               single        make -s fuzz FUZZ_SECONDS=10
 phase module-build       single        make -s module
 phase module-clippy      single        make -s clippy
+phase module-archcheck   single        make -s archcheck
 phase module-rustfmt     single        make -s rustfmtcheck
 
 # Guest scenarios stream their progress: they take the longest.

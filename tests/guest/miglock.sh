@@ -55,3 +55,13 @@ ml_wset_ready() {
 		sleep 0.2 # waiting for a file to fill: pacing, no event to wait on
 	done
 }
+
+# Waits (at most 10 s) until process PID has /dev/mld open.
+ml_opened() {
+	t=0
+	until ls -l "/proc/$1/fd" 2>/dev/null | grep -q /dev/mld; do
+		t=$((t + 1))
+		[ $t -lt 100 ] || ml_fail "process $1 never opened /dev/mld"
+		sleep 0.1 # waiting for a process to start: pacing, no event to wait on
+	done
+}

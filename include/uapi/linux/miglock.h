@@ -67,6 +67,9 @@ struct mld_renew {
 #define MLD_ST_FORCED_RELEASE		(1U << 6)
 #define MLD_ST_LEASE_EXPIRED		(1U << 7)
 #define MLD_ST_POSTCOPY			(1U << 8)
+#define MLD_ST_MIGRATION_CANCELLED	(1U << 9)
+#define MLD_ST_MIGRATED			(1U << 10)
+#define MLD_ST_LOCAL_DECISION		(1U << 11)
 
 #define MLD_DECISION_NONE	0
 #define MLD_DECISION_GRANTED	1
@@ -83,6 +86,10 @@ struct mld_renew {
  * @last_refusal:       the host's refusal reason, 0 if none
  * @max_lease_ms:       the maximum lease
  * @postcopy_gen:       times the host announced post-copy (MLD_ST_POSTCOPY)
+ * @pending_deadline_ms: ms until the pending migration's deadline; 0 if none
+ *                      is pending (MLD_ST_MIGRATION_PENDING) or it passed
+ * @migration_gen:      times the VM arrived here by live migration
+ *                      (MLD_ST_MIGRATED)
  * @reserved:           zero
  */
 struct mld_status {
@@ -94,7 +101,9 @@ struct mld_status {
 	__u32 last_refusal;
 	__u32 max_lease_ms;
 	__u32 postcopy_gen;
-	__u32 reserved[6];
+	__u32 pending_deadline_ms;
+	__u32 migration_gen;
+	__u32 reserved[4];
 };
 
 #define MLD_MAX_HINTS		1024

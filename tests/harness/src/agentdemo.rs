@@ -218,6 +218,8 @@ pub enum Story {
     PlanWriteHeavy,
     /// `--mode auto` keeps pre-copy on a read-mostly guest.
     PlanReadMostly,
+    /// Every open file hears of a migration, its cancellation, the arrival.
+    Notices,
 }
 
 impl Story {
@@ -406,6 +408,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Postcopy => postcopy(&mut h, sc, deadline),
         Story::PlanWriteHeavy => crate::advice::plan_write_heavy(&mut h, sc, env, deadline),
         Story::PlanReadMostly => crate::advice::plan_read_mostly(&mut h, sc, deadline),
+        Story::Notices => notices(&mut h, sc, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
         eprintln!("  source agent's audit log:");
@@ -448,15 +451,17 @@ impl Hosts {
     }
 }
 
-/// The migration is refused naming the hold `label`; the guest unlocks
-/// ("unlock" on its console); then it migrates and arrives.
+/// The migration (`migrate` with `first`) is refused naming the hold
+/// `label`; the guest unlocks ("unlock" on its console); then it migrates
+/// and arrives.
 fn refused_until_unlocked(
     h: &mut Hosts,
     sc: &Scenario,
     deadline: Instant,
     label: &str,
+    first: &[&str],
 ) -> Result<(), Failure> {
-    let refused = h.migrate(&[])?;
+    let refused = h.migrate(first)?;
     let why = String::from_utf8_lossy(&refused.stderr);
     require(
         !refused.status.success() && why.contains(label),
@@ -476,7 +481,7 @@ fn refused_until_unlocked(
 
 fn demo(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
     wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
-    refused_until_unlocked(h, sc, deadline, "payment batch")?;
+    refused_until_unlocked(h, sc, deadline, "payment batch", &[])?;
     let ev = h.src_events();
     for want in [
         "lock",
@@ -549,7 +554,7 @@ fn restart(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Re
     let bins = h.bins.clone();
     h.src_agent = Agent::start(&bins, &env.dir, "src")?; // the old one is dropped: killed
     h.wait_locked(true, deadline)?;
-    refused_until_unlocked(h, sc, deadline, "restart test")?;
+    refused_until_unlocked(h, sc, deadline, "restart test", &[])?;
     require(
         h.src_events()
             .iter()
@@ -629,6 +634,33 @@ fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure
         .send_line("done")
         .context("typing on the guest console")?;
     finish_guest(sc, &mut h.src, deadline)
+}
+
+/// A migration the guest's lock refuses after 3 s, then (the guest
+/// unlocked) one that completes: the guest's applications check what they
+/// heard; the agents must have announced both, called off the first, and
+/// told the guest it arrived.
+fn notices(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
+    refused_until_unlocked(h, sc, deadline, "notice app", &["--wait-unlock", "3s"])?;
+    let ev = h.src_events();
+    let count = |e: &str| ev.iter().filter(|r| r["event"] == e).count();
+    require(
+        count("migrate-announced") == 2 && count("migrate-called-off") == 1,
+        "source audit: not two migrations announced and one called off",
+    )?;
+    require(
+        has(&ev, "migrate-announced", |r| {
+            r["deadline_ms"] == 3000 && r["guest_told"] == true
+        }),
+        "source audit: the refused migration was not announced with its 3 s",
+    )?;
+    require(
+        has(&h.dst_agent.audit(), "guest-migrated", |r| {
+            r["guest_told"] == true
+        }),
+        "destination audit: the guest was not told it arrived",
+    )
 }
 
 /// The destination agent receives a post-copy migration and tells the

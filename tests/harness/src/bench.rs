@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The round-trip benchmark: an application's lock request to the host
-//! agent's decision (ioctl → shim → doorbell UART → miglockd → back), beside
+//! agent's decision (ioctl → module → doorbell UART → miglockd → back), beside
 //! qemu-guest-agent's `guest-ping` over a legacy UART in the same guest and
 //! run, so the ratio is known. Figures are printed and kept in
 //! `out/scenarios/bench-rtt/rtt.json`; nothing is asserted about them.

@@ -114,15 +114,6 @@ fn field(line: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn write_result(env: &Env<'_>, v: &Value) -> Result<(), Failure> {
-    std::fs::write(
-        env.dir.join("result.json"),
-        serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?,
-    )
-    .context("writing result.json")?;
-    Ok(())
-}
-
 /// `blocker-any-initiator`.
 pub fn any_initiator(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
     let mut h = Hosts::start(sc, env, false)?;
@@ -197,7 +188,7 @@ pub fn any_initiator(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<
         "agent_observed_the_migration": observed,
     });
     eprintln!("  {cost}; blocker added in {installed_us:?} us");
-    write_result(env, &v)?;
+    env.write_result(&v)?;
     let r = (|| {
         require(
             locked_refused,
@@ -381,7 +372,7 @@ pub fn race(env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
     eprintln!(
         "  {RACE_ROUNDS} rounds: {refused} refused by the blocker, {cancelled} cancelled, {completed} completed, {violations} switchovers while granted; guest: {said}"
     );
-    write_result(env, &v)?;
+    env.write_result(&v)?;
     p.quit();
     require(problems.is_empty(), &problems.join("; "))?;
     require(completed > 0, "no migration completed in the race")?;

@@ -484,11 +484,7 @@ pub fn migrate_locked(env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
         "libvirt": String::from_utf8_lossy(&lv.virsh("a", &["version", "--daemon"])?.stdout).lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect::<Vec<_>>(),
         "agent_b_saw_the_guest": agent_b.audit().iter().any(|r| r["event"] == "guest-state"),
     });
-    fs::write(
-        env.dir.join("result.json"),
-        serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?,
-    )
-    .context("result.json")?;
+    env.write_result(&v)?;
     require(
         passed == 0,
         &format!("{passed} of {LOCKED_ATTEMPTS} virsh migrate of the locked guest passed"),

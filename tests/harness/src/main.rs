@@ -15,6 +15,7 @@ mod blocker;
 mod initramfs;
 mod ktap;
 mod libvirt;
+mod locking;
 mod pair;
 mod scenario;
 mod stubhost;

@@ -35,6 +35,8 @@ pub enum Kind {
     Blocker(Blocker),
     /// Two real libvirt daemons and `virsh migrate`.
     Libvirt,
+    /// A lock call's result against the host's holds (see `locking.rs`).
+    Locking(crate::locking::Which),
 }
 
 /// Which `blocker-*` scenario.
@@ -181,6 +183,33 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     guest("mld-cli", "mld-cli", "miglock status/lock/unlock/run and set_migration_flag end to end"),
     guest("mld-unload", "mld-unload", "rmmod is refused while a file holds the lock; a detached hold is released at unload"),
+    Scenario {
+        kind: Kind::Locking(crate::locking::Which::Interrupted),
+        timeout: secs(300),
+        ..guest(
+            "mld-interrupted-lock",
+            "mld-interrupted-lock",
+            "1000 locks against a slow host, SIGALRM (no SA_RESTART) mid-request: EINTR and no hold, never 0 without a grant; guest holds = host holds",
+        )
+    },
+    Scenario {
+        kind: Kind::Locking(crate::locking::Which::Storm),
+        timeout: secs(300),
+        ..guest(
+            "mld-request-storm",
+            "mld-request-storm",
+            "64 threads lock and unlock at once against miglockd: every call gets its own answer, none lost or swapped",
+        )
+    },
+    Scenario {
+        kind: Kind::Locking(crate::locking::Which::FlagRelease),
+        timeout: secs(180),
+        ..guest(
+            "mld-flag-release",
+            "mld-flag-release",
+            "two holders, one lets go with SET_MIGRATION_FLAG 1: miglockd's holds match the guest's after each step",
+        )
+    },
     guest(
         "tracer-wset",
         "tracer-wset",
@@ -192,7 +221,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "shim-stub-host",
             "shim-stub-host",
-            "the shim over the doorbell UART: hello, granted and refused locks, lease cap, a migration notice wakes poll",
+            "the host channel over the doorbell UART: hello, granted and refused locks, lease cap, a migration notice wakes poll",
         )
     },
     Scenario {
@@ -216,6 +245,15 @@ pub const SCENARIOS: &[Scenario] = &[
         kind: Kind::Agents(Story::Notice),
         timeout: secs(240),
         ..guest("agent-notice", "agent-notice", "migrate --wait-unlock: the notice wakes the application's poll(), it unlocks, the VM migrates")
+    },
+    Scenario {
+        kind: Kind::Agents(Story::Notices),
+        timeout: secs(300),
+        ..guest(
+            "mld-notices",
+            "mld-notices",
+            "a locked and an unlocked application both hear a pending migration with its deadline, its cancellation and (on the destination) the arrival; miglock wait returns for each",
+        )
     },
     Scenario {
         kind: Kind::Agents(Story::Force),
@@ -376,8 +414,15 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         variant: Variant::InitFail,
+        // With the doorbell and a host, so init fails after the channel
+        // started: the teardown must leave no kernel warning.
+        kind: Kind::StubHost,
         expect: Expect::Fail(FailKind::ModuleLoad),
-        ..guest("selftest-module-load-failure", "module", "harness selftest: a module whose init fails fails the run")
+        ..guest(
+            "selftest-module-load-failure",
+            "module",
+            "harness selftest: a module whose init fails (after its host channel started) fails the run, and its teardown leaves no kernel warning",
+        )
     },
     Scenario {
         timeout: secs(10),
@@ -403,6 +448,13 @@ pub struct Env<'a> {
 }
 
 impl Env<'_> {
+    /// Writes `v` as the scenario's `result.json`.
+    pub fn write_result(&self, v: &serde_json::Value) -> Result<(), Failure> {
+        let text = serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?;
+        std::fs::write(self.dir.join("result.json"), text)
+            .map_err(|e| Failure::new(FailKind::Harness, format!("writing result.json: {e}")))
+    }
+
     /// The spec for one guest of this scenario.
     pub fn spec(&self, name: &str, guest: &str, incoming: bool) -> VmSpec {
         self.spec_with(name, guest, incoming, Doorbell::None)
@@ -451,16 +503,17 @@ pub fn finish_guest(sc: &Scenario, vm: &mut Vm, deadline: Instant) -> Result<(),
         Wait::Closed => -1,
     };
     let seen = vm.seen.join("\n");
-    if seen.contains("@@MIGLOCK fail=module-load@@") {
-        return Err(Failure::new(
-            FailKind::ModuleLoad,
-            format!("miglock.ko failed to load in the guest; log: {log}"),
-        ));
-    }
+    // A kernel problem first: a load that failed must also fail cleanly.
     if seen.contains("@@MIGLOCK kernel-problem@@") {
         return Err(Failure::new(
             FailKind::Kernel,
             format!("the guest kernel logged an oops/BUG/warning; log: {log}"),
+        ));
+    }
+    if seen.contains("@@MIGLOCK fail=module-load@@") {
+        return Err(Failure::new(
+            FailKind::ModuleLoad,
+            format!("miglock.ko failed to load in the guest; log: {log}"),
         ));
     }
     if let Some(suite) = sc.kunit {
@@ -513,10 +566,11 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::Blocker(Blocker::AnyInitiator) => crate::blocker::any_initiator(sc, env, deadline),
         Kind::Blocker(Blocker::Race) => crate::blocker::race(env, deadline),
         Kind::Libvirt => crate::libvirt::migrate_locked(env, deadline),
+        Kind::Locking(which) => crate::locking::run(sc, env, deadline, which),
     }
 }
 
-/// The guest's shim against the stub host: the guest script checks what the
+/// The guest's host channel against the stub host: the guest script checks what the
 /// guest sees, this checks what the host saw.
 fn run_stub_host(
     sc: &Scenario,
@@ -525,10 +579,6 @@ fn run_stub_host(
     late: bool,
 ) -> Result<(), Failure> {
     let mut vm = Vm::start(&env.spec_with("vm", sc.guest, false, Doorbell::Harness))?;
-    let bell = vm
-        .doorbell
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no doorbell socket"))?;
     let log = env.dir.join("stub-host.log");
     if late {
         // Nobody answers until the guest asks for the host.
@@ -538,14 +588,14 @@ fn run_stub_host(
             return finish_guest(sc, &mut vm, deadline);
         }
     }
-    let stub = stubhost::serve(bell.try_clone().map_err(anyhow::Error::from)?, &log, late)
-        .map_err(anyhow::Error::from)?;
+    let opts = stubhost::Options {
+        announce: late,
+        ..Default::default()
+    };
+    let stub = stubhost::attach(&mut vm, &log, opts)?;
     let r = finish_guest(sc, &mut vm, deadline);
     vm.quit()?;
-    let _ = bell.shutdown(std::net::Shutdown::Both);
-    let rec = stub
-        .join()
-        .map_err(|_| anyhow::anyhow!("stub host panicked"))?;
+    let rec = stub.finish()?;
     r?;
     let labels: Vec<&str> = rec.locks.iter().map(|(_, l)| l.as_str()).collect();
     let mut wrong = Vec::new();

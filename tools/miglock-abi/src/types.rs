@@ -115,6 +115,17 @@ pub const MLD_ST_LEASE_EXPIRED: u32 = 1 << 7;
 /// destination and fetches pages it has not received yet on demand).
 /// `postcopy_gen` counts these announcements.
 pub const MLD_ST_POSTCOPY: u32 = 1 << 8;
+/// Status flag: the host cancelled the pending migration (or gave it up)
+/// since this file's last status call.
+pub const MLD_ST_MIGRATION_CANCELLED: u32 = 1 << 9;
+/// Status flag: the VM arrived on this host by live migration since this
+/// file's last status call (hardware it was pinned to may be gone);
+/// `migration_gen` counts the arrivals.
+pub const MLD_ST_MIGRATED: u32 = 1 << 10;
+/// Status flag: this file's last successful lock or renewal was decided in
+/// the guest alone, because no host answered. The host does not enforce
+/// such a hold until the guest resyncs with it.
+pub const MLD_ST_LOCAL_DECISION: u32 = 1 << 11;
 
 /// Host decision: none yet.
 pub const MLD_DECISION_NONE: u32 = 0;
@@ -145,8 +156,14 @@ pub struct MldStatus {
     pub max_lease_ms: u32,
     /// How many times the host announced post-copy since the module loaded.
     pub postcopy_gen: u32,
+    /// Milliseconds until the pending migration's deadline (the grace the
+    /// host gave); 0 if none is pending or the deadline passed.
+    pub pending_deadline_ms: u32,
+    /// How many times the VM arrived here by live migration since the
+    /// module loaded (`MLD_ST_MIGRATED`).
+    pub migration_gen: u32,
     /// Zero.
-    pub reserved: [u32; 6],
+    pub reserved: [u32; 4],
 }
 
 /// Most ranges in one `MLD_IOC_HINTS` call.
@@ -242,6 +259,9 @@ mod tests {
         assert_eq!(offset_of!(MldStatus, last_decision), 24);
         assert_eq!(offset_of!(MldStatus, max_lease_ms), 32);
         assert_eq!(offset_of!(MldStatus, postcopy_gen), 36);
+        assert_eq!(offset_of!(MldStatus, pending_deadline_ms), 40);
+        assert_eq!(offset_of!(MldStatus, migration_gen), 44);
+        assert_eq!(offset_of!(MldStatus, reserved), 48);
         assert_eq!(size_of::<MldHintRange>(), 16);
         assert_eq!(size_of::<MldHints>(), 48);
         assert_eq!(offset_of!(MldHints, ranges), 8);

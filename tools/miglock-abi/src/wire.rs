@@ -135,6 +135,11 @@ pub enum Notice {
     /// Post-copy is running: the VM runs on the destination and pages not
     /// received yet are fetched when touched. Sent by the destination agent.
     PostcopyStarted,
+    /// The pending migration will not happen (refused, cancelled, failed).
+    MigrationCancelled,
+    /// The VM now runs here, having arrived by live migration. Sent by the
+    /// destination agent once the guest runs there.
+    Migrated,
 }
 
 /// One ranked guest-physical range in a hint batch.
@@ -399,6 +404,8 @@ const NOTICE_PENDING: u32 = 1;
 const NOTICE_FORCED: u32 = 2;
 const NOTICE_POLICY: u32 = 3;
 const NOTICE_POSTCOPY: u32 = 4;
+const NOTICE_CANCELLED: u32 = 5;
+const NOTICE_MIGRATED: u32 = 6;
 
 /// Encodes a hint batch from `ranges` (at most [`MAX_HINTS`]).
 pub fn encode_hints(
@@ -478,6 +485,8 @@ pub fn encode(msg: &Message<'_>, hdr: Header, out: &mut [u8]) -> Result<usize, E
                 Notice::ForcedRelease { reason } => (NOTICE_FORCED, reason),
                 Notice::PolicyChange { max_lease_ms } => (NOTICE_POLICY, max_lease_ms),
                 Notice::PostcopyStarted => (NOTICE_POSTCOPY, 0),
+                Notice::MigrationCancelled => (NOTICE_CANCELLED, 0),
+                Notice::Migrated => (NOTICE_MIGRATED, 0),
             };
             w.u32(k)?;
             w.u32(v)
@@ -643,6 +652,8 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message<'_>), DecodeError> {
                 NOTICE_FORCED => Notice::ForcedRelease { reason: v },
                 NOTICE_POLICY => Notice::PolicyChange { max_lease_ms: v },
                 NOTICE_POSTCOPY if v == 0 => Notice::PostcopyStarted,
+                NOTICE_CANCELLED if v == 0 => Notice::MigrationCancelled,
+                NOTICE_MIGRATED if v == 0 => Notice::Migrated,
                 _ => return Err(bad),
             })
         }
@@ -797,6 +808,36 @@ mod tests {
                 0x38
             ][..n]
         );
+    }
+
+    #[test]
+    fn notice_codes_are_stable() {
+        // Golden: the notice kind is the payload's first word, its value the second.
+        let hdr = Header {
+            seq: 1,
+            reply_to: 0,
+        };
+        for (n, code, value) in [
+            (Notice::MigrationPending { deadline_ms: 9 }, 1u32, 9u32),
+            (Notice::ForcedRelease { reason: 2 }, 2, 2),
+            (Notice::PolicyChange { max_lease_ms: 7 }, 3, 7),
+            (Notice::PostcopyStarted, 4, 0),
+            (Notice::MigrationCancelled, 5, 0),
+            (Notice::Migrated, 6, 0),
+        ] {
+            let mut out = [0u8; MAX_FRAME];
+            let len = encode(&Message::Notice(n), hdr, &mut out).unwrap();
+            assert_eq!(u32_at(&out, HEADER_LEN), code, "{n:?}");
+            assert_eq!(u32_at(&out, HEADER_LEN + 4), value, "{n:?}");
+            assert_eq!(decode(&out[..len]), Ok((hdr, Message::Notice(n))));
+        }
+        // A value where none is defined is rejected, not ignored.
+        let mut out = [0u8; MAX_FRAME];
+        let len = encode(&Message::Notice(Notice::Migrated), hdr, &mut out).unwrap();
+        out[HEADER_LEN + 4] = 1;
+        let crc = crc32c(&out[..len - TRAILER_LEN]);
+        out[len - TRAILER_LEN..len].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&out[..len]), Err(DecodeError::Payload(Kind::Notice)));
     }
 
     #[test]

@@ -25,6 +25,8 @@ int main(void)
 	P(offsetof(struct mld_hints, dirty_pages_per_s)); P(offsetof(struct mld_hints, pfn_limit));
 	P(offsetof(struct mld_hints, interval_ms)); P(offsetof(struct mld_hint_range, score));
 	P(offsetof(struct mld_status, postcopy_gen)); P(MLD_ST_POSTCOPY);
+	P(offsetof(struct mld_status, pending_deadline_ms)); P(offsetof(struct mld_status, migration_gen));
+	P(MLD_ST_MIGRATION_CANCELLED); P(MLD_ST_MIGRATED); P(MLD_ST_LOCAL_DECISION);
 	P(sizeof(struct mld_lock)); P(sizeof(struct mld_renew)); P(sizeof(struct mld_status));
 	P(offsetof(struct mld_lock, reason)); P(offsetof(struct mld_lock, flags));
 	P(offsetof(struct mld_lock, lease_ms)); P(offsetof(struct mld_lock, reserved));
@@ -122,6 +124,20 @@ fn c_header_matches_rust_abi() {
             offset_of!(MldStatus, postcopy_gen) as u64,
         ),
         ("MLD_ST_POSTCOPY", MLD_ST_POSTCOPY.into()),
+        (
+            "offsetof(struct mld_status, pending_deadline_ms)",
+            offset_of!(MldStatus, pending_deadline_ms) as u64,
+        ),
+        (
+            "offsetof(struct mld_status, migration_gen)",
+            offset_of!(MldStatus, migration_gen) as u64,
+        ),
+        (
+            "MLD_ST_MIGRATION_CANCELLED",
+            MLD_ST_MIGRATION_CANCELLED.into(),
+        ),
+        ("MLD_ST_MIGRATED", MLD_ST_MIGRATED.into()),
+        ("MLD_ST_LOCAL_DECISION", MLD_ST_LOCAL_DECISION.into()),
         ("MLD_IOC_MAGIC", ioctl::MLD_IOC_MAGIC.into()),
         ("sizeof(struct mld_lock)", size_of::<MldLock>() as u64),
         ("sizeof(struct mld_renew)", size_of::<MldRenew>() as u64),

@@ -17,6 +17,8 @@ fn notice() -> impl Strategy<Value = Notice> {
         any::<u32>().prop_map(|r| Notice::ForcedRelease { reason: r }),
         any::<u32>().prop_map(|m| Notice::PolicyChange { max_lease_ms: m }),
         Just(Notice::PostcopyStarted),
+        Just(Notice::MigrationCancelled),
+        Just(Notice::Migrated),
     ]
 }
 

@@ -50,6 +50,27 @@ pub enum Cmd {
         #[arg(long, value_parser = humantime::parse_duration)]
         lease: Option<Duration>,
     },
+    /// Wait for the host's news: a pending migration, its cancellation, the
+    /// VM's arrival here (any of them without a flag). Prints what came
+    /// (with --json, the status as `status --json` does, and "event"); exits
+    /// 0, or 1 if nothing came within the timeout.
+    Wait {
+        /// Until a migration is pending (at once if one is).
+        #[arg(long, group = "what")]
+        pending: bool,
+        /// Until the host calls a pending migration off.
+        #[arg(long, group = "what")]
+        cancelled: bool,
+        /// Until the VM has arrived here by live migration.
+        #[arg(long, group = "what")]
+        migrated: bool,
+        /// Give up after this long, e.g. 30s (default: wait for ever).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold the lock exactly while CMD runs (like flock); exits with CMD's status.
     Run {
         #[command(flatten)]

@@ -21,21 +21,51 @@ fn fmt_dur(d: Option<Duration>) -> String {
     })
 }
 
+/// The holds as `/sys/kernel/miglock/holds` lists them (empty if it
+/// cannot be read).
+fn holds() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string("/sys/kernel/miglock/holds").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.splitn(4, ' ');
+            let (owner, reason, left, label) = (w.next()?, w.next()?, w.next()?, w.next());
+            Some(json!({
+                "owner": owner,
+                "reason": reason,
+                "left_ms": left.parse::<u64>().ok(),
+                "label": label.unwrap_or(""),
+            }))
+        })
+        .collect()
+}
+
+/// Status as JSON, for `status --json` and `wait --json`.
+fn status_json(st: &Status) -> serde_json::Value {
+    json!({
+        "locked": st.locked(),
+        "holders": st.holders(),
+        "holds": holds(),
+        "static_lock": st.static_lock(),
+        "detached_hold": st.detached(),
+        "earliest_expiry_ms": st.earliest_expiry().map(|d| d.as_millis() as u64),
+        "host_channel": st.channel(),
+        "migration_pending": st.migration_pending(),
+        "pending_deadline_ms": st.pending_deadline().map(|d| d.as_millis() as u64),
+        "migration_cancelled": st.migration_cancelled(),
+        "migrated": st.migrated(),
+        "migration_gen": st.migration_gen(),
+        "postcopy": st.postcopy(),
+        "postcopy_gen": st.postcopy_gen(),
+        "forced_release": st.forced_release(),
+        "last_decision": st.last_decision(),
+        "last_refusal": st.last_refusal(),
+        "max_lease_ms": st.max_lease().as_millis() as u64,
+    })
+}
+
 fn print_status(st: &Status, as_json: bool) {
     if as_json {
-        let v = json!({
-            "locked": st.locked(),
-            "holders": st.holders(),
-            "static_lock": st.static_lock(),
-            "detached_hold": st.detached(),
-            "earliest_expiry_ms": st.earliest_expiry().map(|d| d.as_millis() as u64),
-            "host_channel": st.channel(),
-            "migration_pending": st.migration_pending(),
-            "forced_release": st.forced_release(),
-            "last_decision": st.last_decision(),
-            "max_lease_ms": st.max_lease().as_millis() as u64,
-        });
-        println!("{v}");
+        println!("{}", status_json(st));
         return;
     }
     let yn = |b: bool| if b { "yes" } else { "no" };
@@ -56,9 +86,88 @@ fn print_status(st: &Status, as_json: bool) {
             "not connected (state is local to this guest)"
         }
     );
-    println!("last decision:     {}", st.last_decision());
-    println!("migration pending: {}", yn(st.migration_pending()));
+    match st.last_refusal() {
+        0 => println!("last decision:     {}", st.last_decision()),
+        r => println!(
+            "last decision:     {} (host reason {r})",
+            st.last_decision()
+        ),
+    }
+    match st.pending_deadline() {
+        Some(d) => println!("migration pending: yes, deadline in {}", fmt_dur(Some(d))),
+        None => println!("migration pending: no"),
+    }
+    println!("migrations here:   {}", st.migration_gen());
     println!("max lease:         {}", fmt_dur(Some(st.max_lease())));
+}
+
+/// Which news `wait` waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum News {
+    Any,
+    Pending,
+    Cancelled,
+    Migrated,
+}
+
+/// What `st`, just read, says happened, in words.
+fn events(st: &Status) -> Vec<&'static str> {
+    [
+        (st.migration_pending(), "pending"),
+        (st.migration_cancelled(), "cancelled"),
+        (st.migrated(), "migrated"),
+        (st.postcopy(), "postcopy"),
+        (st.forced_release(), "forced-release"),
+        (st.lease_expired(), "lease-expired"),
+    ]
+    .into_iter()
+    .filter_map(|(on, word)| on.then_some(word))
+    .collect()
+}
+
+/// `miglock wait`: returns 0 when `what` came, 1 on timeout.
+fn wait(what: News, timeout: Option<Duration>, as_json: bool) -> Result<u8> {
+    let dev = open()?;
+    let start = dev.status()?;
+    let gen0 = start.migration_gen();
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut st = start;
+    // A migration pending already is what `--pending` waits for.
+    let mut came = what == News::Pending && st.migration_pending();
+    while !came {
+        let left = match deadline {
+            Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => {
+                    eprintln!("miglock: nothing within {}", fmt_dur(timeout));
+                    return Ok(1);
+                }
+            },
+            None => None,
+        };
+        if !dev.wait_event(left)? {
+            continue;
+        }
+        st = dev.status()?;
+        came = match what {
+            News::Any => !events(&st).is_empty(),
+            News::Pending => st.migration_pending(),
+            News::Cancelled => st.migration_cancelled(),
+            News::Migrated => st.migration_gen() != gen0,
+        };
+    }
+    let words = events(&st).join(" ");
+    if as_json {
+        let mut v = status_json(&st);
+        v["event"] = json!(words);
+        println!("{v}");
+    } else {
+        match st.pending_deadline() {
+            Some(d) => println!("{words} (deadline in {})", fmt_dur(Some(d))),
+            None => println!("{words} (migrations here: {})", st.migration_gen()),
+        }
+    }
+    Ok(0)
 }
 
 fn lock_req(o: &LockOpts, detached: bool) -> Lock {
@@ -110,15 +219,36 @@ fn main() -> ExitCode {
             Cmd::Lock(o) => {
                 let dev = open()?;
                 dev.lock(&lock_req(o, true)).context("locking")?;
+                let st = dev.status()?;
                 println!(
-                    "locked until 'miglock unlock' or for {}",
-                    fmt_dur(dev.status()?.earliest_expiry())
+                    "locked until 'miglock unlock' or for {}{}",
+                    fmt_dur(st.earliest_expiry()),
+                    if st.local_decision() {
+                        " (decided in the guest: no host answered, the host does not enforce it yet)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Cmd::Unlock => open()?
                 .unlock(true)
                 .context("unlocking (no detached hold?)")?,
             Cmd::Renew { lease } => open()?.renew(*lease, true).context("renewing")?,
+            Cmd::Wait {
+                pending,
+                cancelled,
+                migrated,
+                timeout,
+                json,
+            } => {
+                let what = match (pending, cancelled, migrated) {
+                    (true, _, _) => News::Pending,
+                    (_, true, _) => News::Cancelled,
+                    (_, _, true) => News::Migrated,
+                    _ => News::Any,
+                };
+                return wait(what, *timeout, *json);
+            }
             Cmd::Run {
                 lock,
                 no_renew,

@@ -129,6 +129,33 @@ impl Status {
     pub fn postcopy_gen(&self) -> u32 {
         self.0.postcopy_gen
     }
+    /// The pending migration was called off since this file's last status.
+    pub fn migration_cancelled(&self) -> bool {
+        self.flag(MLD_ST_MIGRATION_CANCELLED)
+    }
+    /// The VM arrived here by live migration since this file's last status.
+    pub fn migrated(&self) -> bool {
+        self.flag(MLD_ST_MIGRATED)
+    }
+    /// How many times the VM arrived here by live migration.
+    pub fn migration_gen(&self) -> u32 {
+        self.0.migration_gen
+    }
+    /// Time left until the pending migration's deadline (`None` if none is
+    /// pending; zero once it passed).
+    pub fn pending_deadline(&self) -> Option<Duration> {
+        self.migration_pending()
+            .then(|| Duration::from_millis(self.0.pending_deadline_ms.into()))
+    }
+    /// This file's last lock or renewal was decided in the guest alone (no
+    /// host answered): the host does not enforce it yet.
+    pub fn local_decision(&self) -> bool {
+        self.flag(MLD_ST_LOCAL_DECISION)
+    }
+    /// The host's reason code with the last refusal, 0 if none.
+    pub fn last_refusal(&self) -> u32 {
+        self.0.last_refusal
+    }
     /// The maximum lease.
     pub fn max_lease(&self) -> Duration {
         Duration::from_millis(self.0.max_lease_ms.into())
@@ -269,6 +296,30 @@ impl Device {
     /// The raw file descriptor (tests pass bad pointers through it).
     pub fn as_raw_fd(&self) -> libc::c_int {
         self.fd()
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) until something happened
+    /// this file has not seen in its status (a lease end, a notice from the
+    /// host); true if it did. Read the status to see what, and to wait for
+    /// the next event.
+    pub fn wait_event(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+        let mut p = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut p, 1, ms) };
+            if r >= 0 {
+                return Ok(r == 1 && p.revents & libc::POLLIN != 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 }
 

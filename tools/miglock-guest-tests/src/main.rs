@@ -12,6 +12,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod host;
+
 struct Checks {
     failed: usize,
     total: usize,
@@ -708,7 +710,8 @@ fn syscall_suite(c: &mut Checks, loaded: bool) -> io::Result<()> {
 }
 
 /// With a host that announces a migration after granting `await-notice`:
-/// the notice wakes `poll()` and shows in status until the VM is unlocked.
+/// the notice wakes `poll()` once and shows in status, with its deadline,
+/// until the migration happens or is called off (unlocking does neither).
 fn host_notice(c: &mut Checks) -> io::Result<()> {
     let d = Device::open()?;
     d.lock(&lock(Reason::CriticalOperation, 30_000, "await-notice"))?;
@@ -720,12 +723,23 @@ fn host_notice(c: &mut Checks) -> io::Result<()> {
         st.migration_pending(),
         || format!("{st:?}"),
     );
+    c.check(
+        "the notice carries the host's deadline",
+        st.pending_deadline()
+            .is_some_and(|d| d > Duration::ZERO && d <= Duration::from_millis(5000)),
+        || format!("{st:?}"),
+    );
     d.unlock(false)?;
     let st = d.status()?;
     c.check(
-        "unlocking clears it",
-        !st.migration_pending() && !st.locked(),
+        "unlocking ends the hold, not the announced migration",
+        st.migration_pending() && !st.locked(),
         || format!("{st:?}"),
+    );
+    c.check(
+        "the notice was reported once",
+        !readable(d.as_raw_fd(), 0)?,
+        String::new,
     );
     Ok(())
 }
@@ -1104,6 +1118,10 @@ fn main() -> ExitCode {
         Some("lock-cost") => lock_cost(num(2, 5).max(1)),
         Some("lock-race") => lock_race(num(2, 600) as u64, num(3, 1) as u64),
         Some("wait-channel") => wait_channel(&mut c, num(2, 10_000) as u64),
+        Some("interrupted-lock") => host::interrupted_lock(&mut c, num(2, 1000), num(3, 1) as u64),
+        Some("request-storm") => host::request_storm(&mut c, num(2, 64), num(3, 50)),
+        Some("flag-release") => host::flag_release(&mut c),
+        Some("notice-app") => host::notice_app(args.get(2).map(String::as_str) == Some("lock")),
         Some("syscall-absent") => syscall_suite(&mut c, false),
         Some("try-lock") => {
             let groups: Vec<u32> = args.iter().skip(3).filter_map(|g| g.parse().ok()).collect();
@@ -1112,7 +1130,9 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: mldtest holders|leases|badinput|poll|syscall|syscall-absent|\
-                 concurrency [THREADS ROUNDS]|fuzz [COUNT SEED]|try-lock UID [GID...]"
+                 concurrency [THREADS ROUNDS]|fuzz [COUNT SEED]|try-lock UID [GID...]|\
+                 interrupted-lock [ROUNDS SEED]|request-storm [THREADS ROUNDS]|flag-release|\
+                 notice-app lock|idle"
             );
             return ExitCode::from(2);
         }

@@ -158,11 +158,9 @@ impl Runner {
                     self.postcopy_gen = st.postcopy_gen();
                     self.start_prefetch(model);
                 }
-                Ok(_) => {
-                    // Readable for another reason (a pending migration stays
-                    // readable until it ends): don't spin on it.
-                    nap(left.min(Duration::from_millis(20)));
-                }
+                // Readable for another reason (a pending migration, an
+                // arrival): reading the status took it in, once.
+                Ok(_) => {}
                 Err(e) => {
                     eprintln!("tracer: device status: {e}; no longer watching for post-copy");
                     self.watch = false;

@@ -186,7 +186,13 @@ pub struct Link {
     /// The guest has reported its state since the agent last asked for it
     /// (connect or announce); the first report after that is always recorded.
     pub synced: bool,
+    /// Notices for the guest that found no connection, sent when it comes
+    /// (after the announce). At most [`OWED`].
+    pub owed: Vec<Notice>,
 }
+
+/// Most notices kept for a guest that is not connected (older ones go).
+pub const OWED: usize = 8;
 
 impl Link {
     /// Sends `msg` answering `reply_to`; false if there is no connection.
@@ -421,6 +427,30 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(&Message::Notice(n), 0)
+    }
+
+    /// Sends `vm`'s guest a notice it must not miss: if it is not
+    /// connected, the notice is sent once it is (see [`Agent::pay_owed`]).
+    /// True if it went out now.
+    pub fn notify_or_owe(&self, vm: &Vm, n: Notice) -> bool {
+        let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+        if link.send(&Message::Notice(n), 0) {
+            return true;
+        }
+        if link.owed.len() == OWED {
+            link.owed.remove(0);
+        }
+        link.owed.push(n);
+        false
+    }
+
+    /// Sends `vm`'s guest the notices it missed while not connected.
+    pub fn pay_owed(&self, vm: &Vm) {
+        let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+        let owed = std::mem::take(&mut link.owed);
+        for n in owed {
+            link.send(&Message::Notice(n), 0);
+        }
     }
 }
 

@@ -82,7 +82,7 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
 
     // The gate. Checking and marking the migration happen under one lock,
     // so no lock can slip in between unnoticed.
-    let (locked, reasons) = {
+    let (locked, reasons, grace) = {
         let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
         if l.gate || l.migration.is_some() {
@@ -92,8 +92,62 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
         if !locked {
             l.gate = true;
         }
-        (locked, l.reasons(now))
+        (locked, l.reasons(now), l.policy.grace_ms)
     };
+    let wait = req
+        .wait_unlock_ms
+        .or_else(|| req.wait_grace.then_some(u64::from(grace)));
+    if locked && !req.force && wait.is_none() {
+        agent.audit.record(
+            name,
+            "migrate-refused",
+            json!({"why": "locked", "locks": reasons}),
+        );
+        return refused(format!(
+            "refused: VM '{name}' is locked: {}",
+            reasons.join("; ")
+        ));
+    }
+    // From here on the migration is tried, and every open file in the
+    // guest hears of it: with the wait it gets, the policy's grace if it
+    // waits for nothing, 0 if forced. If it does not complete, the guest
+    // hears that too.
+    let deadline_ms = match (req.force, wait) {
+        (true, _) => 0,
+        (false, Some(w)) => w.min(u64::from(u32::MAX)) as u32,
+        (false, None) => grace,
+    };
+    let told = agent.notify(vm, Notice::MigrationPending { deadline_ms });
+    agent.audit.record(
+        name,
+        "migrate-announced",
+        json!({"deadline_ms": deadline_ms, "guest_told": told}),
+    );
+    let r = gated(agent, vm, req, p, locked, &reasons, wait, told);
+    if !matches!(r, Reply::Ok { .. }) {
+        let told = agent.notify(vm, Notice::MigrationCancelled);
+        agent
+            .audit
+            .record(name, "migrate-called-off", json!({"guest_told": told}));
+    }
+    r
+}
+
+/// The rest of [`migrate`] once the guest was told (`told`): waits for a
+/// locked VM (`wait`) or forces it, then runs the migration.
+#[allow(clippy::too_many_arguments)]
+fn gated(
+    agent: &Agent,
+    vm: &Vm,
+    req: &MigrateRequest,
+    p: Progress<'_>,
+    locked: bool,
+    reasons: &[String],
+    wait: Option<u64>,
+    told: bool,
+) -> Reply {
+    let name = req.vm.as_str();
+    let reason = req.reason.clone().unwrap_or_default();
     if locked {
         if req.force {
             agent.audit.record(
@@ -117,25 +171,11 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
                 p,
                 format!("VM locked ({}); forcing: {reason}", reasons.join("; ")),
             );
-        } else if let Some(wait) = req.wait_unlock_ms.or_else(|| {
-            let grace = vm
-                .ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .policy
-                .grace_ms;
-            req.wait_grace.then_some(u64::from(grace))
-        }) {
+        } else if let Some(wait) = wait {
             agent.audit.record(
                 name,
                 "migrate-waiting",
                 json!({"wait_ms": wait, "locks": reasons}),
-            );
-            let told = agent.notify(
-                vm,
-                Notice::MigrationPending {
-                    deadline_ms: wait.min(u64::from(u32::MAX)) as u32,
-                },
             );
             say(
                 p,
@@ -175,16 +215,6 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
             if raced {
                 return refused(format!("refused: VM '{name}' was locked again"));
             }
-        } else {
-            agent.audit.record(
-                name,
-                "migrate-refused",
-                json!({"why": "locked", "locks": reasons}),
-            );
-            return refused(format!(
-                "refused: VM '{name}' is locked: {}",
-                reasons.join("; ")
-            ));
         }
     }
 

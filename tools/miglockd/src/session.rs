@@ -118,8 +118,10 @@ fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> S
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     vm.link.lock().unwrap_or_else(|e| e.into_inner()).writer = Some(writer);
-    // Announce ourselves: a guest that decided locally meanwhile resyncs.
+    // Announce ourselves: a guest that decided locally meanwhile resyncs,
+    // then hears what it missed.
     agent.announce(vm);
+    agent.pay_owed(vm);
     let mut dec = Decoder::new();
     let mut bucket = Bucket::new(agent.limits.rate, agent.limits.burst);
     let mut hint_bucket = Bucket::new(agent.limits.hint_rate, agent.limits.hint_burst);

@@ -4,7 +4,9 @@
 //! migration, whoever started it (our CLI, libvirt, any QMP client), is
 //! observed and audited and moves the ledger's view of it; the VM resuming
 //! here (boot, or the end of an incoming migration) makes the agent
-//! announce itself so the guest resends its state; and the blocker is kept
+//! announce itself so the guest resends its state, and a VM that arrived
+//! by migration is told so (`Migrated`); a migration another client starts
+//! is announced to the guest, and its failure too; and the blocker is kept
 //! in step with the lock ([`crate::enforce::reconcile`]).
 
 use crate::agent::{Agent, Vm};
@@ -13,6 +15,7 @@ use crate::dial::Dial;
 use crate::enforce;
 use crate::ledger::Migration;
 use crate::session::REDIAL;
+use miglock_abi::wire::Notice;
 use miglock_qmp::{Event, Monitor};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +78,11 @@ fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
     // A QEMU started to receive a VM says so until it has: what it reports
     // of a migration until then is the VM arriving.
     let mut direction = enforce::incoming(mon).then_some(Direction::In);
-    let mut last_status = String::new();
+    let mut follows = Follows {
+        last_status: String::new(),
+        arriving: direction.is_some(),
+        announced: false,
+    };
     while !stop.load(Ordering::Relaxed) {
         let due = enforce::reconcile(agent, vm);
         let next_end = {
@@ -96,7 +103,7 @@ fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
                 t.saturating_duration_since(Instant::now()).min(TICK)
             });
         match events.recv_timeout(wake) {
-            Ok(ev) => on_event(agent, vm, mon, &ev, &mut direction, &mut last_status),
+            Ok(ev) => on_event(agent, vm, mon, &ev, &mut direction, &mut follows),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 let why = mon.closed().unwrap_or_default();
@@ -156,13 +163,24 @@ fn stuck_switchover(agent: &Agent, vm: &Vm, mon: &Monitor) {
     }
 }
 
+/// What one QMP connection's watcher remembers between events.
+struct Follows {
+    /// The last migration status seen.
+    last_status: String,
+    /// A migration is bringing the VM here: the next RESUME is its arrival.
+    arriving: bool,
+    /// The guest was told of the outgoing migration under way (one another
+    /// client started).
+    announced: bool,
+}
+
 fn on_event(
     agent: &Agent,
     vm: &Vm,
     mon: &Monitor,
     ev: &Event,
     direction: &mut Option<Direction>,
-    last: &mut String,
+    f: &mut Follows,
 ) {
     let name = vm.config.name.as_str();
     match ev.name.as_str() {
@@ -176,15 +194,24 @@ fn on_event(
             agent
                 .audit
                 .record(name, "vm-resumed", json!({"guest_told": told}));
+            if std::mem::take(&mut f.arriving) {
+                // After the announce: the guest resyncs with this host first.
+                let told = agent.notify_or_owe(vm, Notice::Migrated);
+                agent
+                    .audit
+                    .record(name, "guest-migrated", json!({"guest_told": told}));
+            }
         }
         "MIGRATION" => {
             let status = ev.data["status"].as_str().unwrap_or("").to_string();
-            if status == *last {
+            if status == f.last_status {
                 return;
             }
-            *last = status.clone();
+            f.last_status = status.clone();
             if direction.is_none() {
                 *direction = Some(if enforce::incoming(mon) {
+                    // The VM starts arriving: its next RESUME is the arrival.
+                    f.arriving = true;
                     Direction::In
                 } else {
                     Direction::Out
@@ -200,12 +227,17 @@ fn on_event(
                 agent
                     .audit
                     .record(name, "incoming-observed", json!({"status": status}));
-                if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
-                    *direction = None;
+                match status.as_str() {
+                    "failed" | "cancelled" => {
+                        f.arriving = false;
+                        *direction = None;
+                    }
+                    "completed" => *direction = None,
+                    _ => {}
                 }
                 return;
             }
-            observed_outgoing(agent, vm, &status);
+            observed_outgoing(agent, vm, &status, &mut f.announced);
             if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
                 *direction = None;
             }
@@ -215,8 +247,10 @@ fn on_event(
 }
 
 /// An outgoing migration's new status: the ledger learns where it is (a
-/// lock then cancels it, or is refused), and the audit log says so.
-fn observed_outgoing(agent: &Agent, vm: &Vm, status: &str) {
+/// lock then cancels it, or is refused), and the audit log says so. One
+/// that another client started is announced to the guest when first seen
+/// (`announced`), and its failure too; the gate announces its own.
+fn observed_outgoing(agent: &Agent, vm: &Vm, status: &str, announced: &mut bool) {
     let name = vm.config.name.as_str();
     let (by_agent, locked) = agent.update(vm, |l, now| {
         let locked = l.locked(now);
@@ -240,6 +274,16 @@ fn observed_outgoing(agent: &Agent, vm: &Vm, status: &str) {
         }
         ((l.gate, locked), changed)
     });
+    if !by_agent && enforce::in_flight(status) && !*announced {
+        // Under way already: no grace to give.
+        *announced = agent.notify(vm, Notice::MigrationPending { deadline_ms: 0 });
+    }
+    if matches!(status, "failed" | "cancelled") && std::mem::take(announced) {
+        agent.notify(vm, Notice::MigrationCancelled);
+    }
+    if status == "completed" {
+        *announced = false;
+    }
     let mut rec = json!({"status": status, "by_agent": by_agent});
     if locked && status == "completed" {
         // Never expected: the blocker stops such a migration. Loud if it

@@ -7,6 +7,10 @@
 //! loader hands to KUnit; KUnit then runs them right after `init` and prints
 //! KTAP to the kernel log. This file is the thin unsafe layer for that; test
 //! cases are plain safe functions taking [`Test`].
+//!
+//! Stands in for upstream's `#[kunit_tests]` (and its `kunit_assert!`
+//! family, here expectations that let a case go on); remove when the kernel
+//! crate has `#[kunit_tests]`.
 
 use core::{ffi::c_void, fmt, mem::MaybeUninit, ptr::NonNull};
 use kernel::{bindings, str::CStr};
@@ -136,17 +140,17 @@ pub(crate) const fn suite(
 /// line and an optional formatted message, and lets the case go on.
 macro_rules! kunit_expect {
     ($test:expr, $cond:expr $(,)?) => {
-        $crate::kunit::kunit_expect!(@report $test, $cond, None)
+        $crate::compat::kunit::kunit_expect!(@report $test, $cond, None)
     };
     ($test:expr, $cond:expr, $($msg:tt)+) => {
-        $crate::kunit::kunit_expect!(@report $test, $cond, Some(format_args!($($msg)+)))
+        $crate::compat::kunit::kunit_expect!(@report $test, $cond, Some(format_args!($($msg)+)))
     };
     (@report $test:expr, $cond:expr, $msg:expr) => {
         if !$cond {
-            static LOC: $crate::kunit::Location =
-                $crate::kunit::Location::new(kernel::c_str!(file!()), line!());
-            static ASSERT: $crate::kunit::UnaryAssert =
-                $crate::kunit::UnaryAssert::new(kernel::c_str!(stringify!($cond)));
+            static LOC: $crate::compat::kunit::Location =
+                $crate::compat::kunit::Location::new(kernel::c_str!(file!()), line!());
+            static ASSERT: $crate::compat::kunit::UnaryAssert =
+                $crate::compat::kunit::UnaryAssert::new(kernel::c_str!(stringify!($cond)));
             $test.fail(&LOC, &ASSERT, $msg);
         }
     };
@@ -157,7 +161,7 @@ pub(crate) use kunit_expect;
 macro_rules! kunit_expect_eq {
     ($test:expr, $left:expr, $right:expr $(,)?) => {{
         let (left, right) = (&$left, &$right);
-        $crate::kunit::kunit_expect!(
+        $crate::compat::kunit::kunit_expect!(
             $test,
             *left == *right,
             "{} == {}: left is {:?}, right is {:?}",
@@ -179,18 +183,18 @@ macro_rules! kunit_suite {
             const N: usize = [$($(#[$meta])* stringify!($case)),+].len();
 
             static mut CASES: [kernel::bindings::kunit_case; N + 1] = [
-                $($(#[$meta])* $crate::kunit::case(kernel::c_str!(stringify!($case)), {
+                $($(#[$meta])* $crate::compat::kunit::case(kernel::c_str!(stringify!($case)), {
                     extern "C" fn run_case(raw: *mut kernel::bindings::kunit) {
                         // SAFETY: KUnit calls `run_case` with the case's live test.
-                        unsafe { $crate::kunit::run(raw, $case) }
+                        unsafe { $crate::compat::kunit::run(raw, $case) }
                     }
                     run_case
                 }),)+
-                $crate::kunit::case_end(),
+                $crate::compat::kunit::case_end(),
             ];
 
             static mut SUITE: kernel::bindings::kunit_suite =
-                $crate::kunit::suite($name, core::ptr::addr_of_mut!(CASES).cast());
+                $crate::compat::kunit::suite($name, core::ptr::addr_of_mut!(CASES).cast());
 
             // The module loader collects this section into `mod->kunit_suites`.
             #[used(compiler)]

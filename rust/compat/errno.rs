@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Error codes 6.12's `kernel::error::code` does not declare.
+//!
+//! Remove when `kernel::error::code` declares them.
 
 use kernel::{bindings, error::Error};
 

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Who the calling task is allowed to be.
+//!
+//! Remove when the kernel crate has `capable()` and group membership
+//! (`kernel::cred`).
 
 use kernel::bindings;
 

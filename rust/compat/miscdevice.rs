@@ -2,13 +2,18 @@
 
 //! Misc character devices (`struct miscdevice`).
 //!
-//! Linux 6.12's kernel crate has no misc-device abstraction; this is the thin
-//! unsafe layer for one, modelled on the one later kernels gained. A driver
-//! implements [`MiscDevice`] with safe code; this file owns the
+//! A driver implements [`MiscDevice`] with safe code; this file owns the
 //! `file_operations` callbacks and the per-file pointer in `private_data`.
+//! As upstream, the vtable is built at compile time from what the type
+//! implements (`#[vtable]`), and a device with `ioctl` gets
+//! `compat_ptr_ioctl` for 32-bit callers (its structures are compat-clean).
+//!
+//! Stands in for upstream's `kernel::miscdevice` (which hands `open` the
+//! registration rather than a context, and has no `poll`); remove when the
+//! kernel crate has it.
 
-use crate::bindings as mb;
-use crate::waitqueue::WaitQueue;
+use super::bindings as mb;
+use super::poll::PollTable;
 use core::{marker::PhantomPinned, mem::MaybeUninit, pin::Pin};
 use kernel::{
     bindings,
@@ -17,10 +22,10 @@ use kernel::{
     prelude::*,
     str::CStr,
     types::{ForeignOwnable, Opaque},
-    ThisModule,
 };
 
 /// What a misc device does when its node is opened and used.
+#[vtable]
 pub(crate) trait MiscDevice: Sized {
     /// Shared by the registration and handed to [`MiscDevice::open`].
     type Ctx: Sync;
@@ -30,16 +35,27 @@ pub(crate) trait MiscDevice: Sized {
     /// Called for each `open()`.
     fn open(ctx: &Self::Ctx) -> Result<Self::Ptr>;
 
-    /// Called for each `ioctl()`; the return value is the syscall's.
-    fn ioctl(
-        file: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
-        cmd: u32,
-        arg: usize,
-    ) -> Result<isize>;
+    /// Called at the last `close()` of a file; drops what `open` made.
+    fn release(device: Self::Ptr) {
+        drop(device);
+    }
 
-    /// Called for `poll()`/`select()`/`epoll`: registers the wait queues
-    /// that signal readiness on `table` and returns the ready `EPOLL*` mask.
-    fn poll(file: <Self::Ptr as ForeignOwnable>::Borrowed<'_>, table: &PollTable) -> u32;
+    /// Called for each `ioctl()` (and, with `CONFIG_COMPAT`, for 32-bit
+    /// callers through `compat_ptr_ioctl`); the return value is the
+    /// syscall's.
+    fn ioctl(
+        _device: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _cmd: u32,
+        _arg: usize,
+    ) -> Result<isize> {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Called for `poll()`/`select()`/`epoll`: registers what signals
+    /// readiness on `table` and returns the ready `EPOLL*` mask.
+    fn poll(_device: <Self::Ptr as ForeignOwnable>::Borrowed<'_>, _table: &PollTable<'_>) -> u32 {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
 }
 
 /// `EPOLLIN`: readable.
@@ -47,35 +63,47 @@ pub(crate) const EPOLLIN: u32 = 0x0001;
 /// `EPOLLRDNORM`: normal data readable.
 pub(crate) const EPOLLRDNORM: u32 = 0x0040;
 
-/// The `poll_table` of one `poll()` call.
-pub(crate) struct PollTable {
-    file: *mut bindings::file,
-    table: *mut bindings::poll_table_struct,
+/// The `file_operations` of a [`MiscDevice`], built at compile time.
+struct VTable<T>(core::marker::PhantomData<T>);
+
+impl<T: MiscDevice> VTable<T> {
+    const VTABLE: bindings::file_operations = bindings::file_operations {
+        // The module cannot unload while one of its files is open.
+        owner: super::this_module(),
+        open: Some(open_callback::<T>),
+        release: Some(release_callback::<T>),
+        unlocked_ioctl: if T::HAS_IOCTL {
+            Some(ioctl_callback::<T>)
+        } else {
+            None
+        },
+        #[cfg(CONFIG_COMPAT)]
+        compat_ioctl: if T::HAS_IOCTL {
+            Some(bindings::compat_ptr_ioctl)
+        } else {
+            None
+        },
+        poll: if T::HAS_POLL {
+            Some(poll_callback::<T>)
+        } else {
+            None
+        },
+        llseek: Some(bindings::noop_llseek),
+        // SAFETY: all-zero is a valid `file_operations` (no callbacks).
+        ..unsafe { MaybeUninit::zeroed().assume_init() }
+    };
 }
 
-impl PollTable {
-    /// Registers `wq` so that waking it wakes this poller (`poll_wait()`).
-    ///
-    /// `wq` must outlive the file: the VFS removes the registration when
-    /// the poll call returns (select/poll) or the file is released (epoll).
-    pub(crate) fn register(&self, wq: &WaitQueue) {
-        if self.table.is_null() {
-            return;
-        }
-        // 6.12's bindings see `poll_table_struct` as opaque; ours have its
-        // fields (generated from <linux/poll.h>).
-        let table = self.table.cast::<mb::poll_table_struct>();
-        // SAFETY: a non-null table is valid for the duration of the call.
-        if let Some(qproc) = unsafe { (*table)._qproc } {
-            // SAFETY: `file` and `table` are the live arguments of this poll
-            // call and `wq` is an initialised wait queue (see above).
-            unsafe { qproc(self.file, wq.as_ptr(), table) };
-        }
-    }
+/// Where and how the node appears.
+pub(crate) struct MiscDeviceOptions {
+    /// `/dev/<name>`.
+    pub(crate) name: &'static CStr,
+    /// Permission bits of the node.
+    pub(crate) mode: u16,
 }
 
 /// A registered misc device; deregistered when dropped.
-pub(crate) struct Registration<T: MiscDevice> {
+pub(crate) struct MiscDeviceRegistration<T: MiscDevice> {
     misc: Opaque<mb::miscdevice>,
     fops: Opaque<bindings::file_operations>,
     ctx: T::Ctx,
@@ -85,20 +113,14 @@ pub(crate) struct Registration<T: MiscDevice> {
 
 // SAFETY: after registration the C side only reads `misc` and `fops`, under
 // its own locking; `ctx` is `Sync`.
-unsafe impl<T: MiscDevice> Sync for Registration<T> {}
+unsafe impl<T: MiscDevice> Sync for MiscDeviceRegistration<T> {}
 // SAFETY: the registration may be dropped from any thread; `misc_deregister`
 // has no thread affinity.
-unsafe impl<T: MiscDevice> Send for Registration<T> where T::Ctx: Send {}
+unsafe impl<T: MiscDevice> Send for MiscDeviceRegistration<T> where T::Ctx: Send {}
 
-impl<T: MiscDevice> Registration<T> {
-    /// Registers `/dev/<name>` with permission bits `mode`, owned by `module`
-    /// (so the module cannot unload while a file is open).
-    pub(crate) fn new(
-        name: &'static CStr,
-        mode: u16,
-        module: &'static ThisModule,
-        ctx: T::Ctx,
-    ) -> Result<Pin<KBox<Self>>> {
+impl<T: MiscDevice> MiscDeviceRegistration<T> {
+    /// Registers the node `opts` describes; each `open` gets `ctx`.
+    pub(crate) fn register(opts: MiscDeviceOptions, ctx: T::Ctx) -> Result<Pin<KBox<Self>>> {
         let mut reg = KBox::pin(
             Self {
                 misc: Opaque::uninit(),
@@ -111,24 +133,15 @@ impl<T: MiscDevice> Registration<T> {
         )?;
         // SAFETY: nothing is moved out of the pinned allocation below.
         let this = unsafe { reg.as_mut().get_unchecked_mut() };
-
-        // SAFETY: all-zero is a valid `file_operations` (no callbacks).
-        let mut fops: bindings::file_operations = unsafe { MaybeUninit::zeroed().assume_init() };
-        fops.owner = module.as_ptr();
-        fops.open = Some(open_callback::<T>);
-        fops.release = Some(release_callback::<T>);
-        fops.unlocked_ioctl = Some(ioctl_callback::<T>);
-        fops.poll = Some(poll_callback::<T>);
-        fops.llseek = Some(bindings::noop_llseek);
         // SAFETY: `fops` is valid for writes and not yet shared.
-        unsafe { this.fops.get().write(fops) };
+        unsafe { this.fops.get().write(VTable::<T>::VTABLE) };
 
         // SAFETY: all-zero is a valid `miscdevice` (null pointers, empty list).
         let mut misc: mb::miscdevice = unsafe { MaybeUninit::zeroed().assume_init() };
         misc.minor = mb::MISC_DYNAMIC_MINOR as c_int;
-        misc.name = name.as_char_ptr();
+        misc.name = opts.name.as_char_ptr();
         misc.fops = this.fops.get();
-        misc.mode = mode;
+        misc.mode = opts.mode;
         // SAFETY: `misc` is valid for writes and not yet shared.
         unsafe { this.misc.get().write(misc) };
 
@@ -140,10 +153,10 @@ impl<T: MiscDevice> Registration<T> {
     }
 }
 
-impl<T: MiscDevice> Drop for Registration<T> {
+impl<T: MiscDevice> Drop for MiscDeviceRegistration<T> {
     fn drop(&mut self) {
         if self.registered {
-            // SAFETY: registered in `new` and not deregistered since.
+            // SAFETY: registered in `register` and not deregistered since.
             unsafe { mb::misc_deregister(self.misc.get()) };
         }
     }
@@ -152,16 +165,17 @@ impl<T: MiscDevice> Drop for Registration<T> {
 /// # Safety
 ///
 /// Called by the VFS with a valid `file` whose `private_data` is the
-/// `miscdevice` of a live [`Registration<T>`] (set by `misc_open`).
+/// `miscdevice` of a live [`MiscDeviceRegistration<T>`] (set by `misc_open`).
 unsafe extern "C" fn open_callback<T: MiscDevice>(
     _inode: *mut bindings::inode,
     file: *mut bindings::file,
 ) -> c_int {
     // SAFETY: per the function's contract `file` is valid.
     let misc = unsafe { (*file).private_data }.cast::<mb::miscdevice>();
-    // SAFETY: `misc` is the `misc` field of a `Registration<T>`, which stays
-    // registered (and so alive) while one of its files is being opened.
-    let reg = unsafe { &*kernel::container_of!(misc, Registration<T>, misc) };
+    // SAFETY: `misc` is the `misc` field of a `MiscDeviceRegistration<T>`,
+    // which stays registered (and so alive) while one of its files is
+    // being opened.
+    let reg = unsafe { &*kernel::container_of!(misc, MiscDeviceRegistration<T>, misc) };
     match T::open(&reg.ctx) {
         Ok(ptr) => {
             // SAFETY: `file` is valid; the pointer is taken back in release.
@@ -181,7 +195,7 @@ unsafe extern "C" fn release_callback<T: MiscDevice>(
 ) -> c_int {
     // SAFETY: `private_data` came from `into_foreign` in open and this is the
     // last use of it, so ownership is taken back exactly once.
-    drop(unsafe { T::Ptr::from_foreign((*file).private_data) });
+    T::release(unsafe { T::Ptr::from_foreign((*file).private_data) });
     0
 }
 
@@ -211,5 +225,8 @@ unsafe extern "C" fn poll_callback<T: MiscDevice>(
 ) -> bindings::__poll_t {
     // SAFETY: as in `ioctl_callback`.
     let data = unsafe { T::Ptr::borrow((*file).private_data) };
-    T::poll(data, &PollTable { file, table })
+    // SAFETY: `file` and `table` are this call's arguments, and the table
+    // lives on this frame only.
+    let table = unsafe { PollTable::from_raw(file, table) };
+    T::poll(data, &table)
 }

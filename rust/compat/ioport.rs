@@ -3,7 +3,10 @@
 //! Port I/O on an I/O port range this module owns.
 //!
 //! Owning the range (`request_region`) is what makes the accesses sound: no
-//! other driver touches these ports while an [`IoRegion`] exists.
+//! other driver touches these ports while an [`IoRegion`] exists. x86 only
+//! (`in`/`out`), which is why the module builds only for x86_64 (Kbuild).
+//!
+//! Remove when the kernel crate can claim I/O port regions and do port I/O.
 
 use kernel::{bindings, prelude::*, str::CStr};
 

@@ -7,6 +7,8 @@
 //! where the module loader finds it and parses the command line into the
 //! variable before `init` runs. Parameters are read-only (0444) so the value
 //! cannot change after `init` read it.
+//!
+//! Remove when the kernel's `module!` macro takes `params`.
 
 use core::cell::UnsafeCell;
 use kernel::{bindings, ffi::c_void};
@@ -45,23 +47,6 @@ pub(crate) struct KernelParam(pub(crate) bindings::kernel_param);
 // SAFETY: only read, by the module loader and sysfs, under their locking.
 unsafe impl Sync for KernelParam {}
 
-extern "C" {
-    /// This module's `struct module`, defined by modpost. Declared as a byte
-    /// because only its address is ever used (`struct module` itself is not
-    /// FFI-safe in 6.12's bindings).
-    static __this_module: u8;
-}
-
-/// `THIS_MODULE` as a constant pointer, for statics.
-pub(crate) const fn this_module() -> *mut bindings::module {
-    // (Older compilers require `unsafe` here, newer warn.)
-    #[allow(unused_unsafe)]
-    // SAFETY: only the address is taken; modpost defines `__this_module`.
-    unsafe {
-        core::ptr::addr_of!(__this_module).cast_mut().cast()
-    }
-}
-
 /// A string in the `.modinfo` section, NUL-terminated, as `[u8; N]`.
 pub(crate) const fn modinfo<const N: usize>(s: &str) -> [u8; N] {
     let b = s.as_bytes();
@@ -79,15 +64,16 @@ pub(crate) const fn modinfo<const N: usize>(s: &str) -> [u8; N] {
 /// declares `static VAR: Param<type>` as the read-only parameter `name`.
 macro_rules! module_param {
     ($var:ident, $name:literal, $ty:ty = $default:expr, $ops:ident, $desc:literal) => {
-        pub(crate) static $var: $crate::param::Param<$ty> = $crate::param::Param::new($default);
+        pub(crate) static $var: $crate::compat::param::Param<$ty> =
+            $crate::compat::param::Param::new($default);
 
         const _: () = {
             #[used(compiler)]
             #[link_section = "__param"]
-            static PARAM: $crate::param::KernelParam =
-                $crate::param::KernelParam(kernel::bindings::kernel_param {
+            static PARAM: $crate::compat::param::KernelParam =
+                $crate::compat::param::KernelParam(kernel::bindings::kernel_param {
                     name: kernel::c_str!($name).as_char_ptr(),
-                    mod_: $crate::param::this_module(),
+                    mod_: $crate::compat::this_module(),
                     // SAFETY: only the address of the kernel's ops is taken.
                     #[allow(unused_unsafe)]
                     ops: unsafe { core::ptr::addr_of!(kernel::bindings::$ops) },
@@ -102,7 +88,7 @@ macro_rules! module_param {
             const DESC: &str = concat!("parm=", $name, ":", $desc);
             #[used(compiler)]
             #[link_section = ".modinfo"]
-            static MODINFO: [u8; DESC.len() + 1] = $crate::param::modinfo(DESC);
+            static MODINFO: [u8; DESC.len() + 1] = $crate::compat::param::modinfo(DESC);
         };
     };
 }

@@ -44,8 +44,11 @@ cp "$top/packaging/dkms/dkms.conf" "$d/miglock-dkms.dkms"
 # rust/lockstate.rs include the shared crates by #[path = "../tools/..."].
 src=$stage/dkms-src
 cp "$top/Kbuild" "$top/packaging/dkms/dkms-build.sh" "$src/"
-mkdir -p "$src/rust"
-cp "$top/rust/Kbuild" "$top/rust/"*.rs "$top/rust/"*.h "$src/rust/"
+mkdir -p "$src/rust/compat"
+cp "$top/rust/Kbuild" "$top/rust/Kconfig" "$top/rust/"*.rs "$src/rust/"
+cp "$top/rust/compat/"*.rs "$top/rust/compat/"*.h "$src/rust/compat/"
+# Generated at build time, not source.
+rm -f "$src/rust/bindings_generated.rs"
 cp -r "$top/tools/miglock-abi/src" "$src/tools/miglock-abi/"
 cp -r "$top/tools/miglock-lockstate/src" "$src/tools/miglock-lockstate/"
 echo "dkms-src/* usr/src/miglock-$version" >"$d/miglock-dkms.install"

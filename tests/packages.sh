@@ -165,7 +165,7 @@ check "man pages render, miglockctl's with its exit status" manpages
 # The module's #[path] includes resolve inside the DKMS tree.
 paths() {
 	local f p bad=0
-	for f in "$root/$src"/rust/*.rs; do
+	for f in "$root/$src"/rust/*.rs "$root/$src"/rust/compat/*.rs; do
 		while read -r p; do
 			[ -f "$(dirname "$f")/$p" ] || { echo "$f: $p missing"; bad=1; }
 		done < <(sed -n 's/^#\[path = "\(.*\)"\]/\1/p' "$f")

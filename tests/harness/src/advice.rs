@@ -87,7 +87,13 @@ fn wait_hints(h: &mut Hosts, deadline: Instant) -> Result<Value, Failure> {
     }
 }
 
-fn finish_incoming(h: &mut Hosts, mut child: Child) -> Result<Value, Failure> {
+/// Waits for `miglockctl incoming` to end and returns what it reported;
+/// after a migration that `failed` at the source, it is stopped (nothing
+/// will arrive).
+fn finish_incoming(h: &mut Hosts, mut child: Child, failed: bool) -> Result<Value, Failure> {
+    if failed {
+        let _ = child.kill();
+    }
     let ok = child.wait().context("miglockctl incoming")?.success();
     let said = h.incoming_output();
     let data = said
@@ -114,7 +120,7 @@ pub fn plan_write_heavy(
     wait_hints(h, deadline)?;
     let child = h.receive(&["--postcopy"])?;
     let default = migrate_json(h, &["--bandwidth", LINK, "--timeout", PRECOPY_BOUND])?;
-    let _ = finish_incoming(h, child)?;
+    let _ = finish_incoming(h, child, !default.ok)?;
     require(
         !default.ok && default.message.contains("not converging"),
         "default pre-copy of the write-heavy guest was expected not to converge",
@@ -123,7 +129,7 @@ pub fn plan_write_heavy(
     h.restart_dst(sc, env)?;
     let child = h.receive(&["--postcopy"])?;
     let auto = migrate_json(h, &["--mode", "auto", "--bandwidth", LINK])?;
-    let _ = finish_incoming(h, child)?;
+    let _ = finish_incoming(h, child, !auto.ok)?;
     require(auto.ok, &format!("--mode auto failed: {}", auto.message))?;
     require(
         choice(&auto) != "precopy",
@@ -142,7 +148,7 @@ pub fn plan_read_mostly(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Resu
     wait_hints(h, deadline)?;
     let child = h.receive(&["--postcopy"])?;
     let auto = migrate_json(h, &["--mode", "auto", "--bandwidth", LINK])?;
-    let _ = finish_incoming(h, child)?;
+    let _ = finish_incoming(h, child, !auto.ok)?;
     require(auto.ok, &format!("--mode auto failed: {}", auto.message))?;
     require(
         choice(&auto) == "precopy",
@@ -229,7 +235,7 @@ fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fai
             let mut all = vec!["--bandwidth", LINK];
             all.extend_from_slice(&args);
             let o = migrate_json(&h, &all)?;
-            let _ = finish_incoming(&mut h, child)?;
+            let _ = finish_incoming(&mut h, child, !o.ok)?;
             let mode = if o.ok && mode == "auto" {
                 format!("auto: {}", choice(&o))
             } else {
@@ -276,7 +282,7 @@ fn bench_prefetch(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
             wait_hints(&mut h, deadline)?;
             let child = h.receive(&["--postcopy"])?;
             let o = migrate_json(&h, &["--mode", "postcopy", "--bandwidth", LINK])?;
-            let dst = finish_incoming(&mut h, child)?;
+            let dst = finish_incoming(&mut h, child, !o.ok)?;
             require(o.ok, &format!("post-copy run failed: {}", o.message))?;
             h.arrive(&sc2, deadline)?;
             let touched: Vec<String> = h
@@ -391,7 +397,7 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
                 args.extend(["--timeout", PRECOPY_BOUND]);
             }
             let o = migrate_json(&h, &args)?;
-            let _ = finish_incoming(&mut h, child)?;
+            let _ = finish_incoming(&mut h, child, !o.ok)?;
             let lines = if o.ok {
                 h.arrive(&sc2, deadline)?;
                 h.dst.seen.clone()

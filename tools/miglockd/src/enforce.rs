@@ -14,8 +14,9 @@ use crate::agent::{Agent, Vm};
 use crate::audit::now_ms;
 use crate::blocker::{self, Blocker, InstallError, Step};
 use miglock_abi::wire;
-use miglock_qmp::Monitor;
+use miglock_qmp::{Event, Monitor};
 use serde_json::json;
+use std::sync::mpsc::Receiver;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -153,32 +154,40 @@ fn cancel_in_flight(agent: &Agent, vm: &Vm, mon: &Monitor) -> Result<(), NotEnfo
             "the VM is still arriving on this host".into(),
         ));
     }
+    let status = cancel(mon, &events).map_err(NotEnforced::Unreachable)?;
+    if past_switchover(&status) {
+        return Err(leaving(agent, name, &status));
+    }
+    let reasons = vm
+        .ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .reasons(now_ms());
+    agent.audit.record(
+        name,
+        "migrate-cancelled",
+        json!({"why": "the guest locked while a migration was copying", "status": status, "locks": reasons}),
+    );
+    Ok(())
+}
+
+/// Cancels the migration QEMU runs and waits (at most [`CANCEL_WAIT`])
+/// until it has ended; returns how (`cancelled`, or `completed` if it was
+/// too late). `events` is a subscription taken before, so no MIGRATION
+/// event between is missed.
+pub fn cancel(mon: &Monitor, events: &Receiver<Event>) -> Result<String, String> {
     let _ = mon.execute("migrate_cancel", None);
     let until = Instant::now() + CANCEL_WAIT;
     loop {
-        let status = blocker::migration_status(mon).map_err(NotEnforced::Unreachable)?;
-        match status.as_str() {
-            "cancelled" | "failed" | "none" => {
-                let reasons = vm
-                    .ledger
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .reasons(now_ms());
-                agent.audit.record(
-                    name,
-                    "migrate-cancelled",
-                    json!({"why": "the guest locked while a migration was copying", "status": status, "locks": reasons}),
-                );
-                return Ok(());
-            }
-            s if past_switchover(s) => return Err(leaving(agent, name, s)),
-            _ => {}
+        let status = blocker::migration_status(mon)?;
+        if !in_flight(&status) && !matches!(status.as_str(), "device" | "postcopy-active") {
+            return Ok(status);
         }
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(NotEnforced::Unreachable(format!(
+            return Err(format!(
                 "QEMU did not confirm the cancellation within {CANCEL_WAIT:?} (status {status})"
-            )));
+            ));
         }
         // Any event (MIGRATION, or none within a while) is a reason to look.
         let _ = events.recv_timeout(left.min(Duration::from_millis(100)));

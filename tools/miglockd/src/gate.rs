@@ -504,13 +504,15 @@ fn settings(
 /// Cancels the migration; `q`, the last `query-migrate`, adds how far it
 /// got to the audit record.
 fn cancel(agent: &Agent, vm: &Vm, qmp: &Monitor, why: &str, q: Option<&Value>) -> Reply {
-    let _ = qmp.execute("migrate_cancel", None);
+    // Returns once QEMU has let the migration go: the next one can start.
+    let ended = enforce::cancel(qmp, &qmp.subscribe());
     let reasons = vm
         .ledger
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .reasons(now_ms());
-    let mut rec = json!({"why": why, "locks": reasons});
+    let ended = ended.unwrap_or_else(|e| format!("unconfirmed: {e}"));
+    let mut rec = json!({"why": why, "locks": reasons, "ended": ended});
     if let Some(q) = q {
         rec["transferred_bytes"] = q["ram"]["transferred"].clone();
         rec["dirty_sync_count"] = q["ram"]["dirty-sync-count"].clone();

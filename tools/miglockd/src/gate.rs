@@ -327,6 +327,9 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
         json!({"to": req.to, "mode": req.mode, "runs": choice, "forced": req.force, "plan": plan}),
     );
     let mut postcopy_asked = false;
+    // QEMU leaves "pre-switchover" a moment after migrate-continue: a query
+    // in that moment must not continue (and fail, and call off) it again.
+    let mut continued = false;
     if choice == Choice::Postcopy {
         let _ = qmp.execute("migrate-start-postcopy", None);
         postcopy_asked = true;
@@ -355,6 +358,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
                 };
                 return Reply::error(class, format!("migration {status}: {why}"));
             }
+            "pre-switchover" if continued => {}
             "pre-switchover" => {
                 let go = agent.update(vm, |l, now| {
                     let go = req.force || !l.locked(now);
@@ -373,6 +377,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
                 {
                     return err(format!("migrate-continue: {e}"));
                 }
+                continued = true;
             }
             "postcopy-active" | "postcopy-paused" | "device" => {}
             s => {

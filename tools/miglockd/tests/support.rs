@@ -261,19 +261,25 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) {
                         json!({"return": {}})
                     }
                     "query-migrate" => {
-                        let r = json!({"return": {"status": state, "ram": {"total": 4 << 20,
+                        // Like QEMU, the status leaves "pre-switchover" a
+                        // moment after migrate-continue, not at once.
+                        let shown = if state == "continuing" { "pre-switchover" } else { state };
+                        let r = json!({"return": {"status": shown, "ram": {"total": 4 << 20,
                             "transferred": 1 << 20, "remaining": 3 << 20, "mbps": 8.0}}});
                         state = match (state, q.ending) {
                             ("active", "completed") => "pre-switchover",
                             ("active", end) => end,
+                            ("continuing", _) => "completed",
                             (s, _) => s,
                         };
                         r
                     }
-                    "migrate-continue" => {
-                        state = "completed";
+                    "migrate-continue" if state == "pre-switchover" => {
+                        state = "continuing";
                         json!({"return": {}})
                     }
+                    "migrate-continue" => json!({"error": {"class": "GenericError",
+                        "desc": format!("Migration not in expected state: {state}")}}),
                     "migrate_cancel" => {
                         state = "cancelled";
                         json!({"return": {}})

@@ -16,7 +16,7 @@ DEB_PKGS=(
 	linux-source-6.12 rustc-web rust-web-src rust-web-clippy
 	clang-$LLVM_MAJOR lld-$LLVM_MAJOR llvm-$LLVM_MAJOR libclang-$LLVM_MAJOR-dev
 	busybox-static
-	bc flex bison libelf-dev libssl-dev cpio xz-utils make gcc libc6-dev
+	bc flex bison libelf-dev libssl-dev cpio xz-utils lz4 make gcc libc6-dev
 	libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients
 	debhelper dh-dkms dpkg-dev systemd man-db procps
 )

@@ -65,7 +65,7 @@ phase workspace-clippy   single        cargo_in_tools clippy --release --locked 
 phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --workspace --no-fail-fast
 phase deb                single        make -s deb
 phase packages           closing_counts tests/packages.sh
-phase fuzz               single        make -s fuzz FUZZ_SECONDS=10
+phase fuzz               single        make -s fuzz FUZZ_SECONDS=5
 phase module-build       single        make -s module
 phase module-clippy      single        make -s clippy
 phase module-archcheck   single        make -s archcheck

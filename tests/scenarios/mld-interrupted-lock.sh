@@ -6,5 +6,5 @@
 . /lib/miglock.sh
 ml_insmod
 dmesg | grep -q 'host channel: connected' || ml_fail "module did not connect: $(dmesg | grep miglock)"
-mldtest interrupted-lock 1000 7
+mldtest interrupted-lock 300 7
 cat /sys/kernel/miglock/channel_stats

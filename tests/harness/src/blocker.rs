@@ -244,7 +244,7 @@ fn granted_intervals(audit: &[Value]) -> Vec<(u64, u64, u64)> {
 }
 
 /// Rounds of `blocker-race`.
-const RACE_ROUNDS: usize = 50;
+const RACE_ROUNDS: usize = 30;
 
 /// `blocker-race`.
 pub fn race(env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {

@@ -189,7 +189,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "mld-interrupted-lock",
             "mld-interrupted-lock",
-            "1000 locks against a slow host, SIGALRM (no SA_RESTART) mid-request: EINTR and no hold, never 0 without a grant; guest holds = host holds",
+            "300 locks against a slow host, SIGALRM (no SA_RESTART) mid-request: EINTR and no hold, never 0 without a grant; guest holds = host holds",
         )
     },
     Scenario {
@@ -330,7 +330,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "blocker-race",
             "blocker-race",
-            "50 rounds: the guest locks at random, another QMP client migrates at random moments; no switchover while a lock is granted",
+            "30 rounds: the guest locks at random, another QMP client migrates at random moments; no switchover while a lock is granted",
         )
     },
     Scenario {
@@ -425,7 +425,7 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
-        timeout: secs(10),
+        timeout: secs(6),
         expect: Expect::Fail(FailKind::Timeout),
         ..guest("selftest-timeout", "hang", "harness selftest: a guest that hangs is stopped at the deadline and fails the run")
     },

@@ -304,7 +304,9 @@ fn a_hostile_guest_never_affects_another_vm() {
 fn libvirt_hook_decides_from_the_domain_xml() {
     let dir = setup("hook");
     let hook = dir.join("qemu");
-    std::fs::copy(env!("CARGO_BIN_EXE_miglock-libvirt-hook"), &hook).unwrap();
+    // A link, not a copy: exec'ing a file just written fails with ETXTBSY
+    // while another test's fork still holds the write descriptor.
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_miglock-libvirt-hook"), &hook).unwrap();
     let run = |args: &[&str], xml: &str| {
         let mut c = Command::new(&hook)
             .args(args)

@@ -263,7 +263,11 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) {
                     "query-migrate" => {
                         // Like QEMU, the status leaves "pre-switchover" a
                         // moment after migrate-continue, not at once.
-                        let shown = if state == "continuing" { "pre-switchover" } else { state };
+                        let shown = if state == "continuing" {
+                            "pre-switchover"
+                        } else {
+                            state
+                        };
                         let r = json!({"return": {"status": shown, "ram": {"total": 4 << 20,
                             "transferred": 1 << 20, "remaining": 3 << 20, "mbps": 8.0}}});
                         state = match (state, q.ending) {

@@ -70,6 +70,12 @@ struct mld_renew {
 #define MLD_ST_MIGRATION_CANCELLED	(1U << 9)
 #define MLD_ST_MIGRATED			(1U << 10)
 #define MLD_ST_LOCAL_DECISION		(1U << 11)
+/* A live checkpoint is being taken (the VM keeps running and stays here). */
+#define MLD_ST_CHECKPOINT		(1U << 12)
+/* A checkpoint ended since this file's last MLD_IOC_STATUS. */
+#define MLD_ST_CHECKPOINT_DONE		(1U << 13)
+/* Restored from a checkpoint (back to its start) since the last call. */
+#define MLD_ST_RESTORED			(1U << 14)
 
 #define MLD_DECISION_NONE	0
 #define MLD_DECISION_GRANTED	1

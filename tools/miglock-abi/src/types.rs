@@ -126,6 +126,14 @@ pub const MLD_ST_MIGRATED: u32 = 1 << 10;
 /// the guest alone, because no host answered. The host does not enforce
 /// such a hold until the guest resyncs with it.
 pub const MLD_ST_LOCAL_DECISION: u32 = 1 << 11;
+/// Status flag: the host is taking a live checkpoint of the VM now (the
+/// image is memory as of its start; the VM keeps running and does not move).
+pub const MLD_ST_CHECKPOINT: u32 = 1 << 12;
+/// Status flag: a checkpoint ended since this file's last status call.
+pub const MLD_ST_CHECKPOINT_DONE: u32 = 1 << 13;
+/// Status flag: the VM was restored from a checkpoint since this file's
+/// last status call (it went back to the moment the checkpoint began).
+pub const MLD_ST_RESTORED: u32 = 1 << 14;
 
 /// Host decision: none yet.
 pub const MLD_DECISION_NONE: u32 = 0;
@@ -266,6 +274,16 @@ mod tests {
         assert_eq!(size_of::<MldHints>(), 48);
         assert_eq!(offset_of!(MldHints, ranges), 8);
         assert_eq!(offset_of!(MldHints, interval_ms), 40);
+    }
+
+    // Golden status flags: ABI, must never change.
+    #[test]
+    fn status_flags() {
+        assert_eq!(MLD_ST_MIGRATED, 0x400);
+        assert_eq!(MLD_ST_LOCAL_DECISION, 0x800);
+        assert_eq!(MLD_ST_CHECKPOINT, 0x1000);
+        assert_eq!(MLD_ST_CHECKPOINT_DONE, 0x2000);
+        assert_eq!(MLD_ST_RESTORED, 0x4000);
     }
 
     #[test]

@@ -140,6 +140,18 @@ pub enum Notice {
     /// The VM now runs here, having arrived by live migration. Sent by the
     /// destination agent once the guest runs there.
     Migrated,
+    /// The host is taking a live checkpoint of the VM (copy-on-write: the
+    /// image is memory as of this moment, the guest keeps running). The VM
+    /// does not move; a lock does not stop a checkpoint.
+    CheckpointStarted,
+    /// The checkpoint ended: written whole (`saved`) or given up.
+    CheckpointDone {
+        /// The image was written.
+        saved: bool,
+    },
+    /// The VM was restored from a checkpoint: it runs again from the moment
+    /// the checkpoint began, in a new QEMU. Sent by that QEMU's agent.
+    Restored,
 }
 
 /// One ranked guest-physical range in a hint batch.
@@ -406,6 +418,9 @@ const NOTICE_POLICY: u32 = 3;
 const NOTICE_POSTCOPY: u32 = 4;
 const NOTICE_CANCELLED: u32 = 5;
 const NOTICE_MIGRATED: u32 = 6;
+const NOTICE_CHECKPOINT: u32 = 7;
+const NOTICE_CHECKPOINT_DONE: u32 = 8;
+const NOTICE_RESTORED: u32 = 9;
 
 /// Encodes a hint batch from `ranges` (at most [`MAX_HINTS`]).
 pub fn encode_hints(
@@ -487,6 +502,9 @@ pub fn encode(msg: &Message<'_>, hdr: Header, out: &mut [u8]) -> Result<usize, E
                 Notice::PostcopyStarted => (NOTICE_POSTCOPY, 0),
                 Notice::MigrationCancelled => (NOTICE_CANCELLED, 0),
                 Notice::Migrated => (NOTICE_MIGRATED, 0),
+                Notice::CheckpointStarted => (NOTICE_CHECKPOINT, 0),
+                Notice::CheckpointDone { saved } => (NOTICE_CHECKPOINT_DONE, u32::from(saved)),
+                Notice::Restored => (NOTICE_RESTORED, 0),
             };
             w.u32(k)?;
             w.u32(v)
@@ -654,6 +672,9 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message<'_>), DecodeError> {
                 NOTICE_POSTCOPY if v == 0 => Notice::PostcopyStarted,
                 NOTICE_CANCELLED if v == 0 => Notice::MigrationCancelled,
                 NOTICE_MIGRATED if v == 0 => Notice::Migrated,
+                NOTICE_CHECKPOINT if v == 0 => Notice::CheckpointStarted,
+                NOTICE_CHECKPOINT_DONE if v <= 1 => Notice::CheckpointDone { saved: v == 1 },
+                NOTICE_RESTORED if v == 0 => Notice::Restored,
                 _ => return Err(bad),
             })
         }
@@ -824,6 +845,10 @@ mod tests {
             (Notice::PostcopyStarted, 4, 0),
             (Notice::MigrationCancelled, 5, 0),
             (Notice::Migrated, 6, 0),
+            (Notice::CheckpointStarted, 7, 0),
+            (Notice::CheckpointDone { saved: false }, 8, 0),
+            (Notice::CheckpointDone { saved: true }, 8, 1),
+            (Notice::Restored, 9, 0),
         ] {
             let mut out = [0u8; MAX_FRAME];
             let len = encode(&Message::Notice(n), hdr, &mut out).unwrap();
@@ -835,6 +860,13 @@ mod tests {
         let mut out = [0u8; MAX_FRAME];
         let len = encode(&Message::Notice(Notice::Migrated), hdr, &mut out).unwrap();
         out[HEADER_LEN + 4] = 1;
+        let crc = crc32c(&out[..len - TRAILER_LEN]);
+        out[len - TRAILER_LEN..len].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&out[..len]), Err(DecodeError::Payload(Kind::Notice)));
+        // A checkpoint is saved or not: no third value.
+        let done = Message::Notice(Notice::CheckpointDone { saved: true });
+        let len = encode(&done, hdr, &mut out).unwrap();
+        out[HEADER_LEN + 4] = 2;
         let crc = crc32c(&out[..len - TRAILER_LEN]);
         out[len - TRAILER_LEN..len].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&out[..len]), Err(DecodeError::Payload(Kind::Notice)));

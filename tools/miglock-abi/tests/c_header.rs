@@ -27,6 +27,7 @@ int main(void)
 	P(offsetof(struct mld_status, postcopy_gen)); P(MLD_ST_POSTCOPY);
 	P(offsetof(struct mld_status, pending_deadline_ms)); P(offsetof(struct mld_status, migration_gen));
 	P(MLD_ST_MIGRATION_CANCELLED); P(MLD_ST_MIGRATED); P(MLD_ST_LOCAL_DECISION);
+	P(MLD_ST_CHECKPOINT); P(MLD_ST_CHECKPOINT_DONE); P(MLD_ST_RESTORED);
 	P(sizeof(struct mld_lock)); P(sizeof(struct mld_renew)); P(sizeof(struct mld_status));
 	P(offsetof(struct mld_lock, reason)); P(offsetof(struct mld_lock, flags));
 	P(offsetof(struct mld_lock, lease_ms)); P(offsetof(struct mld_lock, reserved));
@@ -138,6 +139,9 @@ fn c_header_matches_rust_abi() {
         ),
         ("MLD_ST_MIGRATED", MLD_ST_MIGRATED.into()),
         ("MLD_ST_LOCAL_DECISION", MLD_ST_LOCAL_DECISION.into()),
+        ("MLD_ST_CHECKPOINT", MLD_ST_CHECKPOINT.into()),
+        ("MLD_ST_CHECKPOINT_DONE", MLD_ST_CHECKPOINT_DONE.into()),
+        ("MLD_ST_RESTORED", MLD_ST_RESTORED.into()),
         ("MLD_IOC_MAGIC", ioctl::MLD_IOC_MAGIC.into()),
         ("sizeof(struct mld_lock)", size_of::<MldLock>() as u64),
         ("sizeof(struct mld_renew)", size_of::<MldRenew>() as u64),

@@ -19,6 +19,9 @@ fn notice() -> impl Strategy<Value = Notice> {
         Just(Notice::PostcopyStarted),
         Just(Notice::MigrationCancelled),
         Just(Notice::Migrated),
+        Just(Notice::CheckpointStarted),
+        any::<bool>().prop_map(|saved| Notice::CheckpointDone { saved }),
+        Just(Notice::Restored),
     ]
 }
 

@@ -51,7 +51,8 @@ pub enum Cmd {
         lease: Option<Duration>,
     },
     /// Wait for the host's news: a pending migration, its cancellation, the
-    /// VM's arrival here (any of them without a flag). Prints what came
+    /// VM's arrival here, a checkpoint, its end, a restore from one (any of
+    /// them without a flag). Prints what came
     /// (with --json, the status as `status --json` does, and "event"); exits
     /// 0, or 1 if nothing came within the timeout.
     Wait {
@@ -64,6 +65,15 @@ pub enum Cmd {
         /// Until the VM has arrived here by live migration.
         #[arg(long, group = "what")]
         migrated: bool,
+        /// Until the host takes a live checkpoint (at once if one runs).
+        #[arg(long, group = "what")]
+        checkpoint: bool,
+        /// Until a checkpoint ends.
+        #[arg(long, group = "what")]
+        checkpoint_done: bool,
+        /// Until the VM is restored from a checkpoint.
+        #[arg(long, group = "what")]
+        restored: bool,
         /// Give up after this long, e.g. 30s (default: wait for ever).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,

@@ -57,6 +57,9 @@ fn status_json(st: &Status) -> serde_json::Value {
         "postcopy": st.postcopy(),
         "postcopy_gen": st.postcopy_gen(),
         "forced_release": st.forced_release(),
+        "checkpoint": st.checkpoint(),
+        "checkpoint_done": st.checkpoint_done(),
+        "restored": st.restored(),
         "last_decision": st.last_decision(),
         "last_refusal": st.last_refusal(),
         "max_lease_ms": st.max_lease().as_millis() as u64,
@@ -108,6 +111,9 @@ enum News {
     Pending,
     Cancelled,
     Migrated,
+    Checkpoint,
+    CheckpointDone,
+    Restored,
 }
 
 /// What `st`, just read, says happened, in words.
@@ -119,6 +125,9 @@ fn events(st: &Status) -> Vec<&'static str> {
         (st.postcopy(), "postcopy"),
         (st.forced_release(), "forced-release"),
         (st.lease_expired(), "lease-expired"),
+        (st.checkpoint(), "checkpoint"),
+        (st.checkpoint_done(), "checkpoint-done"),
+        (st.restored(), "restored"),
     ]
     .into_iter()
     .filter_map(|(on, word)| on.then_some(word))
@@ -133,7 +142,8 @@ fn wait(what: News, timeout: Option<Duration>, as_json: bool) -> Result<u8> {
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     let mut st = start;
     // A migration pending already is what `--pending` waits for.
-    let mut came = what == News::Pending && st.migration_pending();
+    let mut came = (what == News::Pending && st.migration_pending())
+        || (what == News::Checkpoint && st.checkpoint());
     while !came {
         let left = match deadline {
             Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
@@ -154,6 +164,9 @@ fn wait(what: News, timeout: Option<Duration>, as_json: bool) -> Result<u8> {
             News::Pending => st.migration_pending(),
             News::Cancelled => st.migration_cancelled(),
             News::Migrated => st.migration_gen() != gen0,
+            News::Checkpoint => st.checkpoint(),
+            News::CheckpointDone => st.checkpoint_done(),
+            News::Restored => st.restored(),
         };
     }
     let words = events(&st).join(" ");
@@ -238,15 +251,23 @@ fn main() -> ExitCode {
                 pending,
                 cancelled,
                 migrated,
+                checkpoint,
+                checkpoint_done,
+                restored,
                 timeout,
                 json,
             } => {
-                let what = match (pending, cancelled, migrated) {
-                    (true, _, _) => News::Pending,
-                    (_, true, _) => News::Cancelled,
-                    (_, _, true) => News::Migrated,
-                    _ => News::Any,
-                };
+                let what = [
+                    (*pending, News::Pending),
+                    (*cancelled, News::Cancelled),
+                    (*migrated, News::Migrated),
+                    (*checkpoint, News::Checkpoint),
+                    (*checkpoint_done, News::CheckpointDone),
+                    (*restored, News::Restored),
+                ]
+                .into_iter()
+                .find_map(|(on, n)| on.then_some(n))
+                .unwrap_or(News::Any);
                 return wait(what, *timeout, *json);
             }
             Cmd::Run {

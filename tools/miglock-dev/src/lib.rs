@@ -147,6 +147,18 @@ impl Status {
         self.migration_pending()
             .then(|| Duration::from_millis(self.0.pending_deadline_ms.into()))
     }
+    /// The host is taking a live checkpoint of the VM now.
+    pub fn checkpoint(&self) -> bool {
+        self.flag(MLD_ST_CHECKPOINT)
+    }
+    /// A checkpoint ended since this file's last status.
+    pub fn checkpoint_done(&self) -> bool {
+        self.flag(MLD_ST_CHECKPOINT_DONE)
+    }
+    /// The VM was restored from a checkpoint since this file's last status.
+    pub fn restored(&self) -> bool {
+        self.flag(MLD_ST_RESTORED)
+    }
     /// This file's last lock or renewal was decided in the guest alone (no
     /// host answered): the host does not enforce it yet.
     pub fn local_decision(&self) -> bool {
@@ -181,6 +193,14 @@ fn io(e: Errno) -> io::Error {
 /// An open `/dev/mld`.
 pub struct Device {
     file: File,
+}
+
+/// For `poll()` beside other files: readable when [`Device::wait_event`]
+/// would return true.
+impl std::os::fd::AsFd for Device {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
 }
 
 impl Device {

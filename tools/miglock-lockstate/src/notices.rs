@@ -26,6 +26,12 @@ pub struct Gens {
     pub postcopy: u32,
     /// Forced releases of the lock.
     pub forced: u32,
+    /// Checkpoints begun.
+    pub checkpoints: u32,
+    /// Checkpoints ended (written or given up).
+    pub checkpoints_done: u32,
+    /// Restores from a checkpoint.
+    pub restored: u32,
 }
 
 /// What changed between two [`Gens`].
@@ -41,12 +47,25 @@ pub struct News {
     pub postcopy: bool,
     /// The host released the lock by force.
     pub forced: bool,
+    /// A checkpoint began.
+    pub checkpoint: bool,
+    /// A checkpoint ended.
+    pub checkpoint_done: bool,
+    /// The VM was restored from a checkpoint.
+    pub restored: bool,
 }
 
 impl News {
     /// Whether anything happened.
     pub fn any(&self) -> bool {
-        self.announced || self.cancelled || self.migrated || self.postcopy || self.forced
+        self.announced
+            || self.cancelled
+            || self.migrated
+            || self.postcopy
+            || self.forced
+            || self.checkpoint
+            || self.checkpoint_done
+            || self.restored
     }
 }
 
@@ -59,6 +78,9 @@ impl Gens {
             migrated: self.migrated != seen.migrated,
             postcopy: self.postcopy != seen.postcopy,
             forced: self.forced != seen.forced,
+            checkpoint: self.checkpoints != seen.checkpoints,
+            checkpoint_done: self.checkpoints_done != seen.checkpoints_done,
+            restored: self.restored != seen.restored,
         }
     }
 }
@@ -68,6 +90,8 @@ impl Gens {
 pub struct Notices {
     /// The deadline of the migration pending now (caller's clock, ns).
     pending_until: Option<u64>,
+    /// A checkpoint is being taken.
+    checkpointing: bool,
     gens: Gens,
 }
 
@@ -76,12 +100,16 @@ impl Notices {
     pub const fn new() -> Self {
         Notices {
             pending_until: None,
+            checkpointing: false,
             gens: Gens {
                 announced: 0,
                 cancelled: 0,
                 migrated: 0,
                 postcopy: 0,
                 forced: 0,
+                checkpoints: 0,
+                checkpoints_done: 0,
+                restored: 0,
             },
         }
     }
@@ -107,6 +135,21 @@ impl Notices {
             }
             Notice::PostcopyStarted => g.postcopy = g.postcopy.wrapping_add(1),
             Notice::ForcedRelease { .. } => g.forced = g.forced.wrapping_add(1),
+            Notice::CheckpointStarted => {
+                self.checkpointing = true;
+                g.checkpoints = g.checkpoints.wrapping_add(1);
+            }
+            Notice::CheckpointDone { .. } => {
+                self.checkpointing = false;
+                g.checkpoints_done = g.checkpoints_done.wrapping_add(1);
+            }
+            Notice::Restored => {
+                // The image may hold a checkpoint under way (it began
+                // then); for the restored VM it is over.
+                self.checkpointing = false;
+                self.pending_until = None;
+                g.restored = g.restored.wrapping_add(1);
+            }
             Notice::PolicyChange { .. } => return false,
         }
         true
@@ -115,6 +158,11 @@ impl Notices {
     /// Whether a migration is pending.
     pub fn pending(&self) -> bool {
         self.pending_until.is_some()
+    }
+
+    /// Whether a checkpoint is being taken.
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
     }
 
     /// Milliseconds until the pending migration's deadline, rounded up; 0
@@ -176,6 +224,31 @@ mod tests {
         let news = n.gens().since(&seen);
         assert!(news.migrated && news.postcopy && news.forced && !news.announced);
         assert_eq!(n.gens().migrated, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_runs_until_done_or_restored() {
+        let mut n = Notices::new();
+        let seen = n.gens();
+        assert!(n.apply(Notice::CheckpointStarted, 0));
+        assert!(n.checkpointing());
+        let news = n.gens().since(&seen);
+        assert!(news.checkpoint && !news.checkpoint_done && !news.restored);
+        let seen = n.gens();
+        assert!(n.apply(Notice::CheckpointDone { saved: true }, 0));
+        assert!(!n.checkpointing());
+        assert!(n.gens().since(&seen).checkpoint_done);
+        // A restored image was taken while a checkpoint ran, and a
+        // migration may have been pending then: both are over.
+        n.apply(Notice::CheckpointStarted, 0);
+        n.apply(Notice::MigrationPending { deadline_ms: 9 }, 0);
+        let seen = n.gens();
+        assert!(n.apply(Notice::Restored, 0));
+        assert!(!n.checkpointing() && !n.pending());
+        let news = n.gens().since(&seen);
+        assert!(news.restored && !news.checkpoint_done && !news.migrated);
+        assert_eq!(n.gens().checkpoints, 2);
+        assert_eq!(n.gens().checkpoints_done, 1);
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub fn status(
         (news.cancelled, MLD_ST_MIGRATION_CANCELLED),
         (news.migrated, MLD_ST_MIGRATED),
         (seen.local, MLD_ST_LOCAL_DECISION),
+        (n.checkpointing(), MLD_ST_CHECKPOINT),
+        (news.checkpoint_done, MLD_ST_CHECKPOINT_DONE),
+        (news.restored, MLD_ST_RESTORED),
     ] {
         if set {
             flags |= bit;
@@ -172,6 +175,31 @@ mod tests {
         let st = status(&t, &n, &FACTS, b, &mut sb, 3000 * MS);
         assert_eq!(st.flags & MLD_ST_MIGRATED, 0);
         assert_eq!(st.migration_gen, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_shows_while_it_runs_and_its_end_once() {
+        let t = Table::default();
+        let mut n = Notices::new();
+        let me = Owner::File(1);
+        let mut seen = Seen::default();
+        n.apply(Notice::CheckpointStarted, 0);
+        assert!(has_event(&t, &n, me, &seen));
+        let st = status(&t, &n, &FACTS, me, &mut seen, 0);
+        assert_eq!(st.flags & MLD_ST_CHECKPOINT, MLD_ST_CHECKPOINT);
+        assert!(!has_event(&t, &n, me, &seen));
+        n.apply(Notice::CheckpointDone { saved: true }, 0);
+        assert!(has_event(&t, &n, me, &seen));
+        let st = status(&t, &n, &FACTS, me, &mut seen, 0);
+        let both = MLD_ST_CHECKPOINT | MLD_ST_CHECKPOINT_DONE;
+        assert_eq!(st.flags & both, MLD_ST_CHECKPOINT_DONE);
+        let st = status(&t, &n, &FACTS, me, &mut seen, 0);
+        assert_eq!(st.flags & both, 0);
+        n.apply(Notice::Restored, 0);
+        let st = status(&t, &n, &FACTS, me, &mut seen, 0);
+        assert_eq!(st.flags & MLD_ST_RESTORED, MLD_ST_RESTORED);
+        let st = status(&t, &n, &FACTS, me, &mut seen, 0);
+        assert_eq!(st.flags & MLD_ST_RESTORED, 0);
     }
 
     #[test]

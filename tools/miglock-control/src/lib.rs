@@ -28,6 +28,12 @@ pub enum Request {
     /// Receive a VM: listen, follow the migration, and tell the guest when
     /// post-copy starts.
     Incoming(IncomingRequest),
+    /// Take a live (copy-on-write) checkpoint of a VM: its memory and
+    /// device state as of the start, while it keeps running here.
+    Checkpoint(CheckpointRequest),
+    /// Bring a VM back from a checkpoint: its QEMU runs with
+    /// `-incoming defer` and loads the image.
+    Restore(RestoreRequest),
     /// Stream events (decisions, migrations) as they happen.
     Watch,
     /// A VM's latest hint batch from its guest.
@@ -55,6 +61,9 @@ pub struct PolicyUpdate {
     pub window_ms: Option<u64>,
     /// Grace after a pending-migration notice, ms.
     pub grace_ms: Option<u32>,
+    /// Whether a live checkpoint may be taken while the VM is locked.
+    #[serde(default)]
+    pub checkpoint_locked: Option<bool>,
 }
 
 /// Migration modes.
@@ -120,6 +129,26 @@ pub struct IncomingRequest {
     /// Allow post-copy (the source must enable it too).
     #[serde(default)]
     pub postcopy: bool,
+}
+
+/// `checkpoint` arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRequest {
+    /// VM name.
+    pub vm: String,
+    /// Where QEMU writes the image: `file:PATH` (PATH as QEMU sees it)
+    /// or `exec:COMMAND` (the stream on COMMAND's stdin).
+    pub to: String,
+}
+
+/// `restore` arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// VM name (its QEMU runs with `-incoming defer` and the same
+    /// configuration as the one checkpointed).
+    pub vm: String,
+    /// The image: `file:PATH` or `exec:COMMAND` (the stream on its stdout).
+    pub from: String,
 }
 
 /// One line of the agent's answer.

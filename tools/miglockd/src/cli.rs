@@ -82,6 +82,9 @@ pub enum CtlCmd {
         /// Grace after a pending-migration notice.
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<Duration>,
+        /// Whether a live checkpoint may be taken while the VM is locked.
+        #[arg(long)]
+        checkpoint_locked: Option<bool>,
     },
     /// Migrate a VM if its lock allows.
     Migrate {
@@ -116,6 +119,29 @@ pub enum CtlCmd {
         /// Why (with --force).
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Take a live checkpoint of a VM: QEMU writes its memory and device
+    /// state as of now while it keeps running (copy-on-write, QEMU's
+    /// background-snapshot); allowed while it is locked (audited), unless
+    /// its policy says checkpoint_locked = false; never beside a migration.
+    Checkpoint {
+        /// VM name.
+        vm: String,
+        /// Where QEMU writes the image: a path (as QEMU sees it), file:PATH,
+        /// or exec:COMMAND (the stream on its stdin).
+        #[arg(long)]
+        to: String,
+    },
+    /// Bring a VM back from a checkpoint: its QEMU, started with the same
+    /// configuration and -incoming defer, loads the image and runs on from
+    /// the moment the checkpoint began; the guest is told it was restored.
+    Restore {
+        /// VM name.
+        vm: String,
+        /// The image: a path, file:PATH, or exec:COMMAND (the stream on its
+        /// stdout).
+        #[arg(long)]
+        from: String,
     },
     /// Print events as they happen.
     Watch,
@@ -194,16 +220,19 @@ impl Outcome {
             Outcome::Done => "Done. check: the VM may migrate now.",
             Outcome::Locked => {
                 "check: the VM is locked (reasons on stderr). migrate: refused because the VM \
-                 is locked (also still locked after --wait-unlock), or because the mode asked \
-                 would corrupt the guest on this QEMU (the fence)."
+                 is locked (also still locked after --wait-unlock), because the mode asked \
+                 would corrupt the guest on this QEMU (the fence), or because a checkpoint is \
+                 being taken. checkpoint: refused because the VM is migrating, or is locked \
+                 and its policy forbids checkpoints of a locked VM."
             }
             Outcome::Unreachable => {
                 "The agent manages no VM of that name, or cannot be reached (no control \
                  socket, connection refused, or it closed the connection without an answer)."
             }
             Outcome::Failed => {
-                "The agent or QEMU reported an error: the migration failed or QEMU refused \
-                 it, the VM is already migrating, a bad value."
+                "The agent or QEMU reported an error: the migration, checkpoint or restore \
+                 failed or QEMU refused it (e.g. no userfaultfd write-protection for a \
+                 checkpoint), the VM is already migrating or being checkpointed, a bad value."
             }
             Outcome::Cancelled => {
                 "The migration started and was cancelled: the guest locked during the copy, \

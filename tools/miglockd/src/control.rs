@@ -69,6 +69,12 @@ fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
             Ok(Request::Watch) => return watch(agent, &mut w),
             Ok(Request::Hints { vm, all }) => hints(agent, &vm, all),
             Ok(Request::Migrate(req)) => gate::migrate(agent, &req, &mut |p| send(&mut w, p)),
+            Ok(Request::Checkpoint(req)) => {
+                crate::checkpoint::checkpoint(agent, &req, &mut |p| send(&mut w, p))
+            }
+            Ok(Request::Restore(req)) => {
+                crate::checkpoint::restore(agent, &req, &mut |p| send(&mut w, p))
+            }
             Ok(Request::Incoming(req)) => {
                 crate::incoming::incoming(agent, &req, &mut |p| send(&mut w, p))
             }
@@ -110,6 +116,7 @@ pub fn vm_status(vm: &Vm) -> Value {
         "policy": l.policy,
         "boot_id": l.boot_id,
         "migration": l.migration.map(|m| format!("{m:?}")),
+        "checkpoint": l.checkpoint,
         "blocker": blocker,
         "link": link.stats,
         "hint_ranges": link.hints.latest.as_ref().map_or(0, |b| b.ranges.len()),
@@ -183,6 +190,7 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
         p.quota_ms = u.quota_ms.unwrap_or(p.quota_ms);
         p.window_ms = u.window_ms.unwrap_or(p.window_ms);
         p.grace_ms = u.grace_ms.unwrap_or(p.grace_ms);
+        p.checkpoint_locked = u.checkpoint_locked.unwrap_or(p.checkpoint_locked);
         (p.clone(), true)
     });
     agent.audit.record(name, "policy", json!({ "policy": p }));

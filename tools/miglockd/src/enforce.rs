@@ -83,7 +83,10 @@ pub fn ensure(agent: &Agent, vm: &Vm, why: &str) -> Result<(), NotEnforced> {
             "a forced migration of this VM is running".into(),
         ));
     }
-    if b.node.is_some() {
+    if b.node.is_some() || checkpointing(vm) {
+        // During a checkpoint QEMU takes no blocker, but it runs no other
+        // migration either; the blocker follows once it has ended, before
+        // anyone is told it did (`checkpoint.rs`).
         return Ok(());
     }
     let mon = agent.monitor(vm).map_err(NotEnforced::Unreachable)?;
@@ -216,6 +219,10 @@ pub fn incoming(mon: &Monitor) -> bool {
 pub fn reconcile(agent: &Agent, vm: &Vm) -> Option<Instant> {
     // No QMP socket: nothing to enforce in.
     vm.config.qmp.as_ref()?;
+    if checkpointing(vm) {
+        // QEMU takes no blocker meanwhile; the checkpoint reconciles at its end.
+        return Some(Instant::now() + Duration::from_millis(200));
+    }
     let (locked, why) = {
         let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
@@ -321,6 +328,32 @@ pub fn lift_lingering(agent: &Agent, vm: &Vm, mon: &Monitor) -> Result<(), Strin
         &vm.config.name,
         "blocker",
         json!({"state": "removed", "node": node, "why": "migration requested"}),
+    );
+    Ok(())
+}
+
+/// Whether the agent is taking a checkpoint of `vm`.
+fn checkpointing(vm: &Vm) -> bool {
+    vm.ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .checkpoint
+}
+
+/// A checkpoint is about to start: QEMU refuses it while it carries the
+/// blocker, so the blocker goes for its duration (the checkpoint keeps
+/// every migration out meanwhile) and [`reconcile`] puts it back after.
+pub fn lift_for_checkpoint(agent: &Agent, vm: &Vm, mon: &Monitor) -> Result<(), String> {
+    let mut b = blocker_of(vm);
+    let Some(node) = b.node.clone() else {
+        return Ok(());
+    };
+    blocker::remove(mon, &node, b.fdset)?;
+    b.removed();
+    agent.audit.record(
+        &vm.config.name,
+        "blocker",
+        json!({"state": "lifted for a checkpoint", "node": node}),
     );
     Ok(())
 }

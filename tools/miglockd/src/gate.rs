@@ -85,6 +85,13 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
     let (locked, reasons, grace) = {
         let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
+        if l.checkpoint {
+            let why = "a checkpoint is being taken; a migration cannot run beside it";
+            agent
+                .audit
+                .record(name, "migrate-refused", json!({"why": why}));
+            return refused(format!("refused: VM '{name}': {why}"));
+        }
         if l.gate || l.migration.is_some() {
             return err(format!("VM '{name}' is already migrating"));
         }

@@ -29,6 +29,9 @@ pub struct Policy {
     pub window_ms: u64,
     /// How long a pending-migration notice gives the guest, ms.
     pub grace_ms: u32,
+    /// Whether a live checkpoint of the VM may be taken while it is locked
+    /// (it does not move the VM, so by default it may).
+    pub checkpoint_locked: bool,
 }
 
 impl Default for Policy {
@@ -40,6 +43,7 @@ impl Default for Policy {
             quota_ms: 1_800_000,
             window_ms: 3_600_000,
             grace_ms: 30_000,
+            checkpoint_locked: true,
         }
     }
 }
@@ -107,6 +111,13 @@ pub struct Ledger {
     /// The agent's own gate runs a migration (one at a time).
     #[serde(skip)]
     pub gate: bool,
+    /// The agent takes a live checkpoint (never beside a migration).
+    #[serde(skip)]
+    pub checkpoint: bool,
+    /// The agent restores the VM from a checkpoint: its arrival is a
+    /// restore, not a migration.
+    #[serde(skip)]
+    pub restoring: bool,
 }
 
 /// Length of the union of `intervals` clipped to `[from, to)`.

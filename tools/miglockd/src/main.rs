@@ -9,6 +9,7 @@
 mod agent;
 mod audit;
 mod blocker;
+mod checkpoint;
 mod commit;
 mod control;
 mod dial;

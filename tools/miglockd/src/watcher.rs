@@ -82,6 +82,7 @@ fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
         last_status: String::new(),
         arriving: direction.is_some(),
         announced: false,
+        checkpoint: false,
     };
     while !stop.load(Ordering::Relaxed) {
         let due = enforce::reconcile(agent, vm);
@@ -172,6 +173,22 @@ struct Follows {
     /// The guest was told of the outgoing migration under way (one another
     /// client started).
     announced: bool,
+    /// The migration QEMU runs is a checkpoint (background snapshot): the
+    /// VM stays, so none of it is an outgoing migration.
+    checkpoint: bool,
+}
+
+/// Whether QEMU's migration is a background snapshot (a checkpoint).
+fn snapshotting(mon: &Monitor) -> bool {
+    mon.execute("query-migrate-capabilities", None)
+        .ok()
+        .and_then(|caps| {
+            caps.as_array()?
+                .iter()
+                .find(|c| c["capability"] == "background-snapshot")
+                .map(|c| c["state"] == true)
+        })
+        .unwrap_or(false)
 }
 
 fn on_event(
@@ -195,11 +212,19 @@ fn on_event(
                 .audit
                 .record(name, "vm-resumed", json!({"guest_told": told}));
             if std::mem::take(&mut f.arriving) {
+                let restored = agent.update(vm, |l, _| (std::mem::take(&mut l.restoring), false));
                 // After the announce: the guest resyncs with this host first.
-                let told = agent.notify_or_owe(vm, Notice::Migrated);
-                agent
-                    .audit
-                    .record(name, "guest-migrated", json!({"guest_told": told}));
+                if restored {
+                    let told = agent.notify_or_owe(vm, Notice::Restored);
+                    agent
+                        .audit
+                        .record(name, "guest-restored", json!({"guest_told": told}));
+                } else {
+                    let told = agent.notify_or_owe(vm, Notice::Migrated);
+                    agent
+                        .audit
+                        .record(name, "guest-migrated", json!({"guest_told": told}));
+                }
             }
         }
         "MIGRATION" => {
@@ -208,6 +233,23 @@ fn on_event(
                 return;
             }
             f.last_status = status.clone();
+            if !f.checkpoint && direction.is_none() && !enforce::incoming(mon) {
+                let ours = vm
+                    .ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .checkpoint;
+                f.checkpoint = ours || (enforce::in_flight(&status) && snapshotting(mon));
+            }
+            if f.checkpoint {
+                agent
+                    .audit
+                    .record(name, "checkpoint-observed", json!({"status": status}));
+                if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+                    f.checkpoint = false;
+                }
+                return;
+            }
             if direction.is_none() {
                 *direction = Some(if enforce::incoming(mon) {
                     // The VM starts arriving: its next RESUME is the arrival.

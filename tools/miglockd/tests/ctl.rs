@@ -15,7 +15,14 @@ use support::{fake_qemu, listen, wait_for, Agent, FakeQemu, Guest};
 /// A VM on a fake QEMU whose migrations end with `ending`, version `v`.
 fn vm(d: &Path, name: &str, ending: &'static str, v: (u32, u32)) -> String {
     let qmp = d.join(format!("{name}-qmp.sock"));
-    fake_qemu(&qmp, FakeQemu { version: v, ending });
+    fake_qemu(
+        &qmp,
+        FakeQemu {
+            version: v,
+            ending,
+            no_snapshot: name == "nowp",
+        },
+    );
     format!(
         "[[vm]]\nname = \"{name}\"\ndoorbell = \"{}/{name}.sock\"\nqmp = \"{}\"\n",
         d.display(),
@@ -33,6 +40,8 @@ fn setup() -> PathBuf {
         vm(&dir, "bad", "failed", (10, 0)),
         vm(&dir, "gone", "cancelled", (10, 0)),
         vm(&dir, "old", "completed", (7, 2)),
+        vm(&dir, "slow", "active", (10, 0)),
+        vm(&dir, "nowp", "completed", (10, 0)),
     ]
     .concat();
     std::fs::write(
@@ -106,6 +115,47 @@ fn every_outcome_has_its_exit_status() {
     assert!(stderr(&cancelled).contains("cancelled"), "{cancelled:?}");
     assert_eq!(
         code(&ctl(&dir, &[&["migrate", "nosuch"][..], &to].concat())),
+        2
+    );
+
+    // checkpoint: 1 refused beside a migration (and a migration beside a
+    // checkpoint, in the checkpoint-locked scenario), 3 where the host
+    // kernel cannot write-protect (with why), 2 unknown VM.
+    let migrating = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            ctl(
+                &dir,
+                &[
+                    "migrate",
+                    "slow",
+                    "--to",
+                    "tcp:127.0.0.1:1",
+                    "--timeout",
+                    "3s",
+                ],
+            )
+        })
+    };
+    wait_for(within, "the slow migration to start", || {
+        std::fs::read_to_string(dir.join("audit.jsonl")).is_ok_and(|a| {
+            a.lines()
+                .any(|l| l.contains(r#""event":"migrate-start""#) && l.contains(r#""vm":"slow""#))
+        })
+    });
+    let beside = ctl(&dir, &["checkpoint", "slow", "--to", "/tmp/x.img"]);
+    assert_eq!(code(&beside), 1, "{beside:?}");
+    assert!(stderr(&beside).contains("is migrating"), "{beside:?}");
+    let slow = migrating.join().unwrap();
+    assert_eq!(code(&slow), 4, "{slow:?}");
+    let nowp = ctl(&dir, &["checkpoint", "nowp", "--to", "/tmp/x.img"]);
+    assert_eq!(code(&nowp), 3, "{nowp:?}");
+    assert!(
+        stderr(&nowp).contains("userfaultfd write-protection"),
+        "{nowp:?}"
+    );
+    assert_eq!(
+        code(&ctl(&dir, &["checkpoint", "nosuch", "--to", "/tmp/x.img"])),
         2
     );
 

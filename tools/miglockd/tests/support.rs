@@ -210,8 +210,12 @@ pub struct FakeQemu {
     /// pre-copy.
     pub version: (u32, u32),
     /// How every migration ends after one "active" look: "completed" (via
-    /// a pause before the switchover), "failed" or "cancelled".
+    /// a pause before the switchover), "failed" or "cancelled"; "active":
+    /// it never ends by itself (until cancelled).
     pub ending: &'static str,
+    /// The host kernel has no userfaultfd write-protection: QEMU refuses
+    /// the background-snapshot capability, as QEMU does.
+    pub no_snapshot: bool,
 }
 
 impl Default for FakeQemu {
@@ -219,6 +223,7 @@ impl Default for FakeQemu {
         FakeQemu {
             version: (10, 0),
             ending: "completed",
+            no_snapshot: false,
         }
     }
 }
@@ -255,6 +260,17 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) {
                     "blockdev-del" => {
                         nodes.retain(|n| n["node-name"] != v["arguments"]["node-name"]);
                         json!({"return": {}})
+                    }
+                    "migrate-set-capabilities"
+                        if q.no_snapshot
+                            && v["arguments"]["capabilities"].as_array().is_some_and(|c| {
+                                c.iter().any(|c| {
+                                    c["capability"] == "background-snapshot" && c["state"] == true
+                                })
+                            }) =>
+                    {
+                        json!({"error": {"class": "GenericError",
+                            "desc": "Background-snapshot is not supported by host kernel"}})
                     }
                     "migrate" => {
                         state = "active";

@@ -6,7 +6,8 @@
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use miglock_control::{
-    ErrorClass, IncomingRequest, MigrateRequest, MigrationProgress, PolicyUpdate, Reply, Request,
+    CheckpointRequest, ErrorClass, IncomingRequest, MigrateRequest, MigrationProgress,
+    PolicyUpdate, Reply, Request, RestoreRequest,
 };
 use miglockd::cli::{Ctl, CtlCmd, Outcome};
 use serde_json::{json, Value};
@@ -230,6 +231,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
             quota,
             window,
             grace,
+            checkpoint_locked,
         } => {
             let set = PolicyUpdate {
                 migration: *migration,
@@ -238,6 +240,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
                 quota_ms: ms(*quota),
                 window_ms: ms(*window),
                 grace_ms: ms(*grace).map(|v| v.min(u64::from(u32::MAX)) as u32),
+                checkpoint_locked: *checkpoint_locked,
             };
             let changed = set != PolicyUpdate::default();
             Request::Policy {
@@ -274,6 +277,14 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
                 timeout_ms: ms(*timeout),
             })
         }
+        CtlCmd::Checkpoint { vm, to } => Request::Checkpoint(CheckpointRequest {
+            vm: vm.clone(),
+            to: to.clone(),
+        }),
+        CtlCmd::Restore { vm, from } => Request::Restore(RestoreRequest {
+            vm: vm.clone(),
+            from: from.clone(),
+        }),
         CtlCmd::Watch => Request::Watch,
         CtlCmd::Hints { vm, all } => Request::Hints {
             vm: vm.clone(),

@@ -1,0 +1,366 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Live checkpoints: `miglockctl checkpoint` and `restore`.
+//!
+//! QEMU's `background-snapshot` migration capability writes the guest's
+//! memory and device state as of the moment it starts, while the guest
+//! keeps running: userfaultfd write-protects guest memory, and a page the
+//! guest writes before QEMU saved it is saved first (copy-on-write). The
+//! pause is the device state only. Restoring is an incoming migration from
+//! the image into a QEMU started with `-incoming defer`.
+//!
+//! A checkpoint does not move the VM, so the lock does not stop it (unless
+//! the VM's policy says `checkpoint_locked = false`); it is audited as a
+//! checkpoint of a locked VM. QEMU runs one migration at a time, the
+//! checkpoint being one: while it runs, the gate refuses migrations, the
+//! checkpoint refuses to start beside one, and the blocker (which QEMU
+//! cannot take meanwhile, and which would refuse the checkpoint itself) is
+//! lifted for it and put back before the guest hears that it ended.
+
+use crate::agent::{Agent, Vm};
+use crate::audit::now_ms;
+use crate::enforce;
+use miglock_abi::wire::Notice;
+use miglock_control::{CheckpointRequest, ErrorClass, MigrationProgress, Reply, RestoreRequest};
+use miglock_qmp::Monitor;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+type Progress<'a> = &'a mut dyn FnMut(&Reply) -> std::io::Result<()>;
+
+fn err(m: impl Into<String>) -> Reply {
+    Reply::error(ErrorClass::Failed, m)
+}
+
+fn refused(m: impl Into<String>) -> Reply {
+    Reply::error(ErrorClass::Refused, m)
+}
+
+/// The capabilities a checkpoint runs with (`on`) and leaves behind (off):
+/// a later migration must not be a snapshot, and post-copy and a paused
+/// switchover cannot be combined with one.
+fn capabilities(on: bool) -> Value {
+    json!({"capabilities": [
+        {"capability": "events", "state": true},
+        {"capability": "postcopy-ram", "state": false},
+        {"capability": "pause-before-switchover", "state": false},
+        {"capability": "background-snapshot", "state": on},
+    ]})
+}
+
+/// What QEMU says when it cannot take a live checkpoint here, made clear.
+pub fn unsupported(qemu: &str) -> String {
+    format!(
+        "QEMU cannot take a live checkpoint here: {qemu} (the background-snapshot \
+         capability needs userfaultfd write-protection in the host kernel, for \
+         anonymous or shared memory backing the guest)"
+    )
+}
+
+/// The URI QEMU gets for `target`: a `file:` or `exec:` URI as given; a
+/// bare path is a `file:`.
+pub fn uri(target: &str) -> String {
+    if target.starts_with("file:") || target.starts_with("exec:") {
+        target.to_string()
+    } else {
+        format!("file:{target}")
+    }
+}
+
+/// Runs `checkpoint` for `req`, reporting progress through `p`.
+pub fn checkpoint(agent: &Agent, req: &CheckpointRequest, p: Progress<'_>) -> Reply {
+    let Some(vm) = agent.vm(&req.vm) else {
+        return Reply::error(ErrorClass::UnknownVm, format!("no VM '{}'", req.vm));
+    };
+    let name = req.vm.as_str();
+    if vm.config.qmp.is_none() {
+        return err(format!("VM '{name}' has no QMP socket configured"));
+    }
+    // Checked and marked under one lock: a migration asked for from now on
+    // is refused, and a checkpoint never starts beside one.
+    let verdict = {
+        let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let locked = l.locked(now);
+        if l.gate || l.migration.is_some() {
+            Err(refused(format!(
+                "refused: VM '{name}' is migrating; a checkpoint cannot run beside a migration"
+            )))
+        } else if l.checkpoint {
+            Err(err(format!("VM '{name}' is already being checkpointed")))
+        } else if locked && !l.policy.checkpoint_locked {
+            Err(refused(format!(
+                "refused: VM '{name}' is locked and its policy (checkpoint_locked = false) \
+                 forbids checkpoints of a locked VM: {}",
+                l.reasons(now).join("; ")
+            )))
+        } else {
+            l.checkpoint = true;
+            Ok((locked, l.reasons(now)))
+        }
+    };
+    let (locked, reasons) = match verdict {
+        Ok(v) => v,
+        Err(reply) => {
+            if let Reply::Error { message, .. } = &reply {
+                agent
+                    .audit
+                    .record(name, "checkpoint-refused", json!({"why": message}));
+            }
+            return reply;
+        }
+    };
+    let mon = agent.monitor(vm);
+    let mut started = false;
+    let r = match &mon {
+        Ok(mon) => run(agent, vm, req, mon, locked, &reasons, &mut started, p),
+        Err(e) => err(e.clone()),
+    };
+    // The checkpoint is over: a later migration is not a snapshot, the
+    // blocker goes back (the ledger may have locked meanwhile) before the
+    // guest hears of the end.
+    if let Ok(mon) = &mon {
+        let _ = mon.execute("migrate-set-capabilities", Some(capabilities(false)));
+    }
+    agent.update(vm, |l, _| {
+        l.checkpoint = false;
+        ((), false)
+    });
+    enforce::reconcile(agent, vm);
+    let saved = matches!(r, Reply::Ok { .. });
+    if started {
+        let told = agent.notify(vm, Notice::CheckpointDone { saved });
+        match &r {
+            Reply::Ok { data } => {
+                let mut rec = data.clone();
+                rec["guest_told"] = json!(told);
+                agent.audit.record(name, "checkpoint-done", rec);
+            }
+            Reply::Error { message, .. } => {
+                agent.audit.record(
+                    name,
+                    "checkpoint-failed",
+                    json!({"error": message, "guest_told": told}),
+                );
+            }
+            _ => {}
+        }
+    } else if let Reply::Error { message, .. } = &r {
+        agent
+            .audit
+            .record(name, "checkpoint-failed", json!({"error": message}));
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    agent: &Agent,
+    vm: &Vm,
+    req: &CheckpointRequest,
+    qmp: &Monitor,
+    locked: bool,
+    reasons: &[String],
+    started: &mut bool,
+    p: Progress<'_>,
+) -> Reply {
+    let name = req.vm.as_str();
+    let events = qmp.subscribe();
+    // QEMU checks the host kernel when the capability is set: the one
+    // place to learn that userfaultfd write-protection is missing.
+    if let Err(e) = qmp.execute("migrate-set-capabilities", Some(capabilities(true))) {
+        return err(unsupported(&e.to_string()));
+    }
+    let told = agent.notify(vm, Notice::CheckpointStarted);
+    *started = true;
+    let to = uri(&req.to);
+    agent.audit.record(
+        name,
+        "checkpoint-start",
+        json!({"to": to, "locked": locked, "locks": reasons, "guest_told": told}),
+    );
+    if locked {
+        let _ = p(&Reply::progress(format!(
+            "VM locked ({}): a checkpoint does not move it, taking it",
+            reasons.join("; ")
+        )));
+    }
+    // QEMU refuses every migration, a snapshot too, while it carries the
+    // blocker: lifted for the checkpoint, which itself keeps any other
+    // migration out until it ends.
+    if let Err(e) = enforce::lift_for_checkpoint(agent, vm, qmp) {
+        return err(format!("lifting the blocker for the checkpoint: {e}"));
+    }
+    let start = Instant::now();
+    if let Err(e) = qmp.execute("migrate", Some(json!({ "uri": to }))) {
+        return err(format!("QEMU refused the checkpoint: {e}"));
+    }
+    loop {
+        // Any event, or none within a while, is a reason to look again.
+        let _ = events.recv_timeout(Duration::from_millis(100));
+        let q = match qmp.execute("query-migrate", None) {
+            Ok(q) => q,
+            Err(e) => return err(format!("query-migrate: {e}")),
+        };
+        let status = q["status"].as_str().unwrap_or("").to_string();
+        match status.as_str() {
+            "completed" => return done(&q, &to, start),
+            "failed" | "cancelled" => {
+                let why = q["error-desc"].as_str().unwrap_or("no description");
+                let class = if status == "cancelled" {
+                    ErrorClass::Cancelled
+                } else {
+                    ErrorClass::Failed
+                };
+                return Reply::error(class, format!("checkpoint {status}: {why}"));
+            }
+            s => {
+                let ram = &q["ram"];
+                let b = |k: &str| ram[k].as_u64().unwrap_or(0);
+                let _ = p(&Reply::Progress {
+                    message: format!(
+                        "checkpoint {s}: {:.1} MiB written, {:.1} MiB remaining",
+                        b("transferred") as f64 / 1048576.0,
+                        b("remaining") as f64 / 1048576.0
+                    ),
+                    migration: Some(MigrationProgress {
+                        status: s.to_string(),
+                        total_bytes: b("total"),
+                        transferred_bytes: b("transferred"),
+                        remaining_bytes: b("remaining"),
+                        rate_bytes_per_s: (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64,
+                        elapsed_ms: start.elapsed().as_millis() as u64,
+                    }),
+                });
+            }
+        }
+    }
+}
+
+/// The figures of a completed checkpoint.
+fn done(q: &Value, to: &str, start: Instant) -> Reply {
+    let ram = &q["ram"];
+    // The image's size, if the agent can see the file QEMU wrote.
+    let file_bytes = to
+        .strip_prefix("file:")
+        .map(|path| path.split(',').next().unwrap_or(path))
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map(|m| m.len());
+    Reply::Ok {
+        data: json!({
+            "to": to,
+            "total_time_ms": q["total-time"],
+            "downtime_ms": q["downtime"],
+            "setup_time_ms": q["setup-time"],
+            "transferred_bytes": ram["transferred"],
+            "file_bytes": file_bytes,
+            "normal_pages": ram["normal"],
+            "zero_pages": ram["duplicate"],
+            "ram_bytes": ram["total"],
+            "wall_ms": start.elapsed().as_millis() as u64,
+        }),
+    }
+}
+
+/// Runs `restore` for `req`: the VM's QEMU (started with `-incoming
+/// defer`) loads the image; once it runs, the watcher tells the guest it
+/// was restored.
+pub fn restore(agent: &Agent, req: &RestoreRequest, p: Progress<'_>) -> Reply {
+    let Some(vm) = agent.vm(&req.vm) else {
+        return Reply::error(ErrorClass::UnknownVm, format!("no VM '{}'", req.vm));
+    };
+    let name = req.vm.as_str();
+    let from = uri(&req.from);
+    let qmp = match agent.monitor(vm) {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    if !enforce::incoming(&qmp) {
+        return err(format!(
+            "VM '{name}': its QEMU is not waiting for an incoming image (start it with -incoming defer)"
+        ));
+    }
+    agent.update(vm, |l, _| {
+        l.restoring = true;
+        ((), false)
+    });
+    agent
+        .audit
+        .record(name, "restore-start", json!({"from": from}));
+    let _ = p(&Reply::progress(format!("restoring from {from}")));
+    let events = qmp.subscribe();
+    let start = Instant::now();
+    let r = qmp
+        .execute(
+            "migrate-set-capabilities",
+            Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
+        )
+        .and_then(|_| qmp.execute("migrate-incoming", Some(json!({ "uri": from }))));
+    let r = match r {
+        Err(e) => err(format!("QEMU cannot load the image: {e}")),
+        Ok(_) => loop {
+            let _ = events.recv_timeout(Duration::from_millis(50));
+            let q = match qmp.execute("query-migrate", None) {
+                Ok(q) => q,
+                Err(e) => break err(format!("query-migrate: {e}")),
+            };
+            match q["status"].as_str().unwrap_or("") {
+                "completed" => {
+                    break Reply::Ok {
+                        data: json!({"from": from, "wall_ms": start.elapsed().as_millis() as u64}),
+                    }
+                }
+                s @ ("failed" | "cancelled") => {
+                    let why = q["error-desc"].as_str().unwrap_or("no description");
+                    break err(format!("restore {s}: {why}"));
+                }
+                _ => {}
+            }
+        },
+    };
+    match &r {
+        Reply::Ok { data } => {
+            agent.audit.record(name, "restore-done", data.clone());
+        }
+        Reply::Error { message, .. } => {
+            agent.update(vm, |l, _| {
+                l.restoring = false;
+                ((), false)
+            });
+            agent
+                .audit
+                .record(name, "restore-failed", json!({"error": message}));
+        }
+        _ => {}
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_path_is_a_file() {
+        assert_eq!(uri("/var/lib/x.img"), "file:/var/lib/x.img");
+        assert_eq!(uri("file:/a,offset=4096"), "file:/a,offset=4096");
+        assert_eq!(uri("exec:gzip -c > /a.gz"), "exec:gzip -c > /a.gz");
+    }
+
+    #[test]
+    fn the_capabilities_leave_no_snapshot_behind() {
+        let off = capabilities(false);
+        let caps = off["capabilities"].as_array().unwrap();
+        assert!(caps
+            .iter()
+            .any(|c| c["capability"] == "background-snapshot" && c["state"] == false));
+        let on = capabilities(true);
+        let caps = on["capabilities"].as_array().unwrap();
+        // QEMU refuses a snapshot with post-copy or a paused switchover.
+        for c in ["postcopy-ram", "pause-before-switchover"] {
+            assert!(caps
+                .iter()
+                .any(|x| x["capability"] == c && x["state"] == false));
+        }
+    }
+}

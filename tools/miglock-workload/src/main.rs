@@ -9,6 +9,13 @@
 //! and goes on ticking, so one run can be checked after each of many
 //! migrations. Run across a live migration, it proves the guest kept running
 //! and its memory arrived intact.
+//!
+//! With `--mld` it is also an application that hears the host through
+//! `/dev/mld`: it counts the pages it writes while a live checkpoint runs
+//! (between the "checkpoint started" and "checkpoint done" notices: what
+//! the checkpoint copied on write for it, at most), and when the VM was
+//! restored from a checkpoint it says which generation of its memory it
+//! runs on and verifies every page at once.
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -34,6 +41,52 @@ struct Args {
     /// Stop by itself after this many ticks (0 = only on `finish`).
     #[arg(long, default_value_t = 0)]
     ticks: u64,
+    /// Hear the host's checkpoint and restore notices on /dev/mld.
+    #[arg(long)]
+    mld: bool,
+}
+
+/// What `--mld` follows: the pages written while a checkpoint runs.
+struct Checkpoints {
+    dev: miglock_dev::Device,
+    /// Pages written since the checkpoint started, if one runs.
+    written: Option<Vec<bool>>,
+}
+
+impl Checkpoints {
+    /// Notes a page write.
+    fn wrote(&mut self, page: usize) {
+        if let Some(w) = self.written.as_mut() {
+            w[page] = true;
+        }
+    }
+
+    /// Reads what the host said since the last look and acts on it.
+    fn news(&mut self, out: &mut impl Write, arena: &Arena, tick: u64, gen: u64) -> Result<()> {
+        let st = self.dev.status()?;
+        if st.restored() {
+            // Memory is as it was when the checkpoint began: say which
+            // generation that is, and check it whole.
+            self.written = None;
+            writeln!(out, "workload: restored at tick {tick} gen {gen}")?;
+            report(out, arena, tick, gen)?;
+        }
+        if st.checkpoint_done() || (self.written.is_some() && !st.checkpoint()) {
+            if let Some(w) = self.written.take() {
+                let n = w.iter().filter(|&&b| b).count();
+                writeln!(
+                    out,
+                    "workload: checkpoint done at tick {tick} gen {gen}: {n} pages written while it ran"
+                )?;
+            }
+        }
+        if st.checkpoint() && self.written.is_none() {
+            self.written = Some(vec![false; arena.gens.len()]);
+            writeln!(out, "workload: checkpoint started at tick {tick} gen {gen}")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
 }
 
 /// Memory whose contents are a function of (page, generation).
@@ -84,21 +137,37 @@ impl Arena {
     }
 }
 
-/// Waits up to `timeout` for a line on stdin; `Some(line)` if one came.
-fn stdin_line(timeout: Duration) -> Result<Option<String>> {
+/// What woke [`stdin_line`].
+enum Woke {
+    /// The timeout passed.
+    Timeout,
+    /// A line on stdin.
+    Line(String),
+    /// `/dev/mld` has news.
+    Mld,
+}
+
+/// Waits up to `timeout` for a line on stdin, or news on `mld`.
+fn stdin_line(timeout: Duration, mld: Option<&miglock_dev::Device>) -> Result<Woke> {
     let stdin = io::stdin();
-    let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
     let ts = Timespec::try_from(timeout)?;
+    let mut fds = vec![PollFd::new(&stdin, PollFlags::IN)];
+    if let Some(dev) = mld {
+        fds.push(PollFd::new(dev, PollFlags::IN));
+    }
     if poll(&mut fds, Some(&ts))? == 0 {
-        return Ok(None);
+        return Ok(Woke::Timeout);
+    }
+    if fds.get(1).is_some_and(|f| !f.revents().is_empty()) {
+        return Ok(Woke::Mld);
     }
     let mut line = String::new();
     if stdin.lock().read_line(&mut line)? == 0 {
         // EOF: no controller; keep ticking until --ticks.
         std::thread::sleep(timeout);
-        return Ok(None);
+        return Ok(Woke::Timeout);
     }
-    Ok(Some(line.trim().to_string()))
+    Ok(Woke::Line(line.trim().to_string()))
 }
 
 fn main() -> Result<()> {
@@ -108,13 +177,23 @@ fn main() -> Result<()> {
         bail!("--mib must give at least one page and --dirty-pages at most {pages}");
     }
     let mut arena = Arena::new(pages);
+    let mut mld = match args.mld {
+        true => Some(Checkpoints {
+            dev: miglock_dev::Device::open()?,
+            written: None,
+        }),
+        false => None,
+    };
     let mut out = io::stdout().lock();
     writeln!(out, "workload: {} pages ready", pages)?;
     let (mut next, mut tick, mut gen) = (0usize, 0u64, 1u64);
-    loop {
+    'run: loop {
         gen += 1;
         for _ in 0..args.dirty_pages {
             arena.write(next, gen);
+            if let Some(m) = mld.as_mut() {
+                m.wrote(next);
+            }
             next = (next + 1) % pages;
         }
         writeln!(out, "tick {tick}")?;
@@ -123,31 +202,45 @@ fn main() -> Result<()> {
         if args.ticks != 0 && tick >= args.ticks {
             break;
         }
-        match stdin_line(Duration::from_millis(args.tick_ms))?.as_deref() {
-            Some("finish") => break,
-            Some("verify") => {
-                report(&mut out, &arena, tick)?;
+        // The rest of the tick: news from the host does not shorten it.
+        let until = std::time::Instant::now() + Duration::from_millis(args.tick_ms);
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match stdin_line(left, mld.as_ref().map(|m| &m.dev))? {
+                Woke::Timeout => break,
+                Woke::Mld => {
+                    if let Some(m) = mld.as_mut() {
+                        m.news(&mut out, &arena, tick, gen)?;
+                    }
+                }
+                Woke::Line(l) if l == "finish" => break 'run,
+                Woke::Line(l) if l == "verify" => {
+                    report(&mut out, &arena, tick, gen)?;
+                }
+                Woke::Line(_) => {}
             }
-            _ => {}
         }
     }
-    if !report(&mut out, &arena, tick)? {
+    if !report(&mut out, &arena, tick, gen)? {
         std::process::exit(1);
     }
     Ok(())
 }
 
 /// Checks every page and says so in one line; true if all verified.
-fn report(out: &mut impl Write, arena: &Arena, tick: u64) -> Result<bool> {
+fn report(out: &mut impl Write, arena: &Arena, tick: u64, gen: u64) -> Result<bool> {
     let pages = arena.gens.len();
     let bad = arena.bad_pages();
     if bad != 0 {
         writeln!(
             out,
-            "workload: FAILED: {bad} of {pages} pages corrupted at tick {tick}"
+            "workload: FAILED: {bad} of {pages} pages corrupted at tick {tick} gen {gen}"
         )?;
     } else {
-        writeln!(out, "workload: verified {pages} pages after {tick} ticks")?;
+        writeln!(
+            out,
+            "workload: verified {pages} pages after {tick} ticks gen {gen}"
+        )?;
     }
     out.flush()?;
     Ok(bad == 0)

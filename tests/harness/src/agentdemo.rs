@@ -87,6 +87,11 @@ impl Agent {
         })
     }
 
+    /// The `miglockctl` binary.
+    pub(crate) fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// Its control socket.
     pub(crate) fn socket(&self) -> PathBuf {
         self.dir.join("control.sock")

@@ -12,6 +12,7 @@ mod agentdemo;
 mod artifacts;
 mod bench;
 mod blocker;
+mod checkpoint;
 mod initramfs;
 mod ktap;
 mod libvirt;

@@ -37,6 +37,8 @@ pub enum Kind {
     Libvirt,
     /// A lock call's result against the host's holds (see `locking.rs`).
     Locking(crate::locking::Which),
+    /// Live checkpoints and restores through the agents.
+    Checkpoint(crate::checkpoint::Which),
 }
 
 /// Which `blocker-*` scenario.
@@ -316,6 +318,24 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Checkpoint(crate::checkpoint::Which::Restore),
+        timeout: secs(180),
+        ..guest(
+            "checkpoint-restore",
+            "checkpoint-restore",
+            "a writing guest is checkpointed live (background snapshot); a new QEMU restored from the image runs on from the checkpoint, its memory verifies, it ticks on",
+        )
+    },
+    Scenario {
+        kind: Kind::Checkpoint(crate::checkpoint::Which::Locked),
+        timeout: secs(180),
+        ..guest(
+            "checkpoint-locked",
+            "checkpoint-locked",
+            "a locked VM is checkpointed (audited; refused if its policy says so); a migration and a second checkpoint meanwhile are refused; the lock is QEMU's blocker again after",
+        )
+    },
+    Scenario {
         kind: Kind::Blocker(Blocker::AnyInitiator),
         timeout: secs(180),
         ..guest(
@@ -567,6 +587,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::Blocker(Blocker::Race) => crate::blocker::race(env, deadline),
         Kind::Libvirt => crate::libvirt::migrate_locked(env, deadline),
         Kind::Locking(which) => crate::locking::run(sc, env, deadline, which),
+        Kind::Checkpoint(which) => crate::checkpoint::run(sc, env, deadline, which),
     }
 }
 

@@ -139,6 +139,10 @@ pub struct CheckpointRequest {
     /// Where QEMU writes the image: `file:PATH` (PATH as QEMU sees it)
     /// or `exec:COMMAND` (the stream on COMMAND's stdin).
     pub to: String,
+    /// How long the guest has, after the "checkpoint started" notice,
+    /// before the image is taken (to put its state in order), ms.
+    #[serde(default)]
+    pub lead_ms: Option<u64>,
 }
 
 /// `restore` arguments.

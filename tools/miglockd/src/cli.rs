@@ -131,6 +131,10 @@ pub enum CtlCmd {
         /// or exec:COMMAND (the stream on its stdin).
         #[arg(long)]
         to: String,
+        /// Give the guest this long after the "checkpoint started" notice
+        /// to put its state in order before the image is taken (default: 0).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lead: Option<Duration>,
     },
     /// Bring a VM back from a checkpoint: its QEMU, started with the same
     /// configuration and -incoming defer, loads the image and runs on from

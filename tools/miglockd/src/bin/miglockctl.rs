@@ -277,9 +277,10 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
                 timeout_ms: ms(*timeout),
             })
         }
-        CtlCmd::Checkpoint { vm, to } => Request::Checkpoint(CheckpointRequest {
+        CtlCmd::Checkpoint { vm, to, lead } => Request::Checkpoint(CheckpointRequest {
             vm: vm.clone(),
             to: to.clone(),
+            lead_ms: ms(*lead),
         }),
         CtlCmd::Restore { vm, from } => Request::Restore(RestoreRequest {
             vm: vm.clone(),

@@ -859,7 +859,11 @@ fn bench_lock(n: usize) -> io::Result<()> {
 fn percentiles(us: &mut [f64]) -> (f64, f64, f64) {
     us.sort_by(f64::total_cmp);
     let pct = |p: f64| us[((us.len() as f64 * p) as usize).min(us.len() - 1)];
-    (pct(0.50), pct(0.99), us.iter().sum::<f64>() / us.len() as f64)
+    (
+        pct(0.50),
+        pct(0.99),
+        us.iter().sum::<f64>() / us.len() as f64,
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -251,6 +251,15 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// Why the VM is locked now (each hold's reason and label), for
+    /// messages and the audit log.
+    pub fn reasons_now(&self) -> Vec<String> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reasons(crate::audit::now_ms())
+    }
+
     /// Says whether the VM is blocked to whoever follows it (the libvirt
     /// metadata publisher).
     pub fn blocked(&self, blocked: bool) {

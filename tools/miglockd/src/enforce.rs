@@ -175,11 +175,7 @@ fn cancel_in_flight(agent: &Agent, vm: &Vm, mon: &Monitor) -> Result<(), NotEnfo
     if past_switchover(&status) {
         return Err(leaving(agent, name, &status));
     }
-    let reasons = vm
-        .ledger
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .reasons(now_ms());
+    let reasons = vm.reasons_now();
     agent.audit.record(
         name,
         "migrate-cancelled",

@@ -77,6 +77,7 @@ fuzz: deps
 # the planner vs QEMU's defaults, prefetch on/off, tracer and simulator cost.
 bench: kernel tools
 	$(HARNESS) run bench-rtt bench-plan bench-prefetch bench-tracer
+	cd tools && cargo bench --locked -p miglockd --bench agent-scale
 	$(TOP)/tools/target/release/miglock-tracer bench
 	$(TOP)/tools/target/release/migsim bench
 

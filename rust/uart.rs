@@ -20,7 +20,10 @@ const SCR: u16 = 7; // scratch
 
 const LCR_DLAB: u8 = 0x80;
 const LCR_8N1: u8 = 0x03;
-const FCR_ENABLE_CLEAR: u8 = 0x07;
+// FIFOs on and cleared, receive trigger at 14 bytes: QEMU hands the UART
+// as many bytes at once as the trigger level (one at 1 byte, an interrupt
+// each); what stays below it comes with the FIFO timeout, 4 characters later.
+const FCR_ENABLE_CLEAR_TRIGGER14: u8 = 0xc7;
 const IER_RX_DATA: u8 = 0x01;
 const MCR_DTR_RTS_OUT2: u8 = 0x0b; // OUT2 routes the interrupt on PCs
 const LSR_DATA_READY: u8 = 0x01;
@@ -56,7 +59,7 @@ impl Uart {
         self.io.write(RBR_THR, 1); // divisor 1: 115200 baud
         self.io.write(IER, 0);
         self.io.write(LCR, LCR_8N1);
-        self.io.write(FCR, FCR_ENABLE_CLEAR);
+        self.io.write(FCR, FCR_ENABLE_CLEAR_TRIGGER14);
         self.io.write(MCR, MCR_DTR_RTS_OUT2);
         // Drop whatever was pending before we listened.
         self.drain(|_| {});

@@ -42,17 +42,21 @@ fn lock_bench(
         ));
     }
     let lines = &vm.seen[from..];
-    let line = lines
-        .iter()
-        .find(|l| l.starts_with("bench lock-rtt"))
-        .cloned()
-        .unwrap_or_default();
-    let field = |k: &str| -> f64 {
+    let line_of = |prefix: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (line, second) = (line_of("bench lock-rtt"), line_of("bench second-holder"));
+    let field_of = |line: &str, k: &str| -> f64 {
         line.split_whitespace()
             .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN)
     };
+    let field = |k: &str| field_of(&line, k);
     let guest_channel = lines
         .iter()
         .find(|l| l.starts_with("channel:"))
@@ -68,6 +72,9 @@ fn lock_bench(
     Ok(json!({
         "p50": field("p50_us"), "p99": field("p99_us"), "mean": field("mean_us"), "n": field("n"),
         "refused_for_rate": field("refused_for_rate"),
+        "pairs_per_s": field("pairs_per_s"),
+        "second_holder_us": {"p50": field_of(&second, "p50_us"), "p99": field_of(&second, "p99_us"),
+            "n": field_of(&second, "n")},
         "guest_channel": guest_channel, "agent_link": agent_link,
     }))
 }
@@ -158,7 +165,15 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failur
         limited["p50"].as_f64().unwrap_or(f64::NAN) / qga_p50,
         unlimited["p50"].as_f64().unwrap_or(f64::NAN) / qga_p50
     );
+    eprintln!(
+        "  second holder (VM already locked): p50 {} us, p99 {} us; pairs/s at default limits: {}",
+        limited["second_holder_us"]["p50"],
+        limited["second_holder_us"]["p99"],
+        limited["pairs_per_s"]
+    );
     let results = json!({
+        "second_holder_us": limited["second_holder_us"],
+        "pairs_per_s": limited["pairs_per_s"],
         "lock_rtt_us_default_limits": limited,
         "lock_rtt_us_unlimited": unlimited,
         "qga_ping_rtt_us": qga,

@@ -244,7 +244,7 @@ fn granted_intervals(audit: &[Value]) -> Vec<(u64, u64, u64)> {
 }
 
 /// Rounds of `blocker-race`.
-const RACE_ROUNDS: usize = 30;
+const RACE_ROUNDS: usize = 50;
 
 /// `blocker-race`.
 pub fn race(env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
@@ -289,7 +289,7 @@ pub fn race(env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
             }
         };
         // A random moment: pacing, not synchronisation.
-        std::thread::sleep(Duration::from_millis(rng.u64(0..700)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
         let before = p.last_tick();
         if let Some(why) = start_migration(p.vm(), &to)? {
             if !why.contains("miglock-") {

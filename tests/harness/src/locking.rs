@@ -88,15 +88,15 @@ fn settled(
 
 /// Rounds of `mld-interrupted-lock` (as in its script): about a third are
 /// interrupted, so every way a signal can land is met many times.
-const INTERRUPTED_ROUNDS: u64 = 300;
+const INTERRUPTED_ROUNDS: u64 = 1000;
 
 /// `mld-interrupted-lock`: [`INTERRUPTED_ROUNDS`] lock calls against a stub host that answers
-/// after 30 ms and refuses every fifth, with SIGALRM at a random moment.
+/// after 10 ms and refuses every fifth, with SIGALRM at a random moment.
 fn interrupted(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
     let mut vm = Vm::start(&env.spec_with("vm", sc.guest, false, Doorbell::Harness))?;
     let opts = stubhost::Options {
         announce: false,
-        delay: Duration::from_millis(30),
+        delay: Duration::from_millis(10),
         refuse_every: 5,
     };
     let stub = stubhost::attach(&mut vm, &env.dir.join("stub-host.log"), opts)?;

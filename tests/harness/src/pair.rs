@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Ticks after the verification that prove the guest goes on.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a guest may take to show each sign of life.
 pub const SIGN_OF_LIFE: Duration = Duration::from_secs(30);
 

@@ -191,7 +191,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "mld-interrupted-lock",
             "mld-interrupted-lock",
-            "300 locks against a slow host, SIGALRM (no SA_RESTART) mid-request: EINTR and no hold, never 0 without a grant; guest holds = host holds",
+            "1000 locks against a slow host, SIGALRM (no SA_RESTART) mid-request: EINTR and no hold, never 0 without a grant; guest holds = host holds",
         )
     },
     Scenario {
@@ -350,7 +350,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "blocker-race",
             "blocker-race",
-            "30 rounds: the guest locks at random, another QMP client migrates at random moments; no switchover while a lock is granted",
+            "50 rounds: the guest locks at random, another QMP client migrates at random moments; no switchover while a lock is granted",
         )
     },
     Scenario {

@@ -91,10 +91,10 @@ pub(crate) fn interrupted_lock(c: &mut Checks, rounds: usize, seed: u64) -> io::
     for round in 0..rounds {
         let d = &files[round % files.len()];
         let before = d.status()?.held_by_me();
-        // The stub host answers after 30 ms, after the answer to a request
+        // The stub host answers after 10 ms, after the answer to a request
         // given up before, if any: many signals land while the call waits,
         // many after it returned.
-        alarm_in(rng.u64(1_000..120_000));
+        alarm_in(rng.u64(1_000..40_000));
         let r = d.lock(&lock(Reason::CriticalOperation, 60_000, "interrupted"));
         alarm_in(0);
         let st = d.status()?;

@@ -69,6 +69,9 @@ fn run(vms: usize) -> Value {
     let secs = t0.elapsed().as_secs_f64();
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
+    // Each guest's first lock installs the blocker (QMP); the rest do not.
+    let mut later: Vec<f64> = lat.iter().flat_map(|v| v.iter().skip(1).copied()).collect();
+    later.sort_by(f64::total_cmp);
     let mut all: Vec<f64> = lat.into_iter().flatten().collect();
     all.sort_by(f64::total_cmp);
     let decisions = all.len();
@@ -78,6 +81,7 @@ fn run(vms: usize) -> Value {
         "decisions_per_s": (decisions as f64 / secs).round(),
         "p50_ms": (pct(&all, 0.50) * 1000.0).round() / 1000.0,
         "p99_ms": (pct(&all, 0.99) * 1000.0).round() / 1000.0,
+        "p99_ms_without_installs": (pct(&later, 0.99) * 1000.0).round() / 1000.0,
     })
 }
 
@@ -91,9 +95,11 @@ fn main() {
         }
         let r = run(vms);
         println!(
-            "bench agent-scale: {:>3} VMs: {:>6} decisions, {:>7} decisions/s, lock p50 {:.3} ms, p99 {:.3} ms",
+            "bench agent-scale: {:>3} VMs: {:>6} decisions, {:>7} decisions/s, lock p50 {:.3} ms, p99 {:.3} ms \
+             (without the first locks, which install blockers: {:.3} ms)",
             r["vms"], r["decisions"], r["decisions_per_s"], r["p50_ms"].as_f64().unwrap_or(0.0),
-            r["p99_ms"].as_f64().unwrap_or(0.0)
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms_without_installs"].as_f64().unwrap_or(0.0)
         );
         rows.push(r);
     }

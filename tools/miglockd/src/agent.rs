@@ -130,15 +130,26 @@ pub struct Limits {
     pub hint_rate: f64,
     /// Hint frames in a burst.
     pub hint_burst: f64,
+    /// Blocker installs a second that guest locks may cause in one VM: what
+    /// a lock costs the host (QMP calls into its QEMU). Locks inside a
+    /// blocked VM, and the lock/unlock pairs of a burst (the blocker
+    /// lingers), cost none.
+    pub blocker_rate: f64,
+    /// Blocker installs in a burst.
+    pub blocker_burst: f64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            rate: 200.0,
-            burst: 400.0,
+            // Frames are cheap to decide (nothing waits for the disk): the
+            // frame bucket only bounds a flood; blocker installs are paced.
+            rate: 5000.0,
+            burst: 5000.0,
             hint_rate: 128.0,
             hint_burst: 128.0,
+            blocker_rate: 10.0,
+            blocker_burst: 20.0,
         }
     }
 }
@@ -235,9 +246,20 @@ pub struct Vm {
     pub blocker: Mutex<crate::blocker::Blocker>,
     /// Tells the libvirt metadata publisher whether the VM is blocked.
     pub published: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
+    /// Paces the blocker installs its guest's locks cause.
+    pub installs: Mutex<crate::bucket::Bucket>,
 }
 
 impl Vm {
+    /// Why the VM is locked now (each hold's reason and label), for
+    /// messages and the audit log.
+    pub fn reasons_now(&self) -> Vec<String> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reasons(crate::audit::now_ms())
+    }
+
     /// Says whether the VM is blocked to whoever follows it (the libvirt
     /// metadata publisher).
     pub fn blocked(&self, blocked: bool) {
@@ -302,6 +324,10 @@ impl Agent {
                 monitor: Mutex::new(None),
                 blocker: Mutex::new(crate::blocker::Blocker::default()),
                 published: Mutex::new(None),
+                installs: Mutex::new(crate::bucket::Bucket::new(
+                    config.limits.blocker_rate,
+                    config.limits.blocker_burst,
+                )),
             };
             vms.insert(vc.name.clone(), Arc::new(vm));
         }

@@ -93,6 +93,12 @@ impl Blocker {
         self.unlocked_since.map(|t| t + linger)
     }
 
+    /// The VM is locked again under the node it has: the linger starts
+    /// over at its next unlock (a burst of pairs keeps one blocker).
+    pub fn relocked(&mut self) {
+        self.unlocked_since = None;
+    }
+
     /// Records that QEMU has `node` (with `fdset`).
     pub fn installed(&mut self, node: String, fdset: Option<u64>) {
         self.node = Some(node);

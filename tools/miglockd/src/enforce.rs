@@ -48,6 +48,9 @@ pub enum NotEnforced {
     Leaving(String),
     /// QEMU cannot be reached or refused: `REFUSE_UNENFORCEABLE`.
     Unreachable(String),
+    /// The guest caused blocker installs faster than `[limits]
+    /// blocker_rate`: `REFUSE_RATE` (the application gets EAGAIN).
+    TooFast,
 }
 
 impl NotEnforced {
@@ -56,18 +59,31 @@ impl NotEnforced {
         match self {
             NotEnforced::Leaving(_) => wire::REFUSE_MIGRATING,
             NotEnforced::Unreachable(_) => wire::REFUSE_UNENFORCEABLE,
+            NotEnforced::TooFast => wire::REFUSE_RATE,
         }
     }
 
     fn text(&self) -> &str {
         match self {
             NotEnforced::Leaving(t) | NotEnforced::Unreachable(t) => t,
+            NotEnforced::TooFast => "blocker installs over [limits] blocker_rate",
         }
     }
 }
 
 fn blocker_of(vm: &Vm) -> MutexGuard<'_, Blocker> {
     vm.blocker.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`ensure`] for a guest's lock request: a blocker install is what a lock
+/// costs the host, so the installs one guest causes are paced; a lock in a
+/// VM already blocked (or whose blocker lingers) costs nothing.
+pub fn ensure_paced(agent: &Agent, vm: &Vm, why: &str) -> Result<(), NotEnforced> {
+    let installs = vm.config.qmp.is_some() && blocker_of(vm).node.is_none();
+    if installs && !vm.installs.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(NotEnforced::TooFast);
+    }
+    ensure(agent, vm, why)
 }
 
 /// Makes sure `vm`'s QEMU carries a blocker before a lock is granted. No
@@ -83,7 +99,11 @@ pub fn ensure(agent: &Agent, vm: &Vm, why: &str) -> Result<(), NotEnforced> {
             "a forced migration of this VM is running".into(),
         ));
     }
-    if b.node.is_some() || checkpointing(vm) {
+    if b.node.is_some() {
+        b.relocked();
+        return Ok(());
+    }
+    if checkpointing(vm) {
         // During a checkpoint QEMU takes no blocker, but it runs no other
         // migration either; the blocker follows once it has ended, before
         // anyone is told it did (`checkpoint.rs`).
@@ -161,11 +181,7 @@ fn cancel_in_flight(agent: &Agent, vm: &Vm, mon: &Monitor) -> Result<(), NotEnfo
     if past_switchover(&status) {
         return Err(leaving(agent, name, &status));
     }
-    let reasons = vm
-        .ledger
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .reasons(now_ms());
+    let reasons = vm.reasons_now();
     agent.audit.record(
         name,
         "migrate-cancelled",
@@ -223,13 +239,15 @@ pub fn reconcile(agent: &Agent, vm: &Vm) -> Option<Instant> {
         // QEMU takes no blocker meanwhile; the checkpoint reconciles at its end.
         return Some(Instant::now() + Duration::from_millis(200));
     }
+    // The blocker first, then the ledger (the order a lock decision takes
+    // them): a lock granted after this read waits for the step below.
+    let mut b = blocker_of(vm);
     let (locked, why) = {
         let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
         (l.locked(now), l.blocker_reason(now))
     };
     let linger = Duration::from_millis(agent.blocker.linger_ms);
-    let mut b = blocker_of(vm);
     let step = b.step(locked, why, Instant::now(), linger);
     let name = vm.config.name.as_str();
     match step {
@@ -278,10 +296,12 @@ pub fn reconcile(agent: &Agent, vm: &Vm) -> Option<Instant> {
 /// blocker an earlier agent left, removes strays, and reconciles.
 pub fn adopt(agent: &Agent, vm: &Vm, mon: &Monitor) {
     let name = vm.config.name.as_str();
+    // Held across the query: a lock granted meanwhile installs its node
+    // either before (found here) or after (nothing to adopt), never between.
+    let mut b = blocker_of(vm);
     let Ok((nodes, fdsets)) = blocker::find(mon) else {
         return;
     };
-    let mut b = blocker_of(vm);
     b.removed();
     let mut kept = None;
     for node in nodes {

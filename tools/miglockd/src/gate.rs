@@ -197,11 +197,7 @@ fn gated(
                 ),
             );
             if !wait_unlocked(vm, Instant::now() + Duration::from_millis(wait)) {
-                let now_reasons = vm
-                    .ledger
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .reasons(now_ms());
+                let now_reasons = vm.reasons_now();
                 agent.audit.record(
                     name,
                     "migrate-refused",
@@ -518,11 +514,7 @@ fn settings(
 fn cancel(agent: &Agent, vm: &Vm, qmp: &Monitor, why: &str, q: Option<&Value>) -> Reply {
     // Returns once QEMU has let the migration go: the next one can start.
     let ended = enforce::cancel(qmp, &qmp.subscribe());
-    let reasons = vm
-        .ledger
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .reasons(now_ms());
+    let reasons = vm.reasons_now();
     let ended = ended.unwrap_or_else(|e| format!("unconfirmed: {e}"));
     let mut rec = json!({"why": why, "locks": reasons, "ended": ended});
     if let Some(q) = q {

@@ -9,6 +9,7 @@
 mod agent;
 mod audit;
 mod blocker;
+mod bucket;
 mod checkpoint;
 mod commit;
 mod control;

@@ -10,6 +10,7 @@
 //! touch another VM's state.
 
 use crate::agent::{Agent, Vm};
+use crate::bucket::Bucket;
 use crate::dial::Dial;
 use crate::ledger::Verdict;
 use miglock_abi::types::{check_label, Reason};
@@ -26,37 +27,6 @@ use tracing::{debug, info, warn};
 pub const CUT_AFTER: u32 = 2000;
 /// Pause before redialling a link that was cut or could not connect.
 pub const REDIAL: Duration = Duration::from_millis(200);
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-    rate: f64,
-    burst: f64,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        Bucket {
-            tokens: burst,
-            at: Instant::now(),
-            rate,
-            burst,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let (rate, burst) = (self.rate, self.burst);
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Serves `vm` until `stop` is set: dial, serve, redial.
 pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
@@ -385,7 +355,7 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
 /// A grant stands once QEMU carries the blocker; otherwise it is taken
 /// back and refused with why.
 fn enforced(agent: &Agent, vm: &Vm, hold: u32, why: &str, v: Verdict) -> Verdict {
-    match crate::enforce::ensure(agent, vm, why) {
+    match crate::enforce::ensure_paced(agent, vm, why) {
         Ok(()) => v,
         Err(e) => {
             agent.update(vm, |l, _| {

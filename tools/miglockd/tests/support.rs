@@ -232,12 +232,14 @@ impl Default for FakeQemu {
 /// that walks each migration through "active" to `q.ending`.
 pub fn fake_qemu(path: &Path, q: FakeQemu) {
     let l = UnixListener::bind(path).unwrap();
+    // Block nodes belong to the QEMU, not to a connection.
+    let nodes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
     std::thread::spawn(move || {
         for conn in l.incoming().flatten() {
             let mut w = conn.try_clone().unwrap();
             let _ = writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#);
             let mut state = "none";
-            let mut nodes: Vec<Value> = Vec::new();
+            let mut nodes = nodes.lock().unwrap();
             for line in BufReader::new(conn).lines() {
                 let Ok(v) = serde_json::from_str::<Value>(&line.unwrap_or_default()) else {
                     break;
@@ -250,7 +252,7 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) {
                     "query-migrate-parameters" => {
                         json!({"return": {"max-bandwidth": 1 << 27, "downtime-limit": 300}})
                     }
-                    "query-named-block-nodes" => json!({ "return": nodes }),
+                    "query-named-block-nodes" => json!({ "return": *nodes }),
                     "query-fdsets" => json!({"return": []}),
                     "add-fd" => json!({"return": {"fdset-id": 1, "fd": 3}}),
                     "blockdev-add" => {

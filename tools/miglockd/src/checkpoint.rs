@@ -57,10 +57,12 @@ pub fn unsupported(qemu: &str) -> String {
     )
 }
 
-/// The URI QEMU gets for `target`: a `file:` or `exec:` URI as given; a
-/// bare path is a `file:`.
+/// The URI QEMU gets for `target`: a migration URI QEMU knows (`file:`,
+/// `exec:`, `tcp:`, `unix:`, `fd:`, `vsock:`) as given; anything else is a
+/// path, a `file:`.
 pub fn uri(target: &str) -> String {
-    if target.starts_with("file:") || target.starts_with("exec:") {
+    let known = ["file:", "exec:", "tcp:", "unix:", "fd:", "vsock:"];
+    if known.iter().any(|k| target.starts_with(k)) {
         target.to_string()
     } else {
         format!("file:{target}")
@@ -391,6 +393,8 @@ mod tests {
         assert_eq!(uri("/var/lib/x.img"), "file:/var/lib/x.img");
         assert_eq!(uri("file:/a,offset=4096"), "file:/a,offset=4096");
         assert_eq!(uri("exec:gzip -c > /a.gz"), "exec:gzip -c > /a.gz");
+        assert_eq!(uri("tcp:10.0.0.2:4444"), "tcp:10.0.0.2:4444");
+        assert_eq!(uri("images/a.img"), "file:images/a.img");
     }
 
     #[test]

@@ -128,7 +128,8 @@ pub enum CtlCmd {
         /// VM name.
         vm: String,
         /// Where QEMU writes the image: a path (as QEMU sees it), file:PATH,
-        /// or exec:COMMAND (the stream on its stdin).
+        /// exec:COMMAND (the stream on its stdin), or another migration URI
+        /// (tcp:HOST:PORT, unix:PATH).
         #[arg(long)]
         to: String,
         /// Give the guest this long after the "checkpoint started" notice

@@ -74,9 +74,10 @@ fuzz: deps
 	done
 
 # Benchmarks (figures, not pass/fail): lock round trip vs qemu-ga guest-ping,
-# the planner vs QEMU's defaults, prefetch on/off, tracer and simulator cost.
+# the planner vs QEMU's defaults, prefetch on/off, checkpoint-and-restore vs
+# pre-copy and post-copy, tracer and simulator cost.
 bench: kernel tools
-	$(HARNESS) run bench-rtt bench-plan bench-prefetch bench-tracer
+	$(HARNESS) run bench-rtt bench-plan bench-prefetch bench-checkpoint bench-tracer
 	cd tools && cargo bench --locked -p miglockd --bench agent-scale
 	$(TOP)/tools/target/release/miglock-tracer bench
 	$(TOP)/tools/target/release/migsim bench

@@ -5,6 +5,7 @@
 //! with what they claim to beat.
 
 use crate::agentdemo::{host_fail, require, wait_for, Hosts};
+use crate::pair::tick_of;
 use crate::scenario::{Env, FailKind, Failure, Scenario};
 use anyhow::Context;
 use serde_json::Value;
@@ -198,6 +199,8 @@ pub enum Bench {
     Prefetch,
     /// Real migrations of traced workloads, for migsim's validation.
     Validate,
+    /// Checkpoint-and-restore as a migration against pre-copy and post-copy.
+    Checkpoint,
 }
 
 /// Runs a benchmark: fresh hosts for every migration.
@@ -206,6 +209,7 @@ pub fn bench(sc: &Scenario, env: &Env<'_>, deadline: Instant, b: Bench) -> Resul
         Bench::Plan => bench_plan(sc, env, deadline),
         Bench::Prefetch => bench_prefetch(sc, env, deadline),
         Bench::Validate => bench_validate(sc, env, deadline),
+        Bench::Checkpoint => bench_checkpoint(sc, env, deadline),
     }
 }
 
@@ -443,4 +447,146 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
     }
     println!("bench validate: wrote {}", dir.display());
     Ok(())
+}
+
+/// Checkpoint-and-restore used as a migration (the COW-checkpointing
+/// paper's use) against pre-copy and post-copy, on the same guests and the
+/// same 32 MiB/s link, fresh hosts for each: the image crosses the link
+/// (a paced socket) into a file on the destination, the source quits once
+/// it is written, the destination restores it. Everything the guest did
+/// after the checkpoint began is lost: its "rollback" is the checkpoint's
+/// time.
+fn bench_checkpoint(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    // The workload has filled its memory and runs before anything starts.
+    let running = |h: &mut Hosts| -> Result<(), Failure> {
+        wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
+        match h
+            .src
+            .wait_line(deadline, |l| tick_of(l).is_some_and(|t| t >= 5))
+        {
+            crate::vm::Wait::Line(_) => Ok(()),
+            _ => Err(Failure::new(FailKind::Guest, "the workload never ran")),
+        }
+    };
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    let link: u64 = 32 << 20;
+    for (workload, guest) in [("idle", "plan-idle"), ("write-heavy", "plan-writeheavy")] {
+        for (mode, args) in [
+            ("precopy", vec!["--timeout", PRECOPY_BOUND]),
+            ("postcopy", vec!["--mode", "postcopy"]),
+        ] {
+            let (sc2, mut h) = fresh(sc, env, guest)?;
+            running(&mut h)?;
+            let child = h.receive(&["--postcopy"])?;
+            let mut all = vec!["--bandwidth", LINK];
+            all.extend_from_slice(&args);
+            let o = migrate_json(&h, &all)?;
+            let _ = finish_incoming(&mut h, child, !o.ok)?;
+            rows.push(row(workload, mode, &o));
+            results.push(
+                serde_json::json!({"workload": workload, "mode": mode, "ok": o.ok,
+                "wall_ms": o.wall.as_millis() as u64, "downtime_ms": o.data["downtime_ms"],
+                "bytes": o.data["transferred_bytes"], "message": o.message}),
+            );
+            if o.ok {
+                h.arrive(&sc2, deadline)?;
+            }
+            h.quit()?;
+        }
+        // Checkpoint over the link, then restore on the destination.
+        let (sc2, mut h) = fresh(sc, env, guest)?;
+        running(&mut h)?;
+        let image = env.dir.join(format!("{workload}.ckpt"));
+        let (uri, sink) = crate::checkpoint::paced_sink(&image, link).map_err(Failure::from)?;
+        let t = Instant::now();
+        let out = h
+            .src_agent
+            .ctl(&["--json", "checkpoint", "guest", "--to", &uri])?;
+        let received = sink.join().ok().and_then(|r| r.ok()).unwrap_or(0);
+        let ckpt_ms = t.elapsed().as_millis() as u64;
+        let ck: Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["kind"] == "ok")
+            .map(|v| v["data"].clone())
+            .unwrap_or_default();
+        if !out.status.success() {
+            return Err(Failure::new(
+                FailKind::Host,
+                format!(
+                    "checkpoint over the link failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            ));
+        }
+        // The source stops once the image is on the destination; what it
+        // printed up to then is read (it prints nothing more: the reader
+        // only has to catch up, the bound is for that).
+        let _ = h.src.qmp.execute("stop", None);
+        let _ = h
+            .src
+            .wait_line(Instant::now() + Duration::from_millis(500), |_| false);
+        let last = h
+            .src
+            .seen
+            .iter()
+            .filter_map(|l| tick_of(l))
+            .max()
+            .unwrap_or(0);
+        let t = Instant::now();
+        let path = image.display().to_string();
+        let out = h
+            .dst_agent
+            .ctl(&["--json", "restore", "guest", "--from", &path])?;
+        if !out.status.success() {
+            return Err(Failure::new(FailKind::Host, "restore failed"));
+        }
+        // Running again: the restored guest's first tick.
+        let first = match h.dst.wait_line(deadline, |l| tick_of(l).is_some()) {
+            crate::vm::Wait::Line(l) => tick_of(&l).unwrap_or(0),
+            _ => {
+                return Err(Failure::new(
+                    FailKind::Migration,
+                    "the restored guest never ticked",
+                ))
+            }
+        };
+        let pause_ms = t.elapsed().as_millis() as u64;
+        h.dst.send_line("verify").context("typing verify")?;
+        let verified = matches!(
+            h.dst.wait_line(deadline, |l| l.starts_with("workload: verified")
+                || l.starts_with("workload: FAILED")),
+            crate::vm::Wait::Line(l) if l.starts_with("workload: verified")
+        );
+        let total = ckpt_ms + pause_ms;
+        rows.push(format!(
+            "{workload:<12} {:<24} {:<22} wall {total:>6} ms (checkpoint {ckpt_ms} ms + restore to first tick {pause_ms} ms)  pause {:>4} ms + {pause_ms} ms  sent {:>7.1} MiB  rolled back {} ticks{}",
+            "checkpoint+restore",
+            "completed",
+            ck["downtime_ms"],
+            received as f64 / 1048576.0,
+            last.saturating_sub(first) + 1,
+            if verified { "" } else { "  MEMORY DID NOT VERIFY" }
+        ));
+        results.push(
+            serde_json::json!({"workload": workload, "mode": "checkpoint+restore",
+            "ok": verified, "wall_ms": total, "checkpoint_ms": ckpt_ms,
+            "restore_to_first_tick_ms": pause_ms, "snapshot_downtime_ms": ck["downtime_ms"],
+            "bytes": received, "rolled_back_ticks": last.saturating_sub(first) + 1}),
+        );
+        let _ = sc2;
+        h.quit()?;
+        if !verified {
+            return Err(Failure::new(
+                FailKind::Migration,
+                "restored memory did not verify",
+            ));
+        }
+    }
+    println!("bench checkpoint: link {LINK}/s, 256 MiB guest, pre-copy bounded at {PRECOPY_BOUND}");
+    for r in &rows {
+        println!("bench checkpoint: {r}");
+    }
+    env.write_result(&serde_json::json!({"link_bytes_per_s": link, "runs": results}))
 }

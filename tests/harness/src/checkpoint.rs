@@ -383,3 +383,37 @@ fn locked(p: &mut Pair, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Resu
         .map_err(|e| fail(FailKind::Harness, e.to_string()))?;
     finish_guest(sc, vm, deadline)
 }
+
+/// A link of `bytes_per_s` into `file`: accepts one connection on a port
+/// of 127.0.0.1 and writes what arrives, paced to the rate (QEMU 10.0 does
+/// not rate-limit a background snapshot itself). Returns the URI to send
+/// to and a handle giving the bytes received once the sender closed.
+pub fn paced_sink(
+    file: &std::path::Path,
+    bytes_per_s: u64,
+) -> anyhow::Result<(String, std::thread::JoinHandle<std::io::Result<u64>>)> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let uri = format!("tcp:127.0.0.1:{}", l.local_addr()?.port());
+    let mut out = std::fs::File::create(file)?;
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept()?;
+        let start = Instant::now();
+        let (mut buf, mut total) = (vec![0u8; 64 << 10], 0u64);
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            out.write_all(&buf[..n])?;
+            total += n as u64;
+            // Not ahead of the link: the sender's socket fills and QEMU
+            // waits, as it would on a slow network.
+            let due = Duration::from_secs_f64(total as f64 / bytes_per_s as f64);
+            if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(ahead); // the link's pace, not synchronisation
+            }
+        }
+    });
+    Ok((uri, t))
+}

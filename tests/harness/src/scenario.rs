@@ -399,6 +399,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::AdviceBench(crate::advice::Bench::Checkpoint),
+        timeout: secs(600),
+        ..guest(
+            "bench-checkpoint",
+            "plan-idle",
+            "benchmark (make bench): checkpoint-and-restore as a migration against pre-copy and post-copy, idle and write-heavy guests, one 32 MiB/s link",
+        )
+    },
+    Scenario {
         kind: Kind::AdviceBench(crate::advice::Bench::Prefetch),
         timeout: secs(900),
         ..guest(

@@ -260,6 +260,21 @@ pub fn migration_status(mon: &Monitor) -> Result<String, String> {
     Ok(q["status"].as_str().unwrap_or("none").to_string())
 }
 
+/// Waits up to `every` for any QMP event, then asks QEMU how its migration
+/// stands: `query-migrate`'s answer and its status. How every loop that
+/// follows a migration (the gate's, a checkpoint's, an incoming one's)
+/// looks again.
+pub fn next_look(
+    mon: &Monitor,
+    events: &std::sync::mpsc::Receiver<miglock_qmp::Event>,
+    every: Duration,
+) -> Result<(Value, String), QmpError> {
+    let _ = events.recv_timeout(every);
+    let q = mon.execute("query-migrate", None)?;
+    let status = q["status"].as_str().unwrap_or("").to_string();
+    Ok((q, status))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

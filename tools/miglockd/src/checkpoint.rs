@@ -220,22 +220,15 @@ fn run(
     );
     loop {
         // Any event, or none within a while, is a reason to look again.
-        let _ = events.recv_timeout(Duration::from_millis(100));
-        let q = match qmp.execute("query-migrate", None) {
-            Ok(q) => q,
+        let (q, status) = match crate::blocker::next_look(qmp, &events, Duration::from_millis(100))
+        {
+            Ok(look) => look,
             Err(e) => return err(format!("query-migrate: {e}")),
         };
-        let status = q["status"].as_str().unwrap_or("").to_string();
         match status.as_str() {
             "completed" => return done(&q, &to, start),
             "failed" | "cancelled" => {
-                let why = q["error-desc"].as_str().unwrap_or("no description");
-                let class = if status == "cancelled" {
-                    ErrorClass::Cancelled
-                } else {
-                    ErrorClass::Failed
-                };
-                return Reply::error(class, format!("checkpoint {status}: {why}"));
+                return crate::gate::ended_badly("checkpoint", &status, &q);
             }
             s => {
                 let ram = &q["ram"];

@@ -38,6 +38,30 @@ fn refused(m: impl Into<String>) -> Reply {
     Reply::error(ErrorClass::Refused, m)
 }
 
+/// The answer to a migration (or a checkpoint: `what`) that QEMU reports
+/// `failed` or `cancelled`, with QEMU's description.
+pub(crate) fn ended_badly(what: &str, status: &str, q: &Value) -> Reply {
+    let why = q["error-desc"].as_str().unwrap_or("no description");
+    let class = if status == "cancelled" {
+        ErrorClass::Cancelled
+    } else {
+        ErrorClass::Failed
+    };
+    Reply::error(class, format!("{what} {status}: {why}"))
+}
+
+/// A migration refused because the VM is locked: audited with `why` and
+/// the locks, answered with `state` ("is locked", ...) and the locks.
+fn refused_locked(agent: &Agent, name: &str, why: &str, state: &str, locks: &[String]) -> Reply {
+    agent
+        .audit
+        .record(name, "migrate-refused", json!({"why": why, "locks": locks}));
+    refused(format!(
+        "refused: VM '{name}' {state}: {}",
+        locks.join("; ")
+    ))
+}
+
 /// Waits until `vm` is unlocked or `deadline`; true if it unlocked.
 fn wait_unlocked(vm: &Vm, deadline: Instant) -> bool {
     let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,15 +129,7 @@ pub fn migrate(agent: &Agent, req: &MigrateRequest, p: Progress<'_>) -> Reply {
         .wait_unlock_ms
         .or_else(|| req.wait_grace.then_some(u64::from(grace)));
     if locked && !req.force && wait.is_none() {
-        agent.audit.record(
-            name,
-            "migrate-refused",
-            json!({"why": "locked", "locks": reasons}),
-        );
-        return refused(format!(
-            "refused: VM '{name}' is locked: {}",
-            reasons.join("; ")
-        ));
+        return refused_locked(agent, name, "locked", "is locked", &reasons);
     }
     // From here on the migration is tried, and every open file in the
     // guest hears of it: with the wait it gets, the policy's grace if it
@@ -197,16 +213,13 @@ fn gated(
                 ),
             );
             if !wait_unlocked(vm, Instant::now() + Duration::from_millis(wait)) {
-                let now_reasons = vm.reasons_now();
-                agent.audit.record(
+                return refused_locked(
+                    agent,
                     name,
-                    "migrate-refused",
-                    json!({"why": "still locked after waiting", "locks": now_reasons}),
+                    "still locked after waiting",
+                    &format!("still locked after {wait} ms"),
+                    &vm.reasons_now(),
                 );
-                return refused(format!(
-                    "refused: VM '{name}' still locked after {wait} ms: {}",
-                    now_reasons.join("; ")
-                ));
             }
             let raced = agent.update(vm, |l, now| {
                 if l.locked(now) || l.gate || l.migration.is_some() {
@@ -301,15 +314,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
         (!req.force && l.locked(now)).then(|| l.reasons(now))
     };
     if let Some(reasons) = relocked {
-        agent.audit.record(
-            name,
-            "migrate-refused",
-            json!({"why": "locked while preparing", "locks": reasons}),
-        );
-        return refused(format!(
-            "refused: VM '{name}' is locked: {}",
-            reasons.join("; ")
-        ));
+        return refused_locked(agent, name, "locked while preparing", "is locked", &reasons);
     }
     let setup = setup
         .map_err(|e| e.to_string())
@@ -339,12 +344,11 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
     }
     loop {
         // Any event, or none within a while, is a reason to look again.
-        let _ = events.recv_timeout(Duration::from_millis(250));
-        let q = match qmp.execute("query-migrate", None) {
-            Ok(q) => q,
+        let (q, status) = match crate::blocker::next_look(qmp, &events, Duration::from_millis(250))
+        {
+            Ok(look) => look,
             Err(e) => return err(format!("query-migrate: {e}")),
         };
-        let status = q["status"].as_str().unwrap_or("").to_string();
         match status.as_str() {
             "completed" => return done(agent, name, &q, started, plan.as_ref(), choice),
             "failed" | "cancelled" => {
@@ -353,13 +357,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
                     "migrate-failed",
                     json!({"status": status, "error": q["error-desc"]}),
                 );
-                let why = q["error-desc"].as_str().unwrap_or("no description");
-                let class = if status == "cancelled" {
-                    ErrorClass::Cancelled
-                } else {
-                    ErrorClass::Failed
-                };
-                return Reply::error(class, format!("migration {status}: {why}"));
+                return ended_badly("migration", &status, &q);
             }
             "pre-switchover" if continued => {}
             "pre-switchover" => {

@@ -58,12 +58,11 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
     let (mut resumed, mut told) = (false, false);
     loop {
         // Any event wakes us to look again; none within a tick is fine too.
-        let _ = events.recv_timeout(Duration::from_millis(50));
-        let q = match qmp.execute("query-migrate", None) {
-            Ok(q) => q,
+        let (q, status) = match crate::blocker::next_look(&qmp, &events, Duration::from_millis(50))
+        {
+            Ok(look) => look,
             Err(e) => return err(format!("query-migrate: {e:#}")),
         };
-        let status = q["status"].as_str().unwrap_or("").to_string();
         // The watcher announces the agent once the guest runs here (the
         // guest resends its lock state); this only needs to know when.
         resumed = resumed

@@ -138,13 +138,7 @@ impl Audit {
 
     /// Puts every record written so far on disk (the committer's call).
     pub fn sync(&self) {
-        let f = self
-            .file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_clone();
-        // Synced outside the lock: records go on being written meanwhile.
-        if let Err(e) = f.and_then(|f| f.sync_data()) {
+        if let Err(e) = crate::commit::sync_data(&self.file) {
             tracing::error!(error = %e, "cannot sync the audit log");
         }
     }

@@ -82,6 +82,13 @@ impl Committer {
     }
 }
 
+/// Puts what was written to `file` on disk. The sync runs on a clone of
+/// the descriptor, outside the lock, so writers go on meanwhile.
+pub fn sync_data(file: &Mutex<std::fs::File>) -> std::io::Result<()> {
+    let f = file.lock().unwrap_or_else(|e| e.into_inner()).try_clone()?;
+    f.sync_data()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,13 +131,7 @@ impl Journal {
 
     /// Puts what was appended on disk.
     pub fn sync(&self) {
-        let f = self
-            .file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_clone();
-        // Synced outside the lock: appends go on meanwhile.
-        if let Err(e) = f.and_then(|f| f.sync_data()) {
+        if let Err(e) = crate::commit::sync_data(&self.file) {
             tracing::error!(path = %self.path.display(), "cannot sync the state journal: {e}");
         }
     }

@@ -5,7 +5,7 @@
 //! with what they claim to beat.
 
 use crate::agentdemo::{host_fail, require, wait_for, Hosts};
-use crate::pair::tick_of;
+use crate::pair::{last_tick_in, tick_of};
 use crate::scenario::{Env, FailKind, Failure, Scenario};
 use anyhow::Context;
 use serde_json::Value;
@@ -527,13 +527,7 @@ fn bench_checkpoint(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
         let _ = h
             .src
             .wait_line(Instant::now() + Duration::from_millis(500), |_| false);
-        let last = h
-            .src
-            .seen
-            .iter()
-            .filter_map(|l| tick_of(l))
-            .max()
-            .unwrap_or(0);
+        let last = last_tick_in(&h.src.seen);
         let t = Instant::now();
         let path = image.display().to_string();
         let out = h

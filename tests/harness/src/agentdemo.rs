@@ -5,7 +5,7 @@
 //! migrate` is refused while the guest holds its lock, and succeeds once it
 //! lets go; the destination's agent then owns the guest's lock state.
 
-use crate::pair::tick_of;
+use crate::pair::{last_tick_in, tick_of};
 use crate::scenario::{finish_guest, Env, FailKind, Failure, Scenario};
 use crate::vm::{Doorbell, Vm, Wait};
 use anyhow::Context;
@@ -344,13 +344,7 @@ impl Hosts {
     /// After a completed migration: the guest goes on at the destination,
     /// whose agent gets its state; then the guest script finishes there.
     pub(crate) fn arrive(&mut self, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
-        let last = self
-            .src
-            .seen
-            .iter()
-            .filter_map(|l| tick_of(l))
-            .max()
-            .unwrap_or(0);
+        let last = last_tick_in(&self.src.seen);
         match self
             .dst
             .wait_line(deadline, |l| tick_of(l).is_some_and(|t| t > last))

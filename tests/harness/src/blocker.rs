@@ -13,7 +13,7 @@
 //! switchover while the guest holds a lock it was told is granted.
 
 use crate::agentdemo::{host_fail, require, wait_for, Hosts};
-use crate::pair::tick_of;
+use crate::pair::last_tick_in;
 use crate::pair::{self, Pair, Proof};
 use crate::scenario::{Env, FailKind, Failure, Scenario};
 use crate::vm::{Vm, Wait};
@@ -146,13 +146,7 @@ pub fn any_initiator(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<
         "  blocker lifted {} ms after the guest said it unlocked",
         lifted.elapsed().as_millis()
     );
-    let before = h
-        .src
-        .seen
-        .iter()
-        .filter_map(|l| tick_of(l))
-        .max()
-        .unwrap_or(0);
+    let before = last_tick_in(&h.src.seen);
     let accepted = start_migration(&mut h.src, &h.uri.clone())?;
     let end = match accepted {
         None => follow(&mut h.src.qmp, deadline)?.status,

@@ -14,7 +14,7 @@
 //! destination.
 
 use crate::agentdemo::{host_fail, require, Agent};
-use crate::pair::tick_of;
+use crate::pair::last_tick_in;
 use crate::pair::{self, Proof};
 use crate::scenario::{Env, FailKind, Failure};
 use crate::vm::{Console, Echo, Wait};
@@ -438,7 +438,7 @@ pub fn migrate_locked(env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
     a.send_line("unlock").context("console")?;
     wait(&mut a, deadline, "@@MIGLOCK unlocked@@")?;
     unblocked(&agent_a, deadline)?;
-    let before = a.seen.iter().filter_map(|l| tick_of(l)).max().unwrap_or(0);
+    let before = last_tick_in(&a.seen);
     let out = lv.virsh(
         "a",
         &migrate_args(&lv, &[])

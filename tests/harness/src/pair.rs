@@ -58,6 +58,11 @@ pub fn tick_of(line: &str) -> Option<u64> {
     line.strip_prefix("tick ")?.trim().parse().ok()
 }
 
+/// The last tick among a console's lines `seen` (0 before the first).
+pub fn last_tick_in(seen: &[String]) -> u64 {
+    seen.iter().filter_map(|l| tick_of(l)).max().unwrap_or(0)
+}
+
 /// Kernel log lines that mean the guest's kernel is in trouble.
 pub fn kernel_problem(line: &str) -> bool {
     [
@@ -220,12 +225,7 @@ impl Pair {
 
     /// The last tick the guest printed where it runs.
     pub fn last_tick(&mut self) -> u64 {
-        self.vm()
-            .seen
-            .iter()
-            .filter_map(|l| tick_of(l))
-            .max()
-            .unwrap_or(0)
+        last_tick_in(&self.vm().seen)
     }
 
     /// The guest proves it is alive and whole where it runs (see

@@ -798,20 +798,8 @@ fn bench_lock(n: usize) -> io::Result<()> {
     if !d.status()?.channel() {
         return Err(io::Error::other("no host channel: nothing to measure"));
     }
-    let mut us: Vec<f64> = Vec::with_capacity(n);
-    let mut over_rate = 0;
     let pairs = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        match d.lock(&lock(Reason::Other, 10_000, "bench")) {
-            Ok(()) => {
-                us.push(t.elapsed().as_secs_f64() * 1e6);
-                d.unlock(false)?;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => over_rate += 1,
-            Err(e) => return Err(e),
-        }
-    }
+    let (mut us, over_rate) = timed_pairs(&d, n, "bench")?;
     let pairs_per_s = n as f64 / pairs.elapsed().as_secs_f64();
     if us.is_empty() {
         return Err(io::Error::other("every lock was refused for rate"));
@@ -830,19 +818,7 @@ fn bench_lock(n: usize) -> io::Result<()> {
     // A second holder: the VM is locked already (the first file holds), so
     // the host's blocker is in place and only the decision is asked.
     d.lock(&lock(Reason::Other, 60_000, "first holder"))?;
-    let second = Device::open()?;
-    let mut us: Vec<f64> = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        match second.lock(&lock(Reason::Other, 10_000, "second holder")) {
-            Ok(()) => {
-                us.push(t.elapsed().as_secs_f64() * 1e6);
-                second.unlock(false)?;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let (mut us, _) = timed_pairs(&Device::open()?, n, "second holder")?;
     d.unlock(false)?;
     if us.is_empty() {
         return Err(io::Error::other("every second-holder lock was refused"));
@@ -853,6 +829,25 @@ fn bench_lock(n: usize) -> io::Result<()> {
         us.len()
     );
     Ok(())
+}
+
+/// `n` lock/unlock pairs on `d`: each granted lock's time in µs, and how
+/// many were refused for rate (EAGAIN: counted, not timed).
+fn timed_pairs(d: &Device, n: usize, label: &str) -> io::Result<(Vec<f64>, usize)> {
+    let mut us = Vec::with_capacity(n);
+    let mut over_rate = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        match d.lock(&lock(Reason::Other, 10_000, label)) {
+            Ok(()) => {
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+                d.unlock(false)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => over_rate += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((us, over_rate))
 }
 
 /// p50, p99 and mean of `us` (sorted in place; not empty).

@@ -9,7 +9,7 @@
 //! guest decides and says so (`MLD_DECISION_LOCAL`, no `MLD_ST_CHANNEL`).
 
 use crate::abi::types::Reason;
-use crate::abi::wire::{Message, Notice};
+use crate::abi::wire::{Message, Notice, LABEL_LEN};
 use kernel::prelude::*;
 
 /// What the host answered to a lock or renew request.
@@ -69,6 +69,13 @@ pub(crate) struct Stats {
     pub(crate) hint_batches: u64,
     /// Hint frames sent (a batch is a `Workload` and its `Hints` frames).
     pub(crate) hint_frames: u64,
+    /// Requests answered.
+    pub(crate) answered: u64,
+    /// Nanoseconds spent writing answered requests' frames to the transport.
+    pub(crate) send_ns: u64,
+    /// Nanoseconds from the end of that write to the answer, for the same
+    /// requests: the host, the way back, and waking the requester.
+    pub(crate) wait_ns: u64,
 }
 
 /// Where a transport hands what the host says on its own.
@@ -109,6 +116,16 @@ pub(crate) trait HostChannel: Send + Sync {
 
     /// Tells the host that hold `hold` ended.
     fn released(&self, hold: u32);
+
+    /// Whether the host records a hold taken inside one it granted
+    /// ([`HostChannel::held`]) without deciding it.
+    fn takes_held(&self) -> bool {
+        false
+    }
+
+    /// Tells the host of hold `hold`, taken inside one it granted (see
+    /// `lockstate::grants`); only if [`HostChannel::takes_held`].
+    fn held(&self, _hold: u32, _reason: u32, _lease_ms: u32, _label: &[u8; LABEL_LEN]) {}
 
     /// Tells the host the guest's whole state (after a VM-wide change, or
     /// when it asked).

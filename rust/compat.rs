@@ -10,6 +10,7 @@
 
 pub(crate) mod bindings;
 pub(crate) mod cred;
+pub(crate) mod delayed_work;
 pub(crate) mod errno;
 pub(crate) mod ioport;
 pub(crate) mod irq;

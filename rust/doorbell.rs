@@ -20,6 +20,7 @@ use crate::abi::wire::{self, Header, Message};
 use crate::channel::{Decision, HostChannel, HostEvent, HostEvents, Report, Stats};
 use crate::compat::errno;
 use crate::compat::irq::{IrqReturn, ThreadedHandler, ThreadedIrqReturn};
+use crate::compat::timer::now_ns;
 use crate::lockstate::slots::{Slots, Ticket};
 use crate::uart::Uart;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -50,6 +51,7 @@ pub(crate) const SLOTS: usize = 4;
 enum Answer {
     Welcome {
         max_lease_ms: u32,
+        features: u32,
     },
     Decision {
         granted: bool,
@@ -84,6 +86,8 @@ pub(crate) struct Doorbell {
     seq: AtomicU32,
     connected: AtomicBool,
     host_max_lease_ms: AtomicU32,
+    /// The `Welcome` feature bits of the host last heard.
+    host_features: AtomicU32,
     boot_id: u64,
 }
 
@@ -118,6 +122,7 @@ impl Doorbell {
             seq: AtomicU32::new(1),
             connected: AtomicBool::new(false),
             host_max_lease_ms: AtomicU32::new(0),
+            host_features: AtomicU32::new(0),
             boot_id,
         })
     }
@@ -177,11 +182,18 @@ impl Doorbell {
                 // Before the frame leaves: the answer may come at once.
                 rx.slots.sent(ticket, seq);
             }
+            let start = now_ns();
             self.send_as(msg, seq, 0)?;
+            let sent = now_ns();
             let mut rx = self.rx.lock();
             let mut left = msecs_to_jiffies(REQUEST_TIMEOUT_MS);
             loop {
                 if let Some(answer) = rx.slots.take(ticket) {
+                    let waited = now_ns().saturating_sub(sent);
+                    let st = &mut rx.stats;
+                    st.answered += 1;
+                    st.send_ns = st.send_ns.saturating_add(sent.saturating_sub(start));
+                    st.wait_ns = st.wait_ns.saturating_add(waited);
                     self.connected.store(true, Ordering::Relaxed);
                     return Ok(answer);
                 }
@@ -200,6 +212,13 @@ impl Doorbell {
         Err(errno::etimedout())
     }
 
+    /// Remembers what the host's `Welcome` said.
+    fn welcomed(&self, max_lease_ms: u32, features: u32) {
+        self.host_max_lease_ms
+            .store(max_lease_ms, Ordering::Relaxed);
+        self.host_features.store(features, Ordering::Relaxed);
+    }
+
     /// Says hello; true if the host welcomed us.
     fn connect(&self) -> bool {
         let hello = Message::Hello {
@@ -207,9 +226,11 @@ impl Doorbell {
             features: 0,
         };
         match self.request(&hello) {
-            Ok(Answer::Welcome { max_lease_ms }) => {
-                self.host_max_lease_ms
-                    .store(max_lease_ms, Ordering::Relaxed);
+            Ok(Answer::Welcome {
+                max_lease_ms,
+                features,
+            }) => {
+                self.welcomed(max_lease_ms, features);
                 true
             }
             _ => false,
@@ -224,57 +245,8 @@ impl Doorbell {
         let mut guard = self.rx.lock();
         let rx = &mut *guard;
         let got = self.uart.drain(|b| {
-            match rx.dec.push(b) {
-                wire::Event::Frame => {}
-                wire::Event::Dropped(_) => {
-                    rx.stats.dropped += 1;
-                    return;
-                }
-                wire::Event::Pending => return,
-            }
-            let Ok((hdr, msg)) = wire::decode(rx.dec.frame()) else {
-                return;
-            };
-            let answer = match msg {
-                Message::Welcome { max_lease_ms, .. } if hdr.reply_to != 0 => {
-                    Answer::Welcome { max_lease_ms }
-                }
-                Message::Welcome { max_lease_ms, .. } => {
-                    self.host_max_lease_ms
-                        .store(max_lease_ms, Ordering::Relaxed);
-                    self.connected.store(true, Ordering::Relaxed);
-                    let _ = events.push(HostEvent::Resync, GFP_KERNEL);
-                    return;
-                }
-                Message::Decision {
-                    granted,
-                    lease_ms,
-                    reason,
-                } => Answer::Decision {
-                    granted,
-                    lease_ms,
-                    reason,
-                },
-                Message::Pong => Answer::Pong,
-                Message::Ping => {
-                    pong_for = Some(hdr.seq);
-                    return;
-                }
-                Message::Notice(n) => {
-                    let _ = events.push(HostEvent::Notice(n), GFP_KERNEL);
-                    return;
-                }
-                // Guest-to-host kinds coming back are a confused host: drop.
-                _ => return,
-            };
-            if !rx.slots.answer(hdr.reply_to, answer) {
-                rx.stats.stale += 1;
-                // A late answer from a host given up for gone: it is back,
-                // and may hold what the guest decided alone meanwhile.
-                if !self.connected.swap(true, Ordering::Relaxed) {
-                    let _ = events.push(HostEvent::Resync, GFP_KERNEL);
-                }
-            }
+            self.take_byte(rx, b, events, &mut pong_for);
+            rx.dec.wanted() > 0
         });
         drop(guard);
         self.uart.unmask();
@@ -283,6 +255,75 @@ impl Doorbell {
             let _ = self.send(&Message::Pong, seq);
         }
         got > 0
+    }
+
+    /// Feeds one received byte to the decoder and acts on a frame it ends.
+    fn take_byte(
+        &self,
+        rx: &mut Rx,
+        b: u8,
+        events: &mut KVec<HostEvent>,
+        pong_for: &mut Option<u32>,
+    ) {
+        match rx.dec.push(b) {
+            wire::Event::Frame => {}
+            wire::Event::Dropped(_) => {
+                rx.stats.dropped += 1;
+                return;
+            }
+            wire::Event::Pending => return,
+        }
+        let Ok((hdr, msg)) = wire::decode(rx.dec.frame()) else {
+            return;
+        };
+        let answer = match msg {
+            Message::Welcome {
+                max_lease_ms,
+                features,
+                ..
+            } if hdr.reply_to != 0 => Answer::Welcome {
+                max_lease_ms,
+                features,
+            },
+            Message::Welcome {
+                max_lease_ms,
+                features,
+                ..
+            } => {
+                self.welcomed(max_lease_ms, features);
+                self.connected.store(true, Ordering::Relaxed);
+                let _ = events.push(HostEvent::Resync, GFP_KERNEL);
+                return;
+            }
+            Message::Decision {
+                granted,
+                lease_ms,
+                reason,
+            } => Answer::Decision {
+                granted,
+                lease_ms,
+                reason,
+            },
+            Message::Pong => Answer::Pong,
+            Message::Ping => {
+                *pong_for = Some(hdr.seq);
+                return;
+            }
+            Message::Notice(n) => {
+                let _ = events.push(HostEvent::Notice(n), GFP_KERNEL);
+                return;
+            }
+            // Guest-to-host kinds coming back are a confused host: drop.
+            _ => return,
+        };
+        if !rx.slots.answer(hdr.reply_to, answer) {
+            rx.stats.stale += 1;
+            // A late answer from a host given up for gone: it is back,
+            // and may hold what the guest decided alone meanwhile.
+            if !self.connected.swap(true, Ordering::Relaxed) {
+                let _ = events.push(HostEvent::Resync, GFP_KERNEL);
+            }
+        }
     }
 }
 
@@ -356,6 +397,22 @@ impl HostChannel for Doorbell {
     fn released(&self, hold: u32) {
         if self.connected() {
             let _ = self.send(&Message::Unlock { hold }, 0);
+        }
+    }
+
+    fn takes_held(&self) -> bool {
+        self.host_features.load(Ordering::Relaxed) & wire::FEATURE_HELD != 0
+    }
+
+    fn held(&self, hold: u32, reason: u32, lease_ms: u32, label: &[u8; wire::LABEL_LEN]) {
+        if self.connected() {
+            let msg = Message::Held {
+                hold,
+                reason,
+                lease_ms,
+                label: *label,
+            };
+            let _ = self.send(&msg, 0);
         }
     }
 

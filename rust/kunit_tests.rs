@@ -299,6 +299,9 @@ struct Fake {
     requests: AtomicU32,
     released: AtomicU32,
     last_released: AtomicU32,
+    /// Takes `Held` frames (and counts them) when non-zero.
+    takes_held: AtomicU32,
+    held: AtomicU32,
 }
 
 impl Fake {
@@ -334,6 +337,12 @@ impl HostChannel for Fake {
         self.released.fetch_add(1, Ordering::Relaxed);
         self.last_released.store(hold, Ordering::Relaxed);
     }
+    fn takes_held(&self) -> bool {
+        self.takes_held.load(Ordering::Relaxed) != 0
+    }
+    fn held(&self, _: u32, _: u32, _: u32, _: &[u8; crate::abi::wire::LABEL_LEN]) {
+        self.held.fetch_add(1, Ordering::Relaxed);
+    }
     fn report(&self, _: Report) {}
     fn send_hints(&self, _: &crate::abi::wire::Message<'_>, _: u32, _: &[u8]) -> Result {
         Ok(())
@@ -344,13 +353,23 @@ impl HostChannel for Fake {
 }
 
 /// A service over a [`Fake`] host (host_required as given).
-fn fake_service(host_required: bool) -> Option<(Arc<Fake>, Arc<Service>)> {
+fn fake_service(host_required: bool) -> Option<(Arc<Fake>, crate::service::Running)> {
+    fake_service_lingering(host_required, 0)
+}
+
+/// As [`fake_service`], with grants lingering `linger_ms`.
+fn fake_service_lingering(
+    host_required: bool,
+    linger_ms: u32,
+) -> Option<(Arc<Fake>, crate::service::Running)> {
     let fake = Arc::new(
         Fake {
             mode: AtomicU32::new(0),
             requests: AtomicU32::new(0),
             released: AtomicU32::new(0),
             last_released: AtomicU32::new(u32::MAX),
+            takes_held: AtomicU32::new(0),
+            held: AtomicU32::new(0),
         },
         GFP_KERNEL,
     )
@@ -360,8 +379,9 @@ fn fake_service(host_required: bool) -> Option<(Arc<Fake>, Arc<Service>)> {
         lock_gid: None,
         host_required,
         hint_rate: 0,
+        linger_ms,
     };
-    let svc = Service::new(config, false, fake.clone()).ok()?;
+    let svc = Service::start(config, false, fake.clone()).ok()?;
     Some((fake, svc))
 }
 
@@ -389,7 +409,7 @@ fn release_path(test: &mut Test) {
     // Nothing to release: no error for the flag, none sent.
     kunit_expect_eq!(test, svc.set_flag(a, FlagRequest::Unlock), Ok(false));
     kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 1);
-    kunit_expect!(test, svc.release(b), "close releases");
+    kunit_expect!(test, svc.release(b, false), "close releases");
     kunit_expect_eq!(test, fake.last_released.load(Ordering::Relaxed), 12);
     kunit_expect_eq!(test, svc.lock(a, &lock_req(Target::ThisFile)), Ok(false));
     kunit_expect_eq!(test, svc.unlock(a), Ok(()));
@@ -437,11 +457,11 @@ fn unanswered_requests(test: &mut Test) {
     kunit_expect_eq!(test, svc.renew(me, 100), Err(ERESTARTSYS));
     kunit_expect!(test, svc.with_table(|t, _| t.hold(me).is_some()));
     kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 1);
-    svc.release(me);
+    svc.release(me, false);
     // No answer: decided locally, and said so.
     fake.mode.store(2, Ordering::Relaxed);
     kunit_expect_eq!(test, svc.lock(me, &lock_req(Target::ThisFile)), Ok(true));
-    svc.release(me);
+    svc.release(me, false);
     // Refused: nothing held.
     fake.mode.store(3, Ordering::Relaxed);
     kunit_expect_eq!(test, svc.lock(me, &lock_req(Target::ThisFile)), Err(EACCES));
@@ -505,7 +525,57 @@ fn notices_reach_every_file(test: &mut Test) {
         );
         kunit_expect_eq!(test, st.migration_gen, 1);
     }
-    svc.release(locked);
+    svc.release(locked, false);
+}
+
+/// A grant lingers after its owner unlocks and is taken back without
+/// asking; a second holder inside a held grant is taken without asking and
+/// the host hears of it before any later frame; a pending migration ends
+/// the linger at once.
+fn grants_save_round_trips(test: &mut Test) {
+    use crate::abi::wire::Notice;
+    use crate::channel::{HostEvent, HostEvents};
+    use crate::lockstate::request::Target;
+    let Some((fake, svc)) = fake_service_lingering(false, 60_000) else {
+        kunit_expect!(test, false, "allocation failed");
+        return;
+    };
+    let (a, b) = (Owner::File(41), Owner::File(42));
+    let req = lock_req(Target::ThisFile);
+    kunit_expect_eq!(test, svc.lock(a, &req), Ok(false));
+    kunit_expect_eq!(test, svc.unlock(a), Ok(()));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), 0);
+    kunit_expect_eq!(test, svc.lock(a, &req), Ok(false));
+    kunit_expect_eq!(test, fake.requests.load(Ordering::Relaxed), 1);
+    // Without the host's consent, a second holder asks.
+    kunit_expect_eq!(test, svc.lock(b, &req), Ok(false));
+    kunit_expect_eq!(test, fake.requests.load(Ordering::Relaxed), 2);
+    kunit_expect!(test, svc.release(b, false));
+    fake.takes_held.store(1, Ordering::Relaxed);
+    kunit_expect_eq!(test, svc.lock(b, &req), Ok(false));
+    kunit_expect_eq!(test, fake.requests.load(Ordering::Relaxed), 2);
+    kunit_expect!(test, svc.with_table(|t, _| t.holders() == 2));
+    // The release goes out after the `Held` it ends.
+    kunit_expect!(test, svc.release(b, false));
+    kunit_expect_eq!(test, fake.held.load(Ordering::Relaxed), 1);
+    kunit_expect_eq!(test, fake.last_released.load(Ordering::Relaxed), 42);
+    // Another label is another decision.
+    kunit_expect_eq!(test, svc.unlock(a), Ok(()));
+    let mut other = lock_req(Target::ThisFile);
+    other.label[0] = b'x';
+    kunit_expect_eq!(test, svc.lock(a, &other), Ok(false));
+    kunit_expect_eq!(test, fake.requests.load(Ordering::Relaxed), 3);
+    // A pending migration releases a lingering grant at once.
+    kunit_expect_eq!(test, svc.unlock(a), Ok(()));
+    let released = fake.released.load(Ordering::Relaxed);
+    svc.host_event(HostEvent::Notice(Notice::MigrationPending {
+        deadline_ms: 1000,
+    }));
+    kunit_expect_eq!(test, fake.released.load(Ordering::Relaxed), released + 1);
+    kunit_expect_eq!(test, fake.last_released.load(Ordering::Relaxed), 41);
+    kunit_expect_eq!(test, svc.lock(a, &req), Ok(false));
+    kunit_expect_eq!(test, fake.requests.load(Ordering::Relaxed), 4);
+    svc.release(a, false);
 }
 
 /// Proves the harness notices a failing case; only in the selftest build.
@@ -537,6 +607,7 @@ kunit_suite!(
         release_path,
         unanswered_requests,
         notices_reach_every_file,
+        grants_save_round_trips,
         #[cfg(miglock_selftest = "kunit_fail")]
         selftest_deliberate_failure,
     ]

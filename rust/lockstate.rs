@@ -6,6 +6,9 @@
 //! the logic KUnit tests here is the logic property-tested and fuzzed in
 //! userspace.
 
+#[path = "../tools/miglock-lockstate/src/grants.rs"]
+pub mod grants;
+
 #[path = "../tools/miglock-lockstate/src/notices.rs"]
 pub mod notices;
 

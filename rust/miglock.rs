@@ -96,12 +96,23 @@ param::module_param!(
 );
 
 param::module_param!(
+    LINGER_MS,
+    "linger_ms",
+    u32 = 20,
+    param_ops_uint,
+    "How long the host keeps a hold after its owner unlocked, for the owner to lock again without asking, in ms (0..1000; 0: off)"
+);
+
+param::module_param!(
     VMCALL,
     "vmcall",
     bool = true,
     param_ops_bool,
     "Use the vmcall backend when the hypervisor advertises it (CPUID signature MigLockHVcal)"
 );
+
+/// The longest `linger_ms` accepted.
+const MAX_LINGER_MS: u32 = 1000;
 
 /// The longest `max_lease_ms` accepted: a day.
 const MAX_LEASE_LIMIT_MS: u32 = 86_400_000;
@@ -124,7 +135,7 @@ struct Miglock {
     _syscall: compat::syscall::Registration<Service>,
     _channel: Option<ChannelOn>,
     _irq: Option<ThreadedRegistration<DoorbellIrq>>,
-    service: Arc<Service>,
+    service: service::Running,
 }
 
 impl kernel::Module for Miglock {
@@ -146,6 +157,15 @@ impl kernel::Module for Miglock {
                 return Err(EINVAL);
             }
         };
+        let linger_ms = LINGER_MS.get();
+        if linger_ms > MAX_LINGER_MS {
+            pr_err!(
+                "linger_ms={} out of range 0..={}\n",
+                linger_ms,
+                MAX_LINGER_MS
+            );
+            return Err(EINVAL);
+        }
         let mode = DEV_MODE.get();
         if mode & !0o666 != 0 {
             pr_err!("dev_mode={:o} invalid (read/write bits only)\n", mode);
@@ -156,6 +176,7 @@ impl kernel::Module for Miglock {
             lock_gid,
             host_required: HOST_REQUIRED.get(),
             hint_rate: HINT_RATE.get(),
+            linger_ms,
         };
         let uart = match DOORBELL_IO.get() {
             0 => None,
@@ -210,7 +231,7 @@ impl kernel::Module for Miglock {
                 }
             }
         };
-        let service = Service::new(config, LOCKED.get(), channel)?;
+        let service = Service::start(config, LOCKED.get(), channel)?;
         let irq = match bell {
             Some(b) => Some(ThreadedRegistration::register(
                 DOORBELL_IRQ.get(),
@@ -280,5 +301,7 @@ impl Drop for Miglock {
             0 => pr_info!("unloaded\n"),
             n => pr_info!("unloaded while locked: released {} hold(s)\n", n),
         }
+        // Owed frames go out while the channel still runs.
+        self.service.shutdown();
     }
 }

@@ -59,7 +59,7 @@ impl MiscDevice for MldDevice {
     }
 
     fn release(file: Pin<KBox<MldFile>>) {
-        file.service.release(file.own());
+        file.service.release(file.own(), false);
     }
 
     fn ioctl(file: Pin<&MldFile>, cmd: u32, arg: usize) -> Result<isize> {

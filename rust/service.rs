@@ -8,7 +8,9 @@
 //!
 //! A hold is reported to its caller as taken only if the host granted it,
 //! or if there was no host to ask (and then the caller can tell, from
-//! `MLD_ST_LOCAL_DECISION`). A request the host may have seen but did not
+//! `MLD_ST_LOCAL_DECISION`). A hold inside one the host granted, or taken
+//! back from a grant still lingering on the host, counts as granted: the
+//! host has it, and hears of it in order (`lockstate::grants`). A request the host may have seen but did not
 //! answer (the caller got a signal, or an answer of the wrong kind came)
 //! leaves no hold in the guest, and the guest releases it on the host in
 //! case it was granted meanwhile. Every hold ends through one path,
@@ -20,10 +22,14 @@ use crate::abi::types::{
 };
 use crate::abi::wire::{self, Message, Notice};
 use crate::channel::{Decision, HostChannel, HostEvent, HostEvents, Report, Stats};
+use crate::compat::delayed_work::{
+    impl_has_delayed_work, new_delayed_work, DelayedWork, DelayedWorkItem,
+};
 use crate::compat::poll::{new_poll_condvar, PollCondVar};
-use crate::compat::timer::{Timer, TimerCallback};
+use crate::compat::timer::{now_ns, Timer, TimerCallback};
 use crate::compat::{cred, errno};
 use crate::hints::{self, Limiter};
+use crate::lockstate::grants::{Grants, Outbox, Owed, TakeBack};
 use crate::lockstate::notices::Notices;
 use crate::lockstate::request::{FlagRequest, LockRequest};
 use crate::lockstate::status::{self, Facts, Seen};
@@ -33,8 +39,9 @@ use kernel::{
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
-    time::Ktime,
 };
+
+const NSEC_PER_MSEC: u64 = 1_000_000;
 
 /// Settings fixed at module load.
 pub(crate) struct Config {
@@ -46,6 +53,9 @@ pub(crate) struct Config {
     pub(crate) host_required: bool,
     /// Hint frames per second forwarded to the host; 0: hints off.
     pub(crate) hint_rate: u32,
+    /// How long a granted hold stays on the host after its owner let go,
+    /// for that owner to take it back without asking; 0: not at all.
+    pub(crate) linger_ms: u32,
 }
 
 /// The state behind the mutex.
@@ -58,8 +68,14 @@ struct State {
     forced_release: bool,
     /// Lock requests the host may be deciding now.
     asking: u32,
-    /// A state report waits for them to end.
+    /// The host asked for the whole state (it is sent once no lock request
+    /// is out).
     report_due: bool,
+    /// Whether the last report said "locked" (holds or a static lock): a
+    /// report goes out when that changes, once no lock request is out.
+    told_locked: bool,
+    /// The holds the host has, as far as the guest knows.
+    grants: Grants,
 }
 
 /// Every open file's pollers. Notified by the lease timer (they then expire
@@ -91,19 +107,25 @@ pub(crate) struct Service {
     /// The hint rate limit.
     #[pin]
     hints: Mutex<Limiter>,
+    /// Frames owed to the host, sent before any other the service sends
+    /// (taken inside `state`, never the other way round).
+    #[pin]
+    outbox: Mutex<Outbox>,
+    /// Sends owed frames and ends lingers when they are due.
+    #[pin]
+    owed_work: DelayedWork<Service>,
+    /// This service, for queueing `owed_work`; cleared at shutdown.
+    #[pin]
+    me: Mutex<Option<Arc<Service>>>,
     channel: Arc<dyn HostChannel>,
     config: Config,
     next_id: AtomicU32,
 }
 
-fn now_ns() -> u64 {
-    // CLOCK_MONOTONIC is never negative.
-    Ktime::ktime_get().to_ns().max(0) as u64
-}
-
-fn report_of(t: &Table, now: u64) -> Report {
+/// What the host should hold: the table and the grants that linger.
+fn report_of(t: &Table, g: &Grants, now: u64) -> Report {
     Report {
-        holders: t.holders() as u32,
+        holders: (t.holders() + g.lingering()) as u32,
         static_lock: t.static_lock(),
         earliest_expiry_ms: t
             .earliest_expiry()
@@ -129,6 +151,24 @@ fn table_err(e: TableError) -> Error {
     }
 }
 
+/// The service, until dropped: then its owed-frame work stops for good
+/// ([`Service::shutdown`]), so none runs after the module is gone.
+pub(crate) struct Running(Arc<Service>);
+
+impl core::ops::Deref for Running {
+    type Target = Arc<Service>;
+
+    fn deref(&self) -> &Arc<Service> {
+        &self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
 /// The hold id the host knows `owner` by.
 pub(crate) fn hold_id(owner: Owner) -> u32 {
     match owner {
@@ -139,12 +179,13 @@ pub(crate) fn hold_id(owner: Owner) -> u32 {
 }
 
 impl Service {
-    /// The service over `channel`; `static_lock` is the paper's static lock.
-    pub(crate) fn new(
+    /// Starts the service over `channel`; `static_lock` is the paper's
+    /// static lock.
+    pub(crate) fn start(
         config: Config,
         static_lock: bool,
         channel: Arc<dyn HostChannel>,
-    ) -> Result<Arc<Self>> {
+    ) -> Result<Running> {
         Arc::pin_init(
             pin_init!(Self {
                 state <- new_mutex!(State {
@@ -155,18 +196,76 @@ impl Service {
                     forced_release: false,
                     asking: 0,
                     report_due: false,
+                    told_locked: false,
+                    grants: Grants::new(),
                 }),
                 wakeup <- Timer::new(pin_init!(Pollers {
                     cv <- new_poll_condvar!("miglock_events"),
                 })),
                 detached <- new_mutex!(()),
                 hints <- new_mutex!(Limiter::new(config.hint_rate)),
+                outbox <- new_mutex!(Outbox::new()),
+                owed_work <- new_delayed_work!("miglock_owed"),
+                me <- new_mutex!(None),
                 channel,
                 config,
                 next_id: AtomicU32::new(1),
             }),
             GFP_KERNEL,
         )
+        .map(|s| {
+            *s.me.lock() = Some(s.clone());
+            Running(s)
+        })
+    }
+
+    /// Stops the owed-frame work for good (module unload): lingering grants
+    /// are released now, owed frames sent, and nothing is queued again.
+    pub(crate) fn shutdown(&self) {
+        let me = self.me.lock().take();
+        self.with_state(|st, now| self.end_lingers(st, now, true));
+        self.flush();
+        if let Some(me) = me {
+            DelayedWork::cancel(&me);
+        }
+    }
+
+    /// Runs the owed-frame work `delay_ns` from now (unless shut down).
+    fn kick(&self, delay_ns: u64) {
+        if let Some(me) = self.me.lock().as_ref() {
+            DelayedWork::run_in(me, delay_ns);
+        }
+    }
+
+    /// Sends what the host is owed, oldest first; every other frame the
+    /// service sends goes after this.
+    fn flush(&self) {
+        let mut out = self.outbox.lock();
+        while let Some(o) = out.pop() {
+            match o {
+                Owed::Held {
+                    hold,
+                    reason,
+                    lease_ms,
+                    label,
+                } => self.channel.held(hold, reason, lease_ms, &label),
+                Owed::Release(hold) => self.channel.released(hold),
+            }
+        }
+    }
+
+    /// Owes the host the release of the lingering grants that are due (all
+    /// of them with `all`), and runs the work again when the next one is.
+    fn end_lingers(&self, st: &mut State, now: u64, all: bool) {
+        let mut out = self.outbox.lock();
+        // A release that does not fit (it cannot: there is room for one per
+        // grant) stays due, for the next run.
+        st.grants
+            .take_due(now, all, |hold| out.push(Owed::Release(hold)));
+        drop(out);
+        if let Some(due) = st.grants.next_due() {
+            self.kick(due.saturating_sub(now));
+        }
     }
 
     /// Runs `f` on the state after dropping expired holds, arms the timer
@@ -181,25 +280,21 @@ impl Service {
     fn with_state<R>(&self, f: impl FnOnce(&mut State, u64) -> R) -> R {
         let now = now_ns();
         let mut st = self.state.lock();
-        let before = st.table.locked();
         st.table.expire(now, |_| {});
+        st.grants.expire(now);
         let r = f(&mut st, now);
         if let Some(end) = st.table.earliest_expiry() {
             self.wakeup.arm_in(end.saturating_sub(now));
         }
-        if before != st.table.locked() {
-            st.report_due = true;
-        }
-        if st.report_due && st.asking == 0 {
+        // What the host should hold: lingering grants count.
+        let locked = st.table.locked() || st.grants.lingering() > 0;
+        if (st.report_due || locked != st.told_locked) && st.asking == 0 {
             st.report_due = false;
-            self.channel.report(report_of(&st.table, now));
+            st.told_locked = locked;
+            self.flush();
+            self.channel.report(report_of(&st.table, &st.grants, now));
         }
         r
-    }
-
-    /// A lock request goes out (see [`Service::with_state`]).
-    fn asking(&self) {
-        self.with_state(|st, _| st.asking = st.asking.saturating_add(1));
     }
 
     /// The lock request is decided (its hold taken or not): a report that
@@ -294,9 +389,21 @@ impl Service {
         let _one_at_a_time = (owner == Owner::Detached).then(|| self.detached.lock());
         let label = check_label(&req.label).map_err(|_| EINVAL)?;
         let hold = hold_id(owner);
-        let had = self.holds(owner);
+        // Counted as asking in the same step, so that no report goes out
+        // between (a lingering grant it supersedes is not "no holders").
+        let (had, superseded, taken) = self.with_state(|st, now| {
+            let r = self.lock_without_asking(st, owner, req, now);
+            if r.2.is_none() {
+                st.asking = st.asking.saturating_add(1);
+            }
+            r
+        });
+        if let Some(r) = taken {
+            return r;
+        }
         // Ask first: a host round trip must not hold the state lock.
-        self.asking();
+        self.flush();
+        let asked_at = now_ns();
         let decision = match self
             .channel
             .request_lock(hold, req.reason, req.lease_ms, label)
@@ -320,6 +427,7 @@ impl Service {
                 return Err(e);
             }
         };
+        let label_bytes = req.label;
         let r = self.with_state(|st, now| {
             st.asking = st.asking.saturating_sub(1);
             let (code, lease) = match decision {
@@ -336,17 +444,106 @@ impl Service {
             st.table
                 .lock(owner, req.reason as u32, req.label, lease, now)
                 .map_err(table_err)?;
+            if code == MLD_DECISION_GRANTED {
+                let until = asked_at.saturating_add(u64::from(lease) * NSEC_PER_MSEC);
+                st.grants
+                    .granted(hold, req.reason as u32, label_bytes, until);
+            } else {
+                st.grants.forget(hold);
+            }
             st.last_decision = code;
             st.last_refusal = 0;
             st.forced_release = false;
             Ok(code == MLD_DECISION_LOCAL)
         });
-        if r.is_err() && !had && matches!(decision, Decision::Granted { .. }) {
+        let refused = matches!(decision, Decision::Refused { .. });
+        if r.is_err() && !had && (superseded || !refused) {
             // Granted, but the guest cannot record it (table full, a lease
-            // of 0): the host must not keep it either.
+            // of 0), or refused while the host still has the grant this
+            // request superseded: the host must not keep it.
             self.channel.released(hold);
         }
         r
+    }
+
+    /// A lock the guest may take without asking, under the state lock: its
+    /// owner's grant lingering on the host (taken back), or inside a grant
+    /// whose owner holds it (taken, and the host told in order). Returns
+    /// whether the owner held already, whether a lingering grant was
+    /// superseded (the request that follows replaces it on the host), and
+    /// the result if it was taken.
+    fn lock_without_asking(
+        &self,
+        st: &mut State,
+        owner: Owner,
+        req: &LockRequest,
+        now: u64,
+    ) -> (bool, bool, Option<Result<bool>>) {
+        let hold = hold_id(owner);
+        let had = st.table.hold(owner).is_some();
+        if !self.channel.connected() {
+            return (had, false, None);
+        }
+        let reason = req.reason as u32;
+        let superseded = match st
+            .grants
+            .take_back(hold, reason, &req.label, req.lease_ms, now)
+        {
+            TakeBack::Taken(lease) => {
+                let r = st.table.lock(owner, reason, req.label, lease, now);
+                if let Err(e) = r {
+                    // Not recorded: the grant goes, as after an unlock.
+                    st.grants.forget(hold);
+                    if !self.outbox.lock().push(Owed::Release(hold)) {
+                        pr_warn!("owed frames overflow: hold {} stays on the host\n", hold);
+                    }
+                    self.kick(0);
+                    return (had, false, Some(Err(table_err(e))));
+                }
+                Self::took(st);
+                return (had, false, Some(Ok(false)));
+            }
+            TakeBack::Superseded => true,
+            TakeBack::Nothing => false,
+        };
+        if had || superseded || !self.channel.takes_held() {
+            return (had, superseded, None);
+        }
+        let Some(lease) = st.grants.cover(req.lease_ms, now) else {
+            return (had, false, None);
+        };
+        if st.table.lock(owner, reason, req.label, lease, now).is_err() {
+            // Full, say: the host decides (and refuses) as it would.
+            return (had, false, None);
+        }
+        let owed = Owed::Held {
+            hold,
+            reason,
+            lease_ms: lease,
+            label: req.label,
+        };
+        let until = now.saturating_add(u64::from(lease) * NSEC_PER_MSEC);
+        if !st.grants.granted(hold, reason, req.label, until) {
+            // No room to remember it: the host decides.
+            st.table.release(owner);
+            return (had, false, None);
+        }
+        if !self.outbox.lock().push(owed) {
+            // Cannot happen (room for a frame per grant); ask instead.
+            st.grants.forget(hold);
+            st.table.release(owner);
+            return (had, false, None);
+        }
+        self.kick(0);
+        Self::took(st);
+        (had, false, Some(Ok(false)))
+    }
+
+    /// A hold was taken as granted without asking.
+    fn took(st: &mut State) {
+        st.last_decision = MLD_DECISION_GRANTED;
+        st.last_refusal = 0;
+        st.forced_release = false;
     }
 
     /// Restarts `owner`'s lease with `lease_ms`; returns whether it was
@@ -360,6 +557,8 @@ impl Service {
         if !self.holds(owner) {
             return Err(errno::enolck());
         }
+        self.flush();
+        let asked_at = now_ns();
         let local = match self.channel.request_renew(hold_id(owner), lease_ms) {
             Ok(Decision::Granted { lease_ms: l }) => Ok((l.min(lease_ms), false)),
             Ok(Decision::Local) => Ok((lease_ms, true)),
@@ -379,32 +578,57 @@ impl Service {
         if local && self.config.host_required && self.channel.present() {
             return Err(errno::etimedout());
         }
-        self.with_state(|st, now| st.table.renew(owner, lease, now))
-            .map_err(table_err)?;
+        let hold = hold_id(owner);
+        self.with_state(|st, now| {
+            st.table.renew(owner, lease, now)?;
+            match st.table.hold(owner) {
+                Some(h) if !local => {
+                    let until = asked_at.saturating_add(u64::from(lease) * NSEC_PER_MSEC);
+                    st.grants.granted(hold, h.reason, h.label, until);
+                }
+                _ => st.grants.forget(hold),
+            }
+            Ok(())
+        })
+        .map_err(table_err)?;
         Ok(local)
     }
 
     /// Ends `owner`'s hold (and, with `and_static`, the static lock), then
-    /// tells the host; returns whether there was a hold and a static lock.
-    fn end(&self, owner: Owner, and_static: bool) -> (bool, bool) {
-        let ended = self.with_state(|st, _| {
+    /// tells the host, or, with `linger` and a grant, lets the grant linger
+    /// on the host for the owner to take back; returns whether there was a
+    /// hold and a static lock.
+    fn end(&self, owner: Owner, and_static: bool, linger: bool) -> (bool, bool) {
+        let hold = hold_id(owner);
+        let linger_ns = match linger && self.channel.connected() {
+            true => u64::from(self.config.linger_ms) * NSEC_PER_MSEC,
+            false => 0,
+        };
+        let (ended, had_static, tell) = self.with_state(|st, now| {
             let had_static = and_static && st.table.static_lock();
             if had_static {
                 st.table.clear_static();
             }
-            (st.table.unlock(owner).is_ok(), had_static)
+            let ended = st.table.unlock(owner).is_ok();
+            let lingers = ended && st.grants.let_go(hold, now, linger_ns).is_some();
+            if let Some(due) = st.grants.next_due().filter(|_| lingers) {
+                self.kick(due.saturating_sub(now));
+            }
+            (ended, had_static, ended && !lingers)
         });
-        if ended.0 {
-            self.channel.released(hold_id(owner));
+        if tell {
+            self.flush();
+            self.channel.released(hold);
         }
-        ended
+        (ended, had_static)
     }
 
     /// The one release path (close, unlock, `SET_MIGRATION_FLAG 1`, the
     /// detached hold): ends `owner`'s hold if it has one and tells the
-    /// host; returns whether it had one.
-    pub(crate) fn release(&self, owner: Owner) -> bool {
-        self.end(owner, false).0
+    /// host (at once with `linger` false: the file is closing); returns
+    /// whether it had one.
+    pub(crate) fn release(&self, owner: Owner, linger: bool) -> bool {
+        self.end(owner, false, linger).0
     }
 
     /// Ends `owner`'s hold; `ENOLCK` if it had none. For the detached
@@ -412,14 +636,14 @@ impl Service {
     /// neither existed.
     pub(crate) fn unlock(&self, owner: Owner) -> Result {
         if owner != Owner::Detached {
-            return match self.release(owner) {
+            return match self.release(owner, true) {
                 true => Ok(()),
                 false => Err(errno::enolck()),
             };
         }
         self.check_privilege()?;
         let _one_at_a_time = self.detached.lock();
-        match self.end(Owner::Detached, true) {
+        match self.end(Owner::Detached, true, true) {
             (false, false) => Err(errno::enolck()),
             _ => Ok(()),
         }
@@ -442,11 +666,11 @@ impl Service {
             FlagRequest::Unlock if owner == Owner::Detached => {
                 self.check_privilege()?;
                 let _one_at_a_time = self.detached.lock();
-                self.end(Owner::Detached, true);
+                self.end(Owner::Detached, true, true);
                 Ok(false)
             }
             FlagRequest::Unlock => {
-                self.release(owner);
+                self.release(owner, true);
                 Ok(false)
             }
         }
@@ -505,13 +729,30 @@ impl Service {
 impl HostEvents for Service {
     fn host_event(&self, e: HostEvent) {
         match e {
-            HostEvent::Resync => self.resync(),
+            HostEvent::Resync => {
+                // Perhaps another host (the VM moved), perhaps one that lost
+                // what it granted: lingering grants are released and no
+                // grant covers anything until the host grants again.
+                self.with_state(|st, now| {
+                    self.end_lingers(st, now, true);
+                    st.grants.clear();
+                });
+                self.resync();
+            }
             HostEvent::Notice(n) => {
                 let wake = self.with_state(|st, now| {
-                    if let Notice::ForcedRelease { .. } = n {
-                        // The host has overridden the lock (the paper's hard
-                        // quota, or an administrator): the holds are void.
-                        st.forced_release = st.table.clear() > 0;
+                    match n {
+                        Notice::ForcedRelease { .. } => {
+                            // The host has overridden the lock (the paper's
+                            // hard quota, or an administrator): the holds
+                            // are void, and so is anything owed about them.
+                            st.forced_release = st.table.clear() > 0;
+                            st.grants.clear();
+                            self.outbox.lock().clear();
+                        }
+                        // The host wants to migrate: no linger holds it up.
+                        Notice::MigrationPending { .. } => self.end_lingers(st, now, true),
+                        _ => {}
                     }
                     st.notices.apply(n, now)
                 });
@@ -520,6 +761,16 @@ impl HostEvents for Service {
                 }
             }
         }
+    }
+}
+
+impl_has_delayed_work!(Service, owed_work);
+
+impl DelayedWorkItem for Service {
+    /// Releases the grants whose linger ended and sends what is owed.
+    fn run(this: Arc<Self>) {
+        this.with_state(|st, now| this.end_lingers(st, now, false));
+        this.flush();
     }
 }
 

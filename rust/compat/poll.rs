@@ -22,6 +22,11 @@ impl StaticKey {
     pub(crate) const fn new() -> Self {
         StaticKey(Opaque::uninit())
     }
+
+    /// The key for C.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::lock_class_key {
+        self.0.get()
+    }
 }
 
 /// Initialises a [`PollCondVar`] with a name and a lockdep key of its own,
@@ -58,7 +63,7 @@ impl PollCondVar {
         pin_init!(Self {
             // SAFETY: `slot` is valid for writes; the name and key are static.
             head <- Opaque::ffi_init(|slot| unsafe {
-                bindings::__init_waitqueue_head(slot, name.as_char_ptr(), key.0.get())
+                bindings::__init_waitqueue_head(slot, name.as_char_ptr(), key.as_ptr())
             }),
         })
     }

@@ -9,7 +9,13 @@
 //! `container_of!`. Stands in for upstream's timer abstractions
 //! (`kernel::time::hrtimer`); remove when the kernel crate has one.
 
-use kernel::{bindings, prelude::*, types::Opaque};
+use kernel::{bindings, prelude::*, time::Ktime, types::Opaque};
+
+/// `CLOCK_MONOTONIC` in nanoseconds: what leases and timings count in.
+pub(crate) fn now_ns() -> u64 {
+    // CLOCK_MONOTONIC is never negative.
+    Ktime::ktime_get().to_ns().max(0) as u64
+}
 
 /// What a timer does when it fires. Runs in softirq context: must not sleep
 /// or take sleeping locks.

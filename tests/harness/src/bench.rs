@@ -73,6 +73,7 @@ fn lock_bench(
         "p50": field("p50_us"), "p99": field("p99_us"), "mean": field("mean_us"), "n": field("n"),
         "refused_for_rate": field("refused_for_rate"),
         "pairs_per_s": field("pairs_per_s"),
+        "pairs_refused_for_rate": field("pairs_refused_for_rate"),
         "second_holder_us": {"p50": field_of(&second, "p50_us"), "p99": field_of(&second, "p99_us"),
             "n": field_of(&second, "n")},
         "guest_channel": guest_channel, "agent_link": agent_link,
@@ -166,14 +167,16 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failur
         unlimited["p50"].as_f64().unwrap_or(f64::NAN) / qga_p50
     );
     eprintln!(
-        "  second holder (VM already locked): p50 {} us, p99 {} us; pairs/s at default limits: {}",
+        "  second holder (VM already locked): p50 {} us, p99 {} us; pairs/s at default limits: {} ({} refused for rate)",
         limited["second_holder_us"]["p50"],
         limited["second_holder_us"]["p99"],
-        limited["pairs_per_s"]
+        limited["pairs_per_s"],
+        limited["pairs_refused_for_rate"]
     );
     let results = json!({
         "second_holder_us": limited["second_holder_us"],
         "pairs_per_s": limited["pairs_per_s"],
+        "pairs_refused_for_rate": limited["pairs_refused_for_rate"],
         "lock_rtt_us_default_limits": limited,
         "lock_rtt_us_unlimited": unlimited,
         "qga_ping_rtt_us": qga,

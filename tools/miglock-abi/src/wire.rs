@@ -58,10 +58,17 @@ pub const REFUSE_INVALID: u32 = 6;
 /// the VM's QEMU to block migrations), so it grants none.
 pub const REFUSE_UNENFORCEABLE: u32 = 7;
 
+/// `Welcome` feature: the host records a [`Message::Held`] (a hold the guest
+/// took under one the host granted) without deciding it.
+pub const FEATURE_HELD: u32 = 1 << 0;
+
 /// Forced-release reason: an administrator forced a migration.
 pub const FORCED_BY_ADMIN: u32 = 1;
 /// Forced-release reason: the quota ran out.
 pub const FORCED_BY_QUOTA: u32 = 2;
+/// Forced-release reason: a `Held` hold had no granted hold around it on
+/// the host, and the host would not grant it either.
+pub const FORCED_UNCOVERED: u32 = 3;
 
 /// Message kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +98,9 @@ pub enum Kind {
     Pong = 11,
     /// Guest → host: working-set figures; the `Hints` of the same batch follow.
     Workload = 12,
+    /// Guest → host: a hold taken without asking, inside a hold the host
+    /// granted (only after a `Welcome` with [`FEATURE_HELD`]); not answered.
+    Held = 13,
 }
 
 impl Kind {
@@ -109,6 +119,7 @@ impl Kind {
             10 => Kind::Ping,
             11 => Kind::Pong,
             12 => Kind::Workload,
+            13 => Kind::Held,
             _ => return None,
         })
     }
@@ -230,6 +241,18 @@ pub enum Message<'a> {
         /// Label, NUL-padded.
         label: [u8; LABEL_LEN],
     },
+    /// Hold `hold` was taken, as `Lock` asks, without asking: its lease
+    /// ends no later than that of a hold the host granted and still holds.
+    Held {
+        /// Hold id, unique among the guest's holds.
+        hold: u32,
+        /// Reason code (`types::Reason`).
+        reason: u32,
+        /// Lease taken.
+        lease_ms: u32,
+        /// Label, NUL-padded.
+        label: [u8; LABEL_LEN],
+    },
     /// Hold `hold` ended.
     Unlock {
         /// Hold id.
@@ -302,6 +325,7 @@ impl Message<'_> {
             Message::Notice(_) => Kind::Notice,
             Message::Hints { .. } => Kind::Hints,
             Message::Workload { .. } => Kind::Workload,
+            Message::Held { .. } => Kind::Held,
             Message::Ping => Kind::Ping,
             Message::Pong => Kind::Pong,
         }
@@ -465,6 +489,12 @@ pub fn encode(msg: &Message<'_>, hdr: Header, out: &mut [u8]) -> Result<usize, E
             reason,
             lease_ms,
             label,
+        }
+        | Message::Held {
+            hold,
+            reason,
+            lease_ms,
+            label,
         } => {
             w.u32(hold)?;
             w.u32(reason)?;
@@ -624,15 +654,25 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message<'_>), DecodeError> {
                 max_lease_ms: u32_at(p, 12),
             }
         }
-        Kind::Lock => {
+        Kind::Lock | Kind::Held => {
             need(12 + LABEL_LEN)?;
             let mut label = [0u8; LABEL_LEN];
             label.copy_from_slice(&p[12..]);
-            Message::Lock {
-                hold: u32_at(p, 0),
-                reason: u32_at(p, 4),
-                lease_ms: u32_at(p, 8),
-                label,
+            let (hold, reason, lease_ms) = (u32_at(p, 0), u32_at(p, 4), u32_at(p, 8));
+            if kind == Kind::Lock {
+                Message::Lock {
+                    hold,
+                    reason,
+                    lease_ms,
+                    label,
+                }
+            } else {
+                Message::Held {
+                    hold,
+                    reason,
+                    lease_ms,
+                    label,
+                }
             }
         }
         Kind::Unlock => {
@@ -757,6 +797,21 @@ impl Decoder {
         &self.buf[..self.ready]
     }
 
+    /// How many more bytes the frame under way needs at least (its whole
+    /// length once its header is in): 0 when none is under way. Lets a
+    /// receiver wait briefly for the rest instead of for another interrupt.
+    pub fn wanted(&self) -> usize {
+        let rest = &self.buf[self.ready..self.len];
+        if rest.first() != Some(&MAGIC[0]) {
+            return 0;
+        }
+        match frame_len(rest) {
+            Ok(None) => HEADER_LEN - rest.len(),
+            Ok(Some(total)) => total.saturating_sub(rest.len()),
+            Err(_) => 0,
+        }
+    }
+
     /// Adds one byte.
     pub fn push(&mut self, byte: u8) -> Event {
         if self.ready != 0 {
@@ -829,6 +884,43 @@ mod tests {
                 0x38
             ][..n]
         );
+    }
+
+    #[test]
+    fn held_is_kind_13_laid_out_as_lock() {
+        let (hold, reason, lease_ms) = (5, 2, 900);
+        let mut label = [0u8; LABEL_LEN];
+        label[..2].copy_from_slice(b"tx");
+        let hdr = Header {
+            seq: 3,
+            reply_to: 0,
+        };
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        let n = encode(
+            &Message::Held {
+                hold,
+                reason,
+                lease_ms,
+                label,
+            },
+            hdr,
+            &mut a,
+        )
+        .unwrap();
+        let m = encode(
+            &Message::Lock {
+                hold,
+                reason,
+                lease_ms,
+                label,
+            },
+            hdr,
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!((n, a[3], b[3]), (m, 13, 3));
+        assert_eq!(a[4..n - TRAILER_LEN], b[4..m - TRAILER_LEN]);
+        assert_eq!(FEATURE_HELD, 1);
     }
 
     #[test]
@@ -930,6 +1022,44 @@ mod tests {
             }
         }
         assert_eq!(seqs, sent);
+    }
+
+    #[test]
+    fn decoder_says_how_much_of_a_frame_is_missing() {
+        let mut out = [0u8; 64];
+        let n = encode(
+            &Message::Unlock { hold: 7 },
+            Header {
+                seq: 1,
+                reply_to: 0,
+            },
+            &mut out,
+        )
+        .unwrap();
+        let mut d = Decoder::new();
+        assert_eq!(d.wanted(), 0);
+        for (i, &b) in out[..n].iter().enumerate() {
+            let ev = d.push(b);
+            let got = i + 1;
+            let want = if got < HEADER_LEN {
+                HEADER_LEN - got
+            } else {
+                n - got
+            };
+            assert_eq!(d.wanted(), want, "after {got} bytes");
+            assert_eq!(ev == Event::Frame, got == n);
+        }
+        // Garbage is no frame under way.
+        let mut d = Decoder::new();
+        d.push(b'x');
+        assert_eq!(d.wanted(), 0);
+        // A frame's first byte after a complete one.
+        let mut d = Decoder::new();
+        for &b in &out[..n] {
+            d.push(b);
+        }
+        d.push(MAGIC[0]);
+        assert_eq!(d.wanted(), HEADER_LEN - 1);
     }
 
     #[test]

@@ -45,6 +45,14 @@ fn message() -> impl Strategy<Value = Message<'static>> {
                 label,
             }
         }),
+        (any::<u32>(), any::<u32>(), any::<u32>(), label()).prop_map(|(h, r, l, label)| {
+            Message::Held {
+                hold: h,
+                reason: r,
+                lease_ms: l,
+                label,
+            }
+        }),
         any::<u32>().prop_map(|h| Message::Unlock { hold: h }),
         (any::<u32>(), any::<u32>()).prop_map(|(h, l)| Message::Renew {
             hold: h,

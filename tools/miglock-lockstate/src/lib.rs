@@ -14,6 +14,7 @@
 /// The ABI these files speak, under the path the module gives it too.
 pub use miglock_abi as abi;
 
+pub mod grants;
 pub mod notices;
 pub mod request;
 pub mod slots;

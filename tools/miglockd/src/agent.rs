@@ -432,7 +432,7 @@ impl Agent {
             .max_lease_ms;
         Message::Welcome {
             epoch: self.epoch,
-            features: 0,
+            features: wire::FEATURE_HELD,
             max_lease_ms,
         }
     }

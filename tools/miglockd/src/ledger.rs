@@ -286,6 +286,42 @@ impl Ledger {
         Verdict::Granted(lease as u32)
     }
 
+    /// Records `hold`, which the guest took without asking (`Held`) inside
+    /// a hold this host granted: kept until its lease or the covering hold
+    /// ends, whichever comes first (the guest's own end is earlier still:
+    /// it counted from before the frame left). False, recording nothing,
+    /// if no live hold covers it or the hold limit is reached: the guest
+    /// must then be asked to let go.
+    pub fn held(&mut self, hold: u32, reason: u32, label: &str, lease_ms: u32, now: u64) -> bool {
+        self.expire(now);
+        let Some(cover) = self
+            .holds
+            .iter()
+            .filter(|(&id, h)| id != hold && h.until_ms > now)
+            .map(|(_, h)| h.until_ms)
+            .max()
+        else {
+            return false;
+        };
+        if !self.holds.contains_key(&hold) && self.holds.len() >= MAX_HOLDS {
+            return false;
+        }
+        let until_ms = now.saturating_add(u64::from(lease_ms)).min(cover);
+        if let Some(old) = self.holds.get(&hold) {
+            self.usage.push((old.since_ms, now));
+        }
+        self.holds.insert(
+            hold,
+            Hold {
+                reason,
+                label: label.to_string(),
+                since_ms: now,
+                until_ms,
+            },
+        );
+        true
+    }
+
     /// Ends `hold` (guest unlock); false if unknown.
     pub fn unlock(&mut self, hold: u32, now: u64) -> bool {
         match self.holds.remove(&hold) {
@@ -341,6 +377,33 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_hold_lives_inside_the_one_that_covers_it() {
+        let mut l = Ledger::new(Policy::default());
+        // Nothing covers it: not recorded.
+        assert!(!l.held(2, 1, "b", 5_000, 0));
+        assert!(l.holds.is_empty());
+        assert!(matches!(
+            l.lock(1, 1, "a", 10_000, 0),
+            Verdict::Granted(10_000)
+        ));
+        // Inside: kept for its lease; beyond: cut at the cover's end.
+        assert!(l.held(2, 1, "b", 5_000, 100));
+        assert_eq!(l.holds[&2].until_ms, 5_100);
+        assert!(l.held(3, 1, "c", 60_000, 200));
+        assert_eq!(l.holds[&3].until_ms, 10_000);
+        // The covering hold ends: the covered ones keep the VM locked.
+        assert!(l.unlock(1, 300));
+        assert!(l.locked(9_999));
+        assert!(!l.locked(10_000));
+        // Inside nothing live: refused.
+        assert!(!l.held(4, 1, "d", 1_000, 10_001));
+        // A hold cannot cover itself.
+        let mut l = Ledger::new(Policy::default());
+        assert!(matches!(l.lock(1, 1, "a", 10_000, 0), Verdict::Granted(_)));
+        assert!(!l.held(1, 1, "a", 1_000, 1));
+    }
 
     fn small_quota() -> Policy {
         Policy {

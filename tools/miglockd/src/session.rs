@@ -14,7 +14,7 @@ use crate::bucket::Bucket;
 use crate::dial::Dial;
 use crate::ledger::Verdict;
 use miglock_abi::types::{check_label, Reason};
-use miglock_abi::wire::{self, Decoder, Event, Message};
+use miglock_abi::wire::{self, Decoder, Event, Message, Notice};
 use serde_json::json;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -262,6 +262,20 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             };
             reply(decision(verdict));
         }
+        Message::Held {
+            hold,
+            reason,
+            lease_ms,
+            label,
+        } => {
+            let text = check_label(&label)
+                .ok()
+                .and_then(|t| std::str::from_utf8(t).ok());
+            let (Some(_), Some(text)) = (Reason::from_u32(reason), text) else {
+                return false;
+            };
+            held(agent, vm, hold, reason, text, lease_ms);
+        }
         Message::Renew { hold, lease_ms } => {
             let (v, why) = agent.update(vm, |l, now| {
                 let v = match l.holds.get(&hold).filter(|h| h.until_ms > now).cloned() {
@@ -350,6 +364,52 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
         }
     }
     true
+}
+
+/// A hold the guest took inside one the host granted: recorded (and
+/// audited) as the guest took it. If nothing covers it here (the covering
+/// hold ended meanwhile), it is decided as a lock; refused, the guest is
+/// told its holds are void, so none stands that the host did not grant.
+fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u32) {
+    let name = vm.config.name.as_str();
+    let (covered, until_ms) = agent.update(vm, |l, now| {
+        let covered = l.held(hold, reason, label, lease_ms, now);
+        let until = l.holds.get(&hold).map(|h| h.until_ms);
+        ((covered, until), covered)
+    });
+    if covered {
+        let rec = json!({"hold": hold, "reason": reason, "label": label, "asked_ms": lease_ms,
+            "until_ms": until_ms});
+        agent.audit.record(name, "held", rec);
+        return;
+    }
+    let (v, why) = agent.update(vm, |l, now| {
+        let v = l.lock(hold, reason, label, lease_ms, now);
+        ((v, l.blocker_reason(now)), matches!(v, Verdict::Granted(_)))
+    });
+    let v = match v {
+        Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
+        refused => refused,
+    };
+    decide(
+        agent,
+        vm,
+        "held-uncovered",
+        hold,
+        reason,
+        label,
+        lease_ms,
+        v,
+    );
+    if let Verdict::Refused(_) = v {
+        agent.notify(
+            vm,
+            Notice::ForcedRelease {
+                reason: wire::FORCED_UNCOVERED,
+            },
+        );
+        agent.update(vm, |l, now| (l.force_release(now), true));
+    }
 }
 
 /// A grant stands once QEMU carries the blocker; otherwise it is taken

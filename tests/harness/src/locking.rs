@@ -3,8 +3,9 @@
 //! Scenarios in which what a lock call returns must be what the host holds:
 //! a signal lands mid-request (against the stub host, which answers
 //! slowly and refuses now and then), 64 threads lock at once, and a holder
-//! lets go with the paper's flag while another holds on (both against a
-//! real `miglockd`). Each compares the guest's holds with the host's.
+//! lets go with the paper's flag while another holds on, and locks taken
+//! without a round trip (all against a real `miglockd`). Each compares the
+//! guest's holds with the host's.
 
 use crate::agentdemo::{host_fail, Agent};
 use crate::scenario::{finish_guest, Env, FailKind, Failure, Scenario};
@@ -24,6 +25,8 @@ pub enum Which {
     Storm,
     /// `mld-flag-release`.
     FlagRelease,
+    /// `mld-fast-paths`.
+    FastPaths,
 }
 
 /// Runs `which`.
@@ -31,7 +34,8 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, which: Which) -> Res
     match which {
         Which::Interrupted => interrupted(sc, env, deadline),
         Which::Storm => storm(sc, env, deadline),
-        Which::FlagRelease => flag_release(sc, env, deadline),
+        Which::FlagRelease => steps(sc, env, deadline, &["two", "one", "none"]),
+        Which::FastPaths => steps(sc, env, deadline, &["covered", "second", "none"]),
     }
 }
 
@@ -192,7 +196,13 @@ impl OneHost {
 /// `mld-request-storm`: 64 threads lock and unlock at once against the
 /// agent (its rate limit raised out of the way).
 fn storm(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
-    let mut h = OneHost::start(sc, env, "[limits]\nrate = 100000.0\nburst = 100000.0\n")?;
+    // Every lock a request (no linger in the guest, no holds inside
+    // another's grant): the storm is of requests and answers.
+    let mut h = OneHost::start(
+        sc,
+        env,
+        "[limits]\nrate = 100000.0\nburst = 100000.0\nheld = false\n",
+    )?;
     let said = line(&mut h.vm, deadline, "@@MIGLOCK request-storm ");
     let r = finish_guest(sc, &mut h.vm, deadline);
     let decisions = h
@@ -222,14 +232,14 @@ fn storm(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure>
     Ok(())
 }
 
-/// `mld-flag-release`: after each step the guest's holds must be the
-/// agent's.
-fn flag_release(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+/// `mld-flag-release` and `mld-fast-paths`: after each of the guest's
+/// `names` steps its holds must be the agent's.
+fn steps(sc: &Scenario, env: &Env<'_>, deadline: Instant, names: &[&str]) -> Result<(), Failure> {
     let mut h = OneHost::start(sc, env, "")?;
     let mut steps = Vec::new();
     let mut wrong = Vec::new();
     let r = (|| {
-        for step in ["two", "one", "none"] {
+        for &step in names {
             let l = line(
                 &mut h.vm,
                 deadline,

@@ -212,6 +212,15 @@ pub const SCENARIOS: &[Scenario] = &[
             "two holders, one lets go with SET_MIGRATION_FLAG 1: miglockd's holds match the guest's after each step",
         )
     },
+    Scenario {
+        kind: Kind::Locking(crate::locking::Which::FastPaths),
+        timeout: secs(180),
+        ..guest(
+            "mld-fast-paths",
+            "mld-fast-paths",
+            "locks without a round trip: a grant taken back from its linger, a second holder inside it; no request sent, and miglockd's holds match the guest's after each step",
+        )
+    },
     guest(
         "tracer-wset",
         "tracer-wset",

@@ -271,6 +271,54 @@ pub(crate) fn flag_release(c: &mut Checks) -> io::Result<()> {
     Ok(())
 }
 
+/// `mldtest fast-paths`: the locks the guest takes without a host round
+/// trip. One file's unlock/lock pairs take its grant back from the host's
+/// linger; a second file's lock inside that grant is taken at once (the
+/// host hears of it after); neither sends a request. Then the first file
+/// closes (released at once) and the second unlocks (released once its
+/// linger ends). After each step the harness compares the host's holds
+/// with the guest's, as in `flag-release`.
+pub(crate) fn fast_paths(c: &mut Checks) -> io::Result<()> {
+    let a = Device::open()?;
+    let b = Device::open()?;
+    let txn = lock(Reason::CriticalOperation, 60_000, "txn");
+    a.lock(&txn)?;
+    let asked = channel_stat("requests");
+    for _ in 0..100 {
+        a.unlock(false)?;
+        a.lock(&txn)?;
+    }
+    c.check(
+        "100 unlock/lock pairs of one file: its grant is taken back, no request",
+        channel_stat("requests") == asked,
+        || format!("{} requests", channel_stat("requests") - asked),
+    );
+    b.lock(&lock(Reason::CriticalCode, 10_000, "second"))?;
+    let st = b.status()?;
+    c.check(
+        "a second holder inside a held grant: taken as granted, no request",
+        channel_stat("requests") == asked && st.held_by_me() && st.last_decision() == "granted",
+        || format!("{} requests; {st:?}", channel_stat("requests") - asked),
+    );
+    println!("@@MIGLOCK holds step=covered ids={}@@", hold_ids());
+    next_step()?;
+    drop(a);
+    println!("@@MIGLOCK holds step=second ids={}@@", hold_ids());
+    next_step()?;
+    b.unlock(false)?;
+    println!("@@MIGLOCK holds step=none ids={}@@", hold_ids());
+    next_step()?;
+    // Another label is another decision.
+    b.lock(&lock(Reason::CriticalCode, 10_000, "another"))?;
+    c.check(
+        "a lock with another label asks the host",
+        channel_stat("requests") == asked + 1,
+        || format!("{} requests", channel_stat("requests") - asked),
+    );
+    drop(b);
+    Ok(())
+}
+
 /// `mldtest notice-app lock|idle`: an application that hears the host.
 /// With `lock` it holds a lock (and unlocks when "unlock" comes on stdin);
 /// `idle` holds none. It prints `locked` or `ready` once its file is open,

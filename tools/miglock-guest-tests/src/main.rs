@@ -1167,6 +1167,7 @@ fn main() -> ExitCode {
         Some("interrupted-lock") => host::interrupted_lock(&mut c, num(2, 1000), num(3, 1) as u64),
         Some("request-storm") => host::request_storm(&mut c, num(2, 64), num(3, 50)),
         Some("flag-release") => host::flag_release(&mut c),
+        Some("fast-paths") => host::fast_paths(&mut c),
         Some("notice-app") => host::notice_app(args.get(2).map(String::as_str) == Some("lock")),
         Some("syscall-absent") => syscall_suite(&mut c, false),
         Some("try-lock") => {
@@ -1177,7 +1178,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: mldtest holders|leases|badinput|poll|syscall|syscall-absent|\
                  concurrency [THREADS ROUNDS]|fuzz [COUNT SEED]|try-lock UID [GID...]|\
-                 interrupted-lock [ROUNDS SEED]|request-storm [THREADS ROUNDS]|flag-release|\
+                 interrupted-lock [ROUNDS SEED]|request-storm [THREADS ROUNDS]|flag-release|fast-paths|\
                  notice-app lock|idle"
             );
             return ExitCode::from(2);

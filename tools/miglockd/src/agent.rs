@@ -137,6 +137,10 @@ pub struct Limits {
     pub blocker_rate: f64,
     /// Blocker installs in a burst.
     pub blocker_burst: f64,
+    /// Guests may take a hold inside one this agent granted without asking
+    /// and tell it after (`Held`, audited as "held"); false: every hold is
+    /// decided here.
+    pub held: bool,
 }
 
 impl Default for Limits {
@@ -150,6 +154,7 @@ impl Default for Limits {
             hint_burst: 128.0,
             blocker_rate: 10.0,
             blocker_burst: 20.0,
+            held: true,
         }
     }
 }
@@ -432,7 +437,11 @@ impl Agent {
             .max_lease_ms;
         Message::Welcome {
             epoch: self.epoch,
-            features: wire::FEATURE_HELD,
+            features: if self.limits.held {
+                wire::FEATURE_HELD
+            } else {
+                0
+            },
             max_lease_ms,
         }
     }

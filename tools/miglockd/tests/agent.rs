@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support.rs"]
 mod support;
-use support::{listen, Agent, Guest, Kind};
+use support::{listen, wait_for, Agent, Guest, Kind};
 
 trait Control {
     fn control(&self, req: Value) -> Value;
@@ -575,4 +575,59 @@ fn hint_floods_never_delay_locks() {
     assert!(dropped > 500, "{h}");
     let st = agent.control(json!({"cmd": "status"}));
     assert_eq!(st["data"]["vms"]["good"]["link"]["rate_dropped"], 0, "{st}");
+}
+
+/// A `Held` hold inside a grant is recorded as the guest took it and keeps
+/// the VM locked after the grant around it ends; outside any grant it is
+/// decided as a lock, and refused, the guest is told its holds are void.
+#[test]
+fn held_holds_live_inside_grants_or_are_decided() {
+    let dir = setup("held");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let held = |g: &mut Guest, hold: u32, label: &str, lease_ms: u32| {
+        let label = miglock_abi::types::make_label(label).unwrap();
+        g.send(Message::Held {
+            hold,
+            reason: 2,
+            lease_ms,
+            label,
+        });
+        g.sync();
+    };
+    let locked =
+        || agent.control(json!({"cmd": "status"}))["data"]["vms"]["good"]["locked"] == true;
+    let has = |what: &dyn Fn(&Value) -> bool| {
+        wait_for(Duration::from_secs(5), "the audit record", || {
+            audit(&dir).iter().any(what)
+        })
+    };
+    held(&mut g, 5, "alone", 1000);
+    has(&|r| r["event"] == "held-uncovered" && r["hold"] == 5 && r["granted"] == true);
+    assert_eq!(g.lock(1, "a", 10_000), (true, 10_000, 0));
+    held(&mut g, 2, "inside", 5_000);
+    has(&|r| r["event"] == "held" && r["hold"] == 2 && r["label"] == "inside");
+    g.send(Message::Unlock { hold: 1 });
+    g.send(Message::Unlock { hold: 5 });
+    g.sync();
+    assert!(locked(), "the held hold keeps the VM locked");
+    g.send(Message::Unlock { hold: 2 });
+    g.sync();
+    assert!(!locked());
+    let r = agent.control(json!({"cmd": "policy", "vm": "good", "set": {"guest_locks": false}}));
+    assert_eq!(r["kind"], "ok", "{r}");
+    g.send(Message::Held {
+        hold: 3,
+        reason: 2,
+        lease_ms: 1000,
+        label: miglock_abi::types::make_label("refused").unwrap(),
+    });
+    let t0 = Instant::now();
+    while g.recv().1 != Kind::Notice {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no forced release");
+    }
+    has(&|r| r["event"] == "held-uncovered" && r["hold"] == 3 && r["granted"] == false);
+    assert!(!locked());
 }

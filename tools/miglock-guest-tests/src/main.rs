@@ -1050,12 +1050,13 @@ fn hints_suite(c: &mut Checks) -> io::Result<()> {
     empty.ranges[2].pages = 0;
     c.errno("hints: empty range", d.hints(&empty), libc::EINVAL);
 
-    // A lock's round trip alone, then under a flood of full batches.
+    // A lock's round trip alone, then under a flood of full batches (each
+    // lock labelled anew: the host decides each, none is taken back).
     let rtt = |n: usize| -> io::Result<Vec<f64>> {
         let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
             let t = Instant::now();
-            d.lock(&lock(Reason::Other, 10_000, "hint flood"))?;
+            d.lock(&lock(Reason::Other, 10_000, &format!("hint flood {i}")))?;
             v.push(t.elapsed().as_secs_f64() * 1e3);
             d.unlock(false)?;
         }

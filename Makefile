@@ -82,8 +82,9 @@ bench: kernel tools
 	$(TOP)/tools/target/release/miglock-tracer bench
 	$(TOP)/tools/target/release/migsim bench
 
-# Real migrations of recorded workloads, then migsim's validation against
-# them and its comparison of every scheme, written into Documentation/.
+# Real migrations and live checkpoints of recorded workloads, then migsim's
+# validation against them and its comparison of every scheme, written into
+# Documentation/.
 sim-report: kernel tools
 	$(HARNESS) run bench-validate
 	cd $(TOP) && tools/target/release/migsim validate --real out/validate \

@@ -4,5 +4,5 @@ ml_insmod
 mldtest wait-channel 30000
 ml_tracer
 echo "@@MIGLOCK ready@@"
-mlworkload --mib 64 --dirty-pages 2048 --tick-ms 20
+mlworkload --mib 64 --dirty-pages 2048 --tick-ms 20 ${ML_MLD:-}
 ml_tracer_stop

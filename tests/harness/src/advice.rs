@@ -197,7 +197,8 @@ pub enum Bench {
     Plan,
     /// Post-copy with and without the tracer's run-ahead prefetch.
     Prefetch,
-    /// Real migrations of traced workloads, for migsim's validation.
+    /// Real migrations and checkpoints of traced workloads, for migsim's
+    /// validation.
     Validate,
     /// Checkpoint-and-restore as a migration against pre-copy and post-copy.
     Checkpoint,
@@ -338,6 +339,15 @@ fn bench_prefetch(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
     Ok(())
 }
 
+/// Whether `l` can be a line of base64 (a kernel message printed on the
+/// console in the middle of the trace, "hrtimer: interrupt took ...", is
+/// not).
+fn base64_line(l: &str) -> bool {
+    !l.is_empty()
+        && l.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+}
+
 /// The trace the guest printed between its markers, decoded.
 fn collect_trace(lines: &[String]) -> anyhow::Result<Vec<u8>> {
     let body: String = lines
@@ -346,6 +356,7 @@ fn collect_trace(lines: &[String]) -> anyhow::Result<Vec<u8>> {
         .skip(1)
         .take_while(|l| !l.contains("@@MIGLOCK trace-end@@"))
         .map(|l| l.trim())
+        .filter(|l| base64_line(l))
         .collect();
     anyhow::ensure!(!body.is_empty(), "the guest printed no trace");
     let mut child = std::process::Command::new("base64")
@@ -370,8 +381,9 @@ fn collect_trace(lines: &[String]) -> anyhow::Result<Vec<u8>> {
 /// Bytes per second of [`LINK`].
 const LINK_BYTES: u64 = 32 << 20;
 
-/// Real pre-copy and post-copy migrations of the three planner workloads,
-/// each with the guest's page-access trace recorded across it; writes
+/// Real pre-copy and post-copy migrations and real checkpoints of the three
+/// planner workloads, each with the guest's page-access trace recorded
+/// across it; writes
 /// `out/validate/<workload>-<mode>.{mltrace,real.json}` for
 /// `migsim validate` and `migsim report`.
 fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
@@ -388,13 +400,18 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
         ("read-mostly", "validate-readmostly"),
         ("write-heavy", "validate-writeheavy"),
     ] {
-        for mode in ["precopy", "postcopy"] {
+        for mode in ["checkpoint", "precopy", "postcopy"] {
             let (sc2, mut h) = fresh(sc, env, guest)?;
             wait_hints(&mut h, deadline)?;
             // The tracer sends a batch a sample: the batch number is the
             // trace time in seconds when the migration starts.
             let v = h.src_agent.hints(false)?;
             let start_at_s = v["data"]["latest"]["batch"].as_f64().unwrap_or(0.0);
+            if mode == "checkpoint" {
+                validate_checkpoint(&mut h, &sc2, env, &dir, workload, start_at_s, deadline)?;
+                h.quit()?;
+                continue;
+            }
             let child = h.receive(&["--postcopy"])?;
             let mut args = vec!["--mode", mode, "--bandwidth", LINK];
             if mode == "precopy" {
@@ -447,6 +464,144 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
     }
     println!("bench validate: wrote {}", dir.display());
     Ok(())
+}
+
+/// How long a recorded checkpoint may take before the agent cancels it.
+const CHECKPOINT_BOUND: &str = "60s";
+
+/// A real checkpoint (QEMU's background snapshot through `miglockctl
+/// checkpoint`) of the guest of `h`, its image sent over the paced
+/// [`LINK`] to a file, with the guest's trace recorded across it; writes
+/// `<workload>-checkpoint.{mltrace,real.json}` into `dir`.
+///
+/// The copy-on-write pages are measured from outside (`uffdfaults.rs`:
+/// QEMU reports none): the vCPU writes that hit a write-protected page, and
+/// of those the ones QEMU's snapshot thread served out of order; beside
+/// them, as a check, the distinct pages the workload wrote between the
+/// "checkpoint started" and "done" notices.
+fn validate_checkpoint(
+    h: &mut Hosts,
+    sc: &Scenario,
+    env: &Env<'_>,
+    dir: &std::path::Path,
+    workload: &str,
+    start_at_s: f64,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    let image = env.dir.join(format!("{workload}-validate.ckpt"));
+    let (uri, sink) = crate::checkpoint::paced_sink(&image, LINK_BYTES).map_err(Failure::from)?;
+    let faults = crate::uffdfaults::UffdFaults::start(&env.dir);
+    if let Err(e) = &faults {
+        eprintln!("  copy-on-write faults not counted: {e:#}");
+    }
+    let t = Instant::now();
+    let out = h.src_agent.ctl(&[
+        "--json",
+        "checkpoint",
+        "guest",
+        "--to",
+        &uri,
+        "--timeout",
+        CHECKPOINT_BOUND,
+    ])?;
+    let wall = t.elapsed();
+    let faults = faults.ok().map(|f| f.stop());
+    let cow = match faults {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            eprintln!("  copy-on-write faults not counted: {e:#}");
+            None
+        }
+        None => None,
+    };
+    let (image_bytes, on_link) = sink
+        .join()
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or((0, Duration::ZERO));
+    let ck: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["kind"] == "ok")
+        .map(|v| v["data"].clone())
+        .unwrap_or_default();
+    if !out.status.success() {
+        return Err(Failure::new(
+            FailKind::Host,
+            format!(
+                "checkpoint over the link failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+    }
+    // The workload says how many pages it wrote while the checkpoint ran.
+    let done = match h
+        .src
+        .wait_line(deadline, |l| l.starts_with("workload: checkpoint done"))
+    {
+        crate::vm::Wait::Line(l) => l,
+        _ => {
+            return Err(Failure::new(
+                FailKind::Guest,
+                "the workload never heard that the checkpoint was done",
+            ))
+        }
+    };
+    let written = written_while(&done);
+    h.src.send_line("finish").context("typing on the console")?;
+    crate::scenario::finish_guest(sc, &mut h.src, deadline)?;
+    let trace = collect_trace(&h.src.seen)?;
+    let name = format!("{workload}-checkpoint");
+    std::fs::write(dir.join(format!("{name}.mltrace")), &trace).context("trace")?;
+    let real = serde_json::json!({
+        "workload": workload, "mode": "checkpoint",
+        "bandwidth_bytes_per_s": LINK_BYTES,
+        "start_at_s": start_at_s, "timeout_s": 60.0, "completed": true,
+        // Until the image's last byte is through the link: what migsim's
+        // total time is. The agent's and QEMU's own figures beside it.
+        "wall_ms": on_link.as_millis() as u64,
+        "agent_wall_ms": ck["wall_ms"], "ctl_wall_ms": wall.as_millis() as u64,
+        "total_time_ms": ck["total_time_ms"], "downtime_ms": ck["downtime_ms"],
+        "transferred_bytes": ck["transferred_bytes"], "image_bytes": image_bytes,
+        "zero_pages": ck["zero_pages"], "normal_pages": ck["normal_pages"],
+        "cow_faults": cow.map(|c| c.blocked_writes), "cow_served": cow.map(|c| c.served),
+        "cow_wait_median_ms": cow.and_then(|c| c.wait_median_s).map(|s| s * 1e3),
+        "cow_wait_mean_ms": cow.and_then(|c| c.wait_mean_s).map(|s| s * 1e3),
+        "cow_written_pages": written, "latency_s": 0.0001,
+    });
+    std::fs::write(
+        dir.join(format!("{name}.real.json")),
+        serde_json::to_string_pretty(&real).map_err(anyhow::Error::from)?,
+    )
+    .context("real.json")?;
+    println!(
+        "bench validate: {name}: {} trace bytes, start at {start_at_s} s; {workload:<12} checkpoint on the link {} ms (agent {} ms)  downtime {} ms  RAM {:.1} MiB, image {:.1} MiB  copy-on-write: {}  pages the workload wrote meanwhile {}",
+        trace.len(),
+        on_link.as_millis(),
+        ck["wall_ms"],
+        ck["downtime_ms"],
+        mib(&ck["transferred_bytes"]),
+        image_bytes as f64 / 1048576.0,
+        cow.map_or("not counted".to_string(), |c| format!(
+            "{} writes hit a protected page, {} served out of order (wait median {:.2} ms, mean {:.2} ms)",
+            c.blocked_writes, c.served,
+            c.wait_median_s.unwrap_or(f64::NAN) * 1e3,
+            c.wait_mean_s.unwrap_or(f64::NAN) * 1e3
+        )),
+        written.map_or("?".to_string(), |n| n.to_string()),
+    );
+    Ok(())
+}
+
+/// N in the workload's "checkpoint done at tick T gen G: N pages written
+/// while it ran".
+fn written_while(line: &str) -> Option<u64> {
+    line.rsplit(": ")
+        .next()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Checkpoint-and-restore used as a migration (the COW-checkpointing
@@ -503,7 +658,7 @@ fn bench_checkpoint(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
         let out = h
             .src_agent
             .ctl(&["--json", "checkpoint", "guest", "--to", &uri])?;
-        let received = sink.join().ok().and_then(|r| r.ok()).unwrap_or(0);
+        let received = sink.join().ok().and_then(|r| r.ok()).map_or(0, |r| r.0);
         let ckpt_ms = t.elapsed().as_millis() as u64;
         let ck: Value = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -583,4 +738,23 @@ fn bench_checkpoint(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
         println!("bench checkpoint: {r}");
     }
     env.write_result(&serde_json::json!({"link_bytes_per_s": link, "runs": results}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_messages_inside_the_trace_are_left_out() {
+        assert!(base64_line("xgmhIpcLADwAAgAH6y8ABQALAJOXAwABAQEBAQBFBg=="));
+        assert!(!base64_line("hrtimer: interrupt took 14014755 ns"));
+        assert!(!base64_line(""));
+    }
+
+    #[test]
+    fn reads_the_pages_written_during_a_checkpoint() {
+        let l = "workload: checkpoint done at tick 96 gen 98: 16384 pages written while it ran";
+        assert_eq!(written_while(l), Some(16384));
+        assert_eq!(written_while("workload: checkpoint done at tick 9"), None);
+    }
 }

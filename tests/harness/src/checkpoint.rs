@@ -384,14 +384,17 @@ fn locked(p: &mut Pair, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Resu
     finish_guest(sc, vm, deadline)
 }
 
+/// What [`paced_sink`] received once the sender closed: bytes, and how
+/// long from the connection to the last byte.
+pub type Received = std::thread::JoinHandle<std::io::Result<(u64, Duration)>>;
+
 /// A link of `bytes_per_s` into `file`: accepts one connection on a port
 /// of 127.0.0.1 and writes what arrives, paced to the rate (QEMU 10.0 does
 /// not rate-limit a background snapshot itself). Returns the URI to send
-/// to and a handle giving the bytes received once the sender closed.
-pub fn paced_sink(
-    file: &std::path::Path,
-    bytes_per_s: u64,
-) -> anyhow::Result<(String, std::thread::JoinHandle<std::io::Result<u64>>)> {
+/// to and a handle giving, once the sender closed, the bytes received and
+/// how long from the connection to the last byte (the image's time on the
+/// link).
+pub fn paced_sink(file: &std::path::Path, bytes_per_s: u64) -> anyhow::Result<(String, Received)> {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     let uri = format!("tcp:127.0.0.1:{}", l.local_addr()?.port());
@@ -403,7 +406,7 @@ pub fn paced_sink(
         loop {
             let n = s.read(&mut buf)?;
             if n == 0 {
-                return Ok(total);
+                return Ok((total, start.elapsed()));
             }
             out.write_all(&buf[..n])?;
             total += n as u64;

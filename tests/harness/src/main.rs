@@ -21,6 +21,7 @@ mod pair;
 mod scenario;
 mod stubhost;
 mod survival;
+mod uffdfaults;
 mod vm;
 
 use anyhow::{bail, Context, Result};

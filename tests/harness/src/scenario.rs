@@ -437,11 +437,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         kind: Kind::AdviceBench(crate::advice::Bench::Validate),
-        timeout: secs(1200),
+        timeout: secs(1800),
         ..guest(
             "bench-validate",
             "validate-idle",
-            "recorded workloads (make sim-report): real pre-copy and post-copy migrations with the guest's trace, for migsim validate",
+            "recorded workloads (make sim-report): real pre-copy and post-copy migrations and real checkpoints with the guest's trace, for migsim validate",
         )
     },
     Scenario {

@@ -239,6 +239,10 @@ impl Vm {
             "none",
             "-no-reboot",
         ])
+        // Named threads ("CPU 0/TCG", "mig/snapshot"): a checkpoint's
+        // copy-on-write faults are counted by its thread's name
+        // (uffdfaults.rs).
+        .args(["-name", &format!("{},debug-threads=on", spec.name)])
         .args(["-accel", spec.accel.arg()])
         .args([
             "-cpu",

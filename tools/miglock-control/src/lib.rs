@@ -143,6 +143,10 @@ pub struct CheckpointRequest {
     /// before the image is taken (to put its state in order), ms.
     #[serde(default)]
     pub lead_ms: Option<u64>,
+    /// Cancel the checkpoint if it has not completed this long after it
+    /// started, ms (the guest hears it is off; the image is incomplete).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// `restore` arguments.

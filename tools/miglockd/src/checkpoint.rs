@@ -113,9 +113,9 @@ pub fn checkpoint(agent: &Agent, req: &CheckpointRequest, p: Progress<'_>) -> Re
         }
     };
     let mon = agent.monitor(vm);
-    let mut started = false;
+    let mut ran = Ran::default();
     let r = match &mon {
-        Ok(mon) => run(agent, vm, req, mon, locked, &reasons, &mut started, p),
+        Ok(mon) => run(agent, vm, req, mon, locked, &reasons, &mut ran, p),
         Err(e) => err(e.clone()),
     };
     // The checkpoint is over: a later migration is not a snapshot, the
@@ -130,15 +130,19 @@ pub fn checkpoint(agent: &Agent, req: &CheckpointRequest, p: Progress<'_>) -> Re
     });
     enforce::reconcile(agent, vm);
     let saved = matches!(r, Reply::Ok { .. });
-    if started {
+    if ran.started {
         let told = agent.notify(vm, Notice::CheckpointDone { saved });
-        match &r {
-            Reply::Ok { data } => {
+        match (&r, ran.cancelled) {
+            (Reply::Ok { data }, _) => {
                 let mut rec = data.clone();
                 rec["guest_told"] = json!(told);
                 agent.audit.record(name, "checkpoint-done", rec);
             }
-            Reply::Error { message, .. } => {
+            (Reply::Error { .. }, Some(mut rec)) => {
+                rec["guest_told"] = json!(told);
+                agent.audit.record(name, "checkpoint-cancelled", rec);
+            }
+            (Reply::Error { message, .. }, None) => {
                 agent.audit.record(
                     name,
                     "checkpoint-failed",
@@ -155,6 +159,15 @@ pub fn checkpoint(agent: &Agent, req: &CheckpointRequest, p: Progress<'_>) -> Re
     r
 }
 
+/// What became of a checkpoint beyond its answer.
+#[derive(Default)]
+struct Ran {
+    /// The guest was told it started (so it must hear that it ended).
+    started: bool,
+    /// The agent cancelled it (`--timeout`): the audit record's figures.
+    cancelled: Option<Value>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     agent: &Agent,
@@ -163,7 +176,7 @@ fn run(
     qmp: &Monitor,
     locked: bool,
     reasons: &[String],
-    started: &mut bool,
+    ran: &mut Ran,
     p: Progress<'_>,
 ) -> Reply {
     let name = req.vm.as_str();
@@ -183,7 +196,7 @@ fn run(
     let mut told = false;
     if lead > 0 {
         told = agent.notify(vm, Notice::CheckpointStarted);
-        *started = true;
+        ran.started = true;
         let _ = p(&Reply::progress(format!(
             "told the guest; {lead} ms for it to put its state in order"
         )));
@@ -207,16 +220,20 @@ fn run(
     if let Err(e) = qmp.execute("migrate", Some(json!({ "uri": to }))) {
         return err(format!("QEMU refused the checkpoint: {e}"));
     }
+    // --timeout counts from the start of the image; the wait for the
+    // pause to end is within it.
+    let limit = req.timeout_ms.map(Duration::from_millis);
     if lead == 0 {
-        resumed(qmp, &events);
+        let wait = limit.map_or(RESUME_WAIT, |l| l.min(RESUME_WAIT));
+        resumed(qmp, &events, start + wait);
         told = agent.notify(vm, Notice::CheckpointStarted);
-        *started = true;
+        ran.started = true;
     }
     agent.audit.record(
         name,
         "checkpoint-start",
         json!({"to": to, "locked": locked, "locks": reasons, "guest_told": told,
-               "lead_ms": lead}),
+               "lead_ms": lead, "timeout_ms": req.timeout_ms}),
     );
     loop {
         // Any event, or none within a while, is a reason to look again.
@@ -233,6 +250,16 @@ fn run(
             s => {
                 let ram = &q["ram"];
                 let b = |k: &str| ram[k].as_u64().unwrap_or(0);
+                if let Some(limit) = limit.filter(|&l| start.elapsed() > l) {
+                    let why = format!(
+                        "checkpoint still running after {} ms ({:.1} MiB written, {:.1} MiB \
+                         remaining): --timeout",
+                        limit.as_millis(),
+                        b("transferred") as f64 / 1048576.0,
+                        b("remaining") as f64 / 1048576.0
+                    );
+                    return timed_out(qmp, &events, why, &q, ran);
+                }
                 let _ = p(&Reply::Progress {
                     message: format!(
                         "checkpoint {s}: {:.1} MiB written, {:.1} MiB remaining",
@@ -253,10 +280,35 @@ fn run(
     }
 }
 
-/// Waits (at most 10 s) until the snapshot's pause is over: QEMU saved the
-/// device state and runs the VM again (`RESUME`), or the checkpoint ended.
-fn resumed(qmp: &Monitor, events: &std::sync::mpsc::Receiver<miglock_qmp::Event>) {
-    let until = Instant::now() + Duration::from_secs(10);
+/// The longest wait for the end of the snapshot's pause.
+const RESUME_WAIT: Duration = Duration::from_secs(10);
+
+/// Cancels a checkpoint that outlasted `--timeout`. QEMU stops writing the
+/// image (what it wrote is not a usable checkpoint) and lifts the
+/// write-protection: the guest runs on as if none had started. Returns once
+/// QEMU has let it go, so that the capabilities can be reset and a
+/// migration may follow; `ran` gets the audit record's figures.
+fn timed_out(
+    qmp: &Monitor,
+    events: &std::sync::mpsc::Receiver<miglock_qmp::Event>,
+    why: String,
+    q: &Value,
+    ran: &mut Ran,
+) -> Reply {
+    let ended = enforce::cancel(qmp, events).unwrap_or_else(|e| format!("unconfirmed: {e}"));
+    ran.cancelled = Some(json!({
+        "why": why,
+        "ended": ended,
+        "transferred_bytes": q["ram"]["transferred"],
+        "remaining_bytes": q["ram"]["remaining"],
+    }));
+    Reply::error(ErrorClass::Cancelled, format!("cancelled: {why}"))
+}
+
+/// Waits, until `until` at the latest, for the snapshot's pause to be over:
+/// QEMU saved the device state and runs the VM again (`RESUME`), or the
+/// checkpoint ended.
+fn resumed(qmp: &Monitor, events: &std::sync::mpsc::Receiver<miglock_qmp::Event>, until: Instant) {
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -136,6 +136,11 @@ pub enum CtlCmd {
         /// to put its state in order before the image is taken (default: 0).
         #[arg(long, value_parser = humantime::parse_duration)]
         lead: Option<Duration>,
+        /// Cancel the checkpoint if it has not completed this long after
+        /// it started (the guest is told it is off; the image is not
+        /// usable). Exit status 4.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// Bring a VM back from a checkpoint: its QEMU, started with the same
     /// configuration and -incoming defer, loads the image and runs on from
@@ -240,8 +245,9 @@ impl Outcome {
                  checkpoint), the VM is already migrating or being checkpointed, a bad value."
             }
             Outcome::Cancelled => {
-                "The migration started and was cancelled: the guest locked during the copy, \
-                 --timeout passed, or another QMP client cancelled it. The VM runs on here."
+                "The migration or checkpoint started and was cancelled: the guest locked \
+                 during the copy, --timeout passed, or another QMP client cancelled it. The VM \
+                 runs on here; a cancelled checkpoint's image is not usable."
             }
             Outcome::Usage => "Bad command-line arguments.",
         }

@@ -151,6 +151,19 @@ impl Guest {
         }
     }
 
+    /// The next notice from the agent (other frames are passed over).
+    pub fn notice(&mut self) -> wire::Notice {
+        let mut b = [0u8; 1];
+        loop {
+            self.s.read_exact(&mut b).expect("a frame from the agent");
+            if self.dec.push(b[0]) == Event::Frame {
+                if let (_, Message::Notice(n)) = wire::decode(self.dec.frame()).unwrap() {
+                    return n;
+                }
+            }
+        }
+    }
+
     pub fn decision(&mut self, seq: u32) -> (bool, u32, u32) {
         loop {
             if let (r, Kind::Decision(g, l, why)) = self.recv() {

@@ -14,6 +14,17 @@
 //! `rounds + 2` for a completed pre-copy, `rounds` for one that timed out
 //! (its last simulated round is the one the timeout cut), `rounds + 1` for
 //! post-copy.
+//!
+//! Checkpoints: the harness also takes real live checkpoints (QEMU's
+//! background snapshot, copy-on-write through userfaultfd write-protection)
+//! with the image sent over the same paced link, and `mode: checkpoint`
+//! runs are compared with the `cow` scheme on the time until the image is
+//! through the link, the RAM bytes QEMU wrote, and the pages copied on
+//! write. QEMU reports no count of those; the harness counts the
+//! write-protect faults QEMU's snapshot thread served (`cow_faults`, one
+//! `uffd_msg` read each) and, beside it, the distinct pages the workload
+//! wrote while the checkpoint ran (`cow_written_pages`: an upper bound on
+//! the workload's share, blind to the kernel's and the tracer's writes).
 
 use crate::model::{Link, SchemeResult};
 use crate::{simulate, zero_frames, Config, Scheme};
@@ -27,6 +38,10 @@ use std::path::{Path, PathBuf};
 pub const REL_TOLERANCE: f64 = 0.10;
 /// Difference allowed between real and simulated sync counts for a PASS.
 pub const SYNC_TOLERANCE: i64 = 1;
+/// Copy-on-write pages: an absolute difference allowed beside
+/// [`REL_TOLERANCE`], for the few pages an idle guest writes (its kernel,
+/// the tracer), where a relative error says little.
+pub const COW_ABS_TOLERANCE: u64 = 64;
 
 /// The migration mode the harness ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,6 +51,20 @@ pub enum Mode {
     Precopy,
     /// QEMU post-copy, switched to right after the migration starts.
     Postcopy,
+    /// A live checkpoint: QEMU's background snapshot, the image sent over
+    /// the link.
+    Checkpoint,
+}
+
+impl Mode {
+    /// As in real.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Precopy => "precopy",
+            Mode::Postcopy => "postcopy",
+            Mode::Checkpoint => "checkpoint",
+        }
+    }
 }
 
 /// `NAME.real.json`: what the harness measured on a real migration.
@@ -62,6 +91,7 @@ pub struct RealRun {
     /// Whether the migration completed.
     pub completed: bool,
     /// Migration start to completion (or cancel), ms: the real total time.
+    /// For a checkpoint: until the image's last byte was through the link.
     pub wall_ms: f64,
     /// QEMU's `total-time` (unreliable with QEMU 7.2 here; unused).
     #[serde(default)]
@@ -84,6 +114,24 @@ pub struct RealRun {
     /// One-way latency, seconds.
     #[serde(default = "default_latency")]
     pub latency_s: f64,
+    /// QEMU's `downtime`, ms (the checkpoint's pause).
+    #[serde(default)]
+    pub downtime_ms: Option<f64>,
+    /// Checkpoint: vCPU writes that hit a write-protected page (each
+    /// blocked until QEMU had saved it): the real copy-on-write pages.
+    #[serde(default)]
+    pub cow_faults: Option<u64>,
+    /// Checkpoint: of those, the ones QEMU's snapshot thread read and
+    /// served out of its scan's order.
+    #[serde(default)]
+    pub cow_served: Option<u64>,
+    /// Checkpoint: mean wait of a served write, fault to un-protect, ms.
+    #[serde(default)]
+    pub cow_wait_mean_ms: Option<f64>,
+    /// Checkpoint: distinct pages the workload wrote while it ran (an upper
+    /// bound on the workload's copy-on-write pages).
+    #[serde(default)]
+    pub cow_written_pages: Option<u64>,
 }
 
 fn default_downtime_ms() -> f64 {
@@ -119,6 +167,7 @@ impl RealRun {
         match self.mode {
             Mode::Precopy => Scheme::PrecopyQemu,
             Mode::Postcopy => Scheme::Postcopy,
+            Mode::Checkpoint => Scheme::Cow,
         }
     }
 }
@@ -131,7 +180,7 @@ pub fn config_for(real: &RealRun, base: &Config) -> Config {
         Mode::Postcopy => real
             .postcopy_bandwidth_bytes_per_s
             .unwrap_or(real.bandwidth_bytes_per_s),
-        Mode::Precopy => real.bandwidth_bytes_per_s,
+        Mode::Precopy | Mode::Checkpoint => real.bandwidth_bytes_per_s,
     };
     cfg.link = Link {
         bandwidth: bw,
@@ -145,6 +194,14 @@ pub fn config_for(real: &RealRun, base: &Config) -> Config {
     // QEMU iterates until the harness cancels it: only the time bounds it.
     cfg.qemu.max_iterations = u32::MAX;
     cfg.postcopy.precopy_first = false;
+    if real.mode == Mode::Checkpoint {
+        cfg.cow.style = crate::cow::CowStyle::Qemu;
+        // How long a blocked write waited, measured (its timestamps, not
+        // the count compared) on this run.
+        if let Some(w) = real.cow_wait_mean_ms.filter(|w| w.is_finite() && *w >= 0.0) {
+            cfg.cow.fault_cost = w / 1e3;
+        }
+    }
     cfg
 }
 
@@ -192,6 +249,23 @@ pub struct Row {
     pub sync_diff: Option<i64>,
     /// Real post-copy page requests.
     pub real_postcopy_requests: Option<u64>,
+    /// Real downtime (QEMU's), ms.
+    pub real_downtime_ms: Option<f64>,
+    /// Simulated downtime, ms.
+    pub sim_downtime_ms: f64,
+    /// Checkpoint: real copy-on-write pages (writes that hit a protected
+    /// page).
+    pub real_cow_faults: Option<u64>,
+    /// Checkpoint: of those, served out of the scan's order.
+    pub real_cow_served: Option<u64>,
+    /// Blocked-write wait simulated (the real one when measured), ms.
+    pub sim_fault_wait_ms: f64,
+    /// Checkpoint: distinct pages the workload wrote while it ran.
+    pub real_cow_written: Option<u64>,
+    /// Simulated copy-on-write faults.
+    pub sim_cow_faults: u64,
+    /// (sim - real) / real copy-on-write pages, when counted.
+    pub cow_rel_err: Option<f64>,
     /// Simulated remote faults.
     pub sim_remote_faults: u64,
     /// Within the goal: same convergence, time and bytes within 10 %,
@@ -248,6 +322,8 @@ pub fn compare(name: &str, trace: &Trace, real: &RealRun, base: &Config) -> Resu
         (Mode::Precopy, true) => u64::from(r.rounds) + 2,
         (Mode::Precopy, false) => u64::from(r.rounds),
         (Mode::Postcopy, _) => u64::from(r.rounds) + 1,
+        // One bitmap sync at the start (the image's moment).
+        (Mode::Checkpoint, _) => 1,
     };
     let rel = |sim: f64, real: f64| {
         if real > 0.0 {
@@ -263,6 +339,8 @@ pub fn compare(name: &str, trace: &Trace, real: &RealRun, base: &Config) -> Resu
         .transferred_bytes
         .map(|b| rel(sim_bytes as f64, b as f64));
     let sync_diff = real.dirty_sync_count.map(|n| sim_syncs as i64 - n as i64);
+    let real_cow = real.cow_faults.filter(|_| real.mode == Mode::Checkpoint);
+    let cow_rel_err = real_cow.map(|n| rel(r.cow_faults as f64, n as f64));
     let mut misses = Vec::new();
     if r.converged != real.completed {
         misses.push(format!(
@@ -288,6 +366,16 @@ pub fn compare(name: &str, trace: &Trace, real: &RealRun, base: &Config) -> Resu
     if let Some(d) = sync_diff.filter(|d| d.abs() > SYNC_TOLERANCE) {
         misses.push(format!("syncs {d:+}"));
     }
+    if let (Some(n), Some(e)) = (real_cow, cow_rel_err) {
+        if e.abs() > REL_TOLERANCE && r.cow_faults.abs_diff(n) > COW_ABS_TOLERANCE {
+            misses.push(format!(
+                "copy-on-write pages {} real, {} simulated ({:+.1} %)",
+                n,
+                r.cow_faults,
+                e * 100.0
+            ));
+        }
+    }
     Ok(Row {
         name: name.to_string(),
         workload: real.workload.clone(),
@@ -310,6 +398,14 @@ pub fn compare(name: &str, trace: &Trace, real: &RealRun, base: &Config) -> Resu
         sync_diff,
         real_postcopy_requests: real.postcopy_requests,
         sim_remote_faults: r.remote_faults,
+        real_downtime_ms: real.downtime_ms,
+        sim_downtime_ms: r.downtime_s * 1e3,
+        real_cow_faults: real_cow,
+        real_cow_served: real.cow_served,
+        sim_fault_wait_ms: cfg.cow.fault_cost * 1e3,
+        real_cow_written: real.cow_written_pages,
+        sim_cow_faults: r.cow_faults,
+        cow_rel_err,
         pass: misses.is_empty(),
         misses,
         sim_status: r.status,
@@ -383,16 +479,22 @@ const HEAD: [&str; 14] = [
     "goal",
 ];
 
+fn mib(b: u64) -> String {
+    format!("{:.1}", b as f64 / (1u64 << 20) as f64)
+}
+
+fn na() -> String {
+    "n/a".to_string()
+}
+
+fn goal(r: &Row) -> String {
+    if r.pass { "PASS" } else { "MISS" }.to_string()
+}
+
 fn cells(r: &Row) -> Vec<String> {
-    let mib = |b: u64| format!("{:.1}", b as f64 / (1u64 << 20) as f64);
-    let na = || "n/a".to_string();
     vec![
         r.name.clone(),
-        match r.mode {
-            Mode::Precopy => "precopy",
-            Mode::Postcopy => "postcopy",
-        }
-        .to_string(),
+        r.mode.name().to_string(),
         format!("{}/{}", yn(r.real_converged), yn(r.sim_converged)),
         format!("{:.2}", r.real_time_s),
         format!("{:.2}", r.sim_time_s),
@@ -404,22 +506,91 @@ fn cells(r: &Row) -> Vec<String> {
         r.sim_syncs.to_string(),
         r.sync_diff.map_or_else(na, |d| format!("{d:+}")),
         r.zero_pages_sim.to_string(),
-        if r.pass { "PASS" } else { "MISS" }.to_string(),
+        goal(r),
     ]
 }
 
-/// The terminal table, followed by the reasons for each MISS.
+const CKPT_HEAD: [&str; 16] = [
+    "name",
+    "real s",
+    "sim s",
+    "time err",
+    "real MiB",
+    "sim MiB",
+    "bytes err",
+    "real CoW",
+    "sim CoW",
+    "CoW err",
+    "served",
+    "wait ms",
+    "wrote",
+    "real pause ms",
+    "sim pause ms",
+    "goal",
+];
+
+fn checkpoint_cells(r: &Row) -> Vec<String> {
+    vec![
+        r.name.clone(),
+        format!("{:.2}", r.real_time_s),
+        format!("{:.2}", r.sim_time_s),
+        pct(r.time_rel_err),
+        r.real_bytes.map_or_else(na, mib),
+        mib(r.sim_bytes),
+        r.bytes_rel_err.map_or_else(na, pct),
+        r.real_cow_faults.map_or_else(na, |n| n.to_string()),
+        r.sim_cow_faults.to_string(),
+        r.cow_rel_err.map_or_else(na, pct),
+        r.real_cow_served.map_or_else(na, |n| n.to_string()),
+        format!("{:.2}", r.sim_fault_wait_ms),
+        r.real_cow_written.map_or_else(na, |n| n.to_string()),
+        r.real_downtime_ms.map_or_else(na, |d| format!("{d:.0}")),
+        format!("{:.1}", r.sim_downtime_ms),
+        goal(r),
+    ]
+}
+
+/// The migration rows and the checkpoint rows.
+fn split(rows: &[Row]) -> (Vec<&Row>, Vec<&Row>) {
+    rows.iter().partition(|r| r.mode != Mode::Checkpoint)
+}
+
+/// The terminal tables (migrations, then checkpoints), each followed by
+/// the reasons for each MISS.
 pub fn text(rows: &[Row]) -> String {
-    let t: Vec<_> = rows.iter().map(cells).collect();
-    let mut s = crate::report::table(&t, &HEAD);
-    let _ = writeln!(s, "\n{}", summary(rows));
-    for r in rows.iter().filter(|r| !r.pass) {
-        let _ = writeln!(s, "{}: MISS: {}", r.name, r.misses.join("; "));
+    let (mig, ckpt) = split(rows);
+    let mut s = String::new();
+    for (rows, summary, head, cells) in [
+        (
+            &mig,
+            summary(&mig),
+            &HEAD[..],
+            cells as fn(&Row) -> Vec<String>,
+        ),
+        (
+            &ckpt,
+            checkpoint_summary(&ckpt),
+            &CKPT_HEAD[..],
+            checkpoint_cells,
+        ),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        let t: Vec<_> = rows.iter().map(|r| cells(r)).collect();
+        s += &crate::report::table(&t, head);
+        let _ = writeln!(s, "\n{summary}");
+        for r in rows.iter().filter(|r| !r.pass) {
+            let _ = writeln!(s, "{}: MISS: {}", r.name, r.misses.join("; "));
+        }
     }
     s
 }
 
-fn summary(rows: &[Row]) -> String {
+fn summary(rows: &[&Row]) -> String {
     format!(
         "{} of {} within the goal (same convergence, time and bytes within {:.0} %, syncs within {}).",
         rows.iter().filter(|r| r.pass).count(),
@@ -429,21 +600,18 @@ fn summary(rows: &[Row]) -> String {
     )
 }
 
-/// An RST table of the rows with a caption.
-pub fn rst(rows: &[Row]) -> String {
-    let t: Vec<_> = rows.iter().map(cells).collect();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Real QEMU migrations against migsim (``migsim validate``). *done r/s*: \
-         completed for real / in simulation; *time err* and *bytes err*: \
-         (simulated - real) / real; syncs: QEMU's ``dirty-sync-count`` and the \
-         count expected from the simulated rounds; *zero pg*: zero pages \
-         simulated. A pre-copy that timed out is compared by bytes sent by \
-         the cancel. {}\n",
-        summary(rows)
-    );
-    s += &crate::report::rst_grid(&t, &HEAD);
+fn checkpoint_summary(rows: &[&Row]) -> String {
+    format!(
+        "{} of {} within the goal (time, bytes and copy-on-write pages within {:.0} %, \
+         or within {} pages for copy-on-write).",
+        rows.iter().filter(|r| r.pass).count(),
+        rows.len(),
+        REL_TOLERANCE * 100.0,
+        COW_ABS_TOLERANCE
+    )
+}
+
+fn rst_misses(s: &mut String, rows: &[&Row]) {
     let misses: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
     if !misses.is_empty() {
         s.push('\n');
@@ -451,8 +619,176 @@ pub fn rst(rows: &[Row]) -> String {
             let _ = writeln!(s, "* ``{}``: {}", r.name, r.misses.join("; "));
         }
     }
+}
+
+/// RST tables of the rows with captions: migrations, then checkpoints.
+pub fn rst(rows: &[Row]) -> String {
+    let (mig, ckpt) = split(rows);
+    let mut s = String::new();
+    if !mig.is_empty() {
+        let t: Vec<_> = mig.iter().map(|r| cells(r)).collect();
+        let _ = writeln!(
+            s,
+            "Real QEMU migrations against migsim (``migsim validate``). *done r/s*: \
+             completed for real / in simulation; *time err* and *bytes err*: \
+             (simulated - real) / real; syncs: QEMU's ``dirty-sync-count`` and the \
+             count expected from the simulated rounds; *zero pg*: zero pages \
+             simulated. A pre-copy that timed out is compared by bytes sent by \
+             the cancel. {}\n",
+            summary(&mig)
+        );
+        s += &crate::report::rst_grid(&t, &HEAD);
+        rst_misses(&mut s, &mig);
+    }
+    if !ckpt.is_empty() {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        let t: Vec<_> = ckpt.iter().map(|r| checkpoint_cells(r)).collect();
+        let _ = writeln!(
+            s,
+            "Real QEMU live checkpoints (``background-snapshot``, the image sent \
+             over the same link) against migsim's ``cow`` scheme (style ``qemu``). \
+             *real s*: until the image's last byte was through the link; MiB: RAM \
+             bytes (QEMU's ``ram.transferred``); *real CoW*: guest writes that hit \
+             a write-protected page and blocked until QEMU had saved it (counted \
+             by the harness from outside with the kernel's trace points: QEMU \
+             reports none); *sim CoW*: simulated copy-on-write faults; *served*: \
+             of the real ones, those QEMU read and saved out of its scan's order; \
+             *wait ms*: how long a blocked write waits in the simulation, the \
+             mean measured on the run (fault to un-protect); *wrote*: distinct \
+             pages the workload wrote while the checkpoint ran (most after QEMU \
+             had saved them); *pause*: QEMU's ``downtime`` and the simulated \
+             pause. {}\n",
+            checkpoint_summary(&ckpt)
+        );
+        s += &crate::report::rst_grid(&t, &CKPT_HEAD);
+        rst_misses(&mut s, &ckpt);
+    }
     s
 }
 
 /// Marker lines of the validation table in an RST document.
 pub const MARKERS: (&str, &str) = (".. migsim-validation-begin", ".. migsim-validation-end");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::{generate, GenParams, Workload};
+
+    fn write_heavy() -> Trace {
+        generate(&GenParams {
+            workload: Workload::WriteHeavy,
+            mem: 16 << 20,
+            seconds: 4.0,
+            interval_us: 100_000,
+            seed: 3,
+        })
+        .unwrap()
+    }
+
+    fn checkpoint(extra: &str) -> RealRun {
+        serde_json::from_str(&format!(
+            r#"{{"workload": "write-heavy", "mode": "checkpoint",
+                "bandwidth_bytes_per_s": 33554432, "start_at_s": 1.0, "timeout_s": 60.0,
+                "completed": true, "wall_ms": 500, "transferred_bytes": 16000000,
+                "zero_pages": 100, "downtime_ms": 4 {extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_is_simulated_as_qemu_cow_with_its_measured_wait() {
+        let r = checkpoint(r#", "cow_faults": 700, "cow_served": 650, "cow_wait_mean_ms": 2.5"#);
+        assert_eq!(r.scheme(), Scheme::Cow);
+        let base = Config {
+            cow: crate::cow::CowConfig {
+                style: crate::cow::CowStyle::CopyAside,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cfg = config_for(&r, &base);
+        assert_eq!(cfg.cow.style, crate::cow::CowStyle::Qemu);
+        assert!((cfg.cow.fault_cost - 2.5e-3).abs() < 1e-12);
+        assert_eq!(cfg.link.bandwidth, 33554432.0);
+        // Without a measured wait, the model's own.
+        let cfg = config_for(&checkpoint(""), &Config::default());
+        assert_eq!(
+            cfg.cow.fault_cost,
+            crate::cow::CowConfig::default().fault_cost
+        );
+        // A migration keeps the base's CoW settings.
+        let mut m = checkpoint("");
+        m.mode = Mode::Precopy;
+        assert_eq!(
+            config_for(&m, &base).cow.style,
+            crate::cow::CowStyle::CopyAside
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_row_compares_time_bytes_and_cow_pages_with_the_simulation() {
+        let t = write_heavy();
+        let real = checkpoint(r#", "cow_faults": 700, "cow_served": 650, "cow_wait_mean_ms": 1.0"#);
+        let row = compare("wh-checkpoint", &t, &real, &Config::default()).unwrap();
+        let sim = simulate(&t, Scheme::Cow, &config_for(&real, &Config::default())).unwrap();
+        assert_eq!(row.mode, Mode::Checkpoint);
+        assert_eq!(row.scheme, "cow");
+        assert_eq!(row.sim_cow_faults, sim.cow_faults);
+        assert_eq!(row.sim_bytes, sim.bytes_sent);
+        assert_eq!(row.sim_time_s, sim.total_time_s);
+        assert_eq!(
+            (row.real_cow_faults, row.real_cow_served),
+            (Some(700), Some(650))
+        );
+        let e = (sim.cow_faults as f64 - 700.0) / 700.0;
+        assert!((row.cow_rel_err.unwrap() - e).abs() < 1e-12);
+        assert!((row.time_rel_err - (sim.total_time_s - 0.5) / 0.5).abs() < 1e-12);
+        assert_eq!(row.real_downtime_ms, Some(4.0));
+        assert_eq!(row.sync_diff, None);
+        // The goal: CoW pages within 10 % or 64 pages.
+        let cow_missed = row.misses.iter().any(|m| m.starts_with("copy-on-write"));
+        let n = sim.cow_faults;
+        assert_eq!(
+            cow_missed,
+            n.abs_diff(700) > COW_ABS_TOLERANCE && e.abs() > REL_TOLERANCE,
+            "{row:?}"
+        );
+        // A real count equal to the simulation's passes on CoW.
+        let same = checkpoint(&format!(r#", "cow_faults": {n}, "cow_wait_mean_ms": 1.0"#));
+        let row = compare("same", &t, &same, &Config::default()).unwrap();
+        assert_eq!(row.cow_rel_err, Some(0.0));
+        assert!(!row.misses.iter().any(|m| m.starts_with("copy-on-write")));
+        // Without a count, nothing is judged on CoW.
+        let row = compare("none", &t, &checkpoint(""), &Config::default()).unwrap();
+        assert_eq!((row.real_cow_faults, row.cow_rel_err), (None, None));
+    }
+
+    #[test]
+    fn migrations_and_checkpoints_get_their_own_tables() {
+        let t = write_heavy();
+        let ck = compare(
+            "wh-checkpoint",
+            &t,
+            &checkpoint(r#", "cow_faults": 7"#),
+            &Config::default(),
+        )
+        .unwrap();
+        let rst_one = rst(std::slice::from_ref(&ck));
+        assert!(rst_one.contains("background-snapshot") && rst_one.contains("real CoW"));
+        assert!(!rst_one.contains("dirty-sync-count"), "{rst_one}");
+        let mut m = checkpoint("");
+        m.mode = Mode::Postcopy;
+        let mig = compare("wh-postcopy", &t, &m, &Config::default()).unwrap();
+        let both = rst(&[mig, ck]);
+        let (a, b) = (
+            both.find("dirty-sync-count").unwrap(),
+            both.find("real CoW").unwrap(),
+        );
+        assert!(a < b, "migrations first");
+        assert!(both.contains("\nwh-postcopy ") && both.contains("\nwh-checkpoint "));
+        assert_eq!(both.matches("of 1 within the goal").count(), 2, "{both}");
+        assert!(text(&[]).is_empty());
+    }
+}

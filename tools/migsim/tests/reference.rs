@@ -137,6 +137,11 @@ fn every_scheme_matches_the_naive_reference() {
         cfg.postcopy.max_pivots = rng.usize(1..5);
         cfg.cow.pause = rng.f64() * 1e-3;
         cfg.cow.fault_cost = rng.f64() * 1e-4;
+        cfg.cow.style = if rng.bool() {
+            migsim::cow::CowStyle::Qemu
+        } else {
+            migsim::cow::CowStyle::CopyAside
+        };
         for s in Scheme::ALL {
             let fast = simulate_with::<Bitset>(&t, s, &cfg).unwrap();
             let naive = simulate_with::<NaiveSet>(&t, s, &cfg).unwrap();

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{config, ms, trace, PAGE};
+use migsim::cow::CowStyle;
 use migsim::{simulate, Hints, Scheme};
 
 fn idle(pages: u64, samples: usize) -> miglock_trace::Trace {
@@ -156,7 +157,7 @@ fn lazy_with_good_hints_faults_less_than_postcopy() {
 }
 
 #[test]
-fn cow_faults_are_distinct_pages_written_before_being_copied() {
+fn copy_aside_cow_faults_are_distinct_pages_written_before_being_copied() {
     // 1000 pages at 1 ms, push in address order from t = 0 (no pause, free
     // faults so the clock is the trace's): at 0 ms [500,510) is ahead of
     // the push: 10 faults; at 100 ms [50,60) is already sent: 0; at 200 ms
@@ -174,6 +175,7 @@ fn cow_faults_are_distinct_pages_written_before_being_copied() {
         ],
     );
     let mut cfg = config(1.0, 0.0);
+    cfg.cow.style = CowStyle::CopyAside;
     cfg.cow.pause = 0.0;
     cfg.cow.fault_cost = 0.0;
     let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
@@ -185,6 +187,82 @@ fn cow_faults_are_distinct_pages_written_before_being_copied() {
     let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
     assert_eq!(r.cow_faults, 700);
     assert_eq!(r.stall_ps, 700 * ms(1e-3));
+}
+
+#[test]
+fn qemu_cow_scan_goes_on_from_the_faulting_page() {
+    // 1000 pages at 1 ms, no pause, a blocked write waits only for its
+    // page. Sample 0 writes [500,510) at 0, 10, .., 90 ms: 500 faults and
+    // goes first (0-1 ms), the writer resumes at 1 ms, and the scan goes on
+    // from 501, ahead of the writer (10 pages by 11 ms, when it writes 501):
+    // 1 fault, where copying aside in address order costs 10.
+    let t = trace(
+        1000,
+        100,
+        vec![(vec![(500, 10)], vec![(500, 10)]), (vec![], vec![])],
+    );
+    let mut cfg = config(1.0, 0.0);
+    cfg.cow.pause = 0.0;
+    cfg.cow.fault_cost = 0.0;
+    let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert_eq!((r.cow_faults, r.pages_sent), (1, 1000));
+    assert_eq!(r.total_ps, ms(1000.0));
+    assert_eq!(r.stall_ps, ms(1.0));
+    cfg.cow.style = CowStyle::CopyAside;
+    let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert_eq!(r.cow_faults, 10);
+}
+
+#[test]
+fn qemu_cow_comes_round_again_for_the_pages_a_jump_skipped() {
+    // A write to 900 at 0 ms: it goes first, the scan goes on from 901 and
+    // reaches the end at 100 ms, then starts again from 0. Sample 1's
+    // write to 100 (at 101 ms, after the 1 ms stall) is ahead of it: a
+    // fault, the scan jumps to 101; sample 2's write to 50 (at 202 ms) is
+    // behind the scan but not saved: a fault. Every page crosses once and
+    // the link never idles: 1000 ms.
+    let t = trace(
+        1000,
+        100,
+        vec![
+            (vec![(900, 1)], vec![(900, 1)]),
+            (vec![(100, 1)], vec![(100, 1)]),
+            (vec![(50, 1)], vec![(50, 1)]),
+            (vec![], vec![]),
+        ],
+    );
+    let mut cfg = config(1.0, 0.0);
+    cfg.cow.pause = 0.0;
+    cfg.cow.fault_cost = 0.0;
+    let r = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert_eq!((r.cow_faults, r.pages_sent), (3, 1000));
+    assert_eq!(r.total_ps, ms(1000.0));
+}
+
+#[test]
+fn qemu_cow_a_longer_wait_lets_the_scan_run_ahead_of_a_fast_writer() {
+    // Sample 0 writes [500,700) at 0.5 ms a page, twice the link's pace.
+    // A blocked write waiting only for its own page keeps the writer at
+    // the scan's heels: every page faults and the writer runs at the
+    // link's pace (stall 1 ms, then 0.5 ms a page). A longer wait (as
+    // QEMU's, which serves faults between pages of its image) lets the
+    // scan run ahead meanwhile: far fewer faults. The link never idles.
+    let t = trace(
+        1000,
+        100,
+        vec![(vec![(500, 200)], vec![(500, 200)]), (vec![], vec![])],
+    );
+    let mut cfg = config(1.0, 0.0);
+    cfg.cow.pause = 0.0;
+    cfg.cow.fault_cost = 0.0;
+    let tight = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert_eq!(tight.cow_faults, 200);
+    assert_eq!(tight.stall_ps, ms(1.0 + 199.0 * 0.5));
+    assert_eq!(tight.total_ps, ms(1000.0));
+    cfg.cow.fault_cost = 0.003;
+    let slow = simulate(&t, Scheme::Cow, &cfg).unwrap();
+    assert!(slow.cow_faults < 100, "{}", slow.cow_faults);
+    assert_eq!(slow.total_ps, ms(1000.0));
 }
 
 #[test]

@@ -277,10 +277,16 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
                 timeout_ms: ms(*timeout),
             })
         }
-        CtlCmd::Checkpoint { vm, to, lead } => Request::Checkpoint(CheckpointRequest {
+        CtlCmd::Checkpoint {
+            vm,
+            to,
+            lead,
+            timeout,
+        } => Request::Checkpoint(CheckpointRequest {
             vm: vm.clone(),
             to: to.clone(),
             lead_ms: ms(*lead),
+            timeout_ms: ms(*timeout),
         }),
         CtlCmd::Restore { vm, from } => Request::Restore(RestoreRequest {
             vm: vm.clone(),

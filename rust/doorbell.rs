@@ -304,6 +304,11 @@ impl Doorbell {
                 lease_ms,
                 reason,
             },
+            Message::Verdict { lease_ms, refusal } => Answer::Decision {
+                granted: refusal == 0,
+                lease_ms,
+                reason: refusal,
+            },
             Message::Pong => Answer::Pong,
             Message::Ping => {
                 *pong_for = Some(hdr.seq);
@@ -375,9 +380,20 @@ impl HostChannel for Doorbell {
         if !self.connected() {
             return Ok(Decision::Local);
         }
-        let mut l = [0u8; wire::LABEL_LEN];
         let n = label.len().min(wire::LABEL_LEN - 1);
-        l[..n].copy_from_slice(&label[..n]);
+        let label = &label[..n];
+        if self.host_features.load(Ordering::Relaxed) & wire::FEATURE_SHORT != 0 {
+            // A TCG I/O exit a byte: the label's padding is not sent.
+            let msg = Message::LockShort {
+                hold,
+                reason: reason as u32,
+                lease_ms,
+                label,
+            };
+            return decision_of(self.request(&msg)?);
+        }
+        let mut l = [0u8; wire::LABEL_LEN];
+        l[..n].copy_from_slice(label);
         let msg = Message::Lock {
             hold,
             reason: reason as u32,

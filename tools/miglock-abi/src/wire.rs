@@ -61,6 +61,9 @@ pub const REFUSE_UNENFORCEABLE: u32 = 7;
 /// `Welcome` feature: the host records a [`Message::Held`] (a hold the guest
 /// took under one the host granted) without deciding it.
 pub const FEATURE_HELD: u32 = 1 << 0;
+/// `Welcome` feature: the host takes [`Message::LockShort`] and answers it
+/// with [`Message::Verdict`]: fewer bytes each way on the hot path.
+pub const FEATURE_SHORT: u32 = 1 << 1;
 
 /// Forced-release reason: an administrator forced a migration.
 pub const FORCED_BY_ADMIN: u32 = 1;
@@ -101,6 +104,11 @@ pub enum Kind {
     /// Guest → host: a hold taken without asking, inside a hold the host
     /// granted (only after a `Welcome` with [`FEATURE_HELD`]); not answered.
     Held = 13,
+    /// Guest → host: `Lock` with the label's bytes only (only after a
+    /// `Welcome` with [`FEATURE_SHORT`]); answered with `Verdict`.
+    LockShort = 14,
+    /// Host → guest: the answer to `LockShort`.
+    Verdict = 15,
 }
 
 impl Kind {
@@ -120,6 +128,8 @@ impl Kind {
             11 => Kind::Pong,
             12 => Kind::Workload,
             13 => Kind::Held,
+            14 => Kind::LockShort,
+            15 => Kind::Verdict,
             _ => return None,
         })
     }
@@ -253,6 +263,25 @@ pub enum Message<'a> {
         /// Label, NUL-padded.
         label: [u8; LABEL_LEN],
     },
+    /// [`Message::Lock`] with the label's bytes only (at most
+    /// `LABEL_LEN - 1`, no NUL: the rest is implied NUL padding).
+    LockShort {
+        /// Hold id, unique among the guest's holds.
+        hold: u32,
+        /// Reason code (`types::Reason`).
+        reason: u32,
+        /// Lease asked for.
+        lease_ms: u32,
+        /// The label's bytes.
+        label: &'a [u8],
+    },
+    /// The answer to `LockShort`: granted if `refusal` is 0.
+    Verdict {
+        /// Lease granted (0 when refused).
+        lease_ms: u32,
+        /// Refusal reason, 0 when granted.
+        refusal: u32,
+    },
     /// Hold `hold` ended.
     Unlock {
         /// Hold id.
@@ -326,6 +355,8 @@ impl Message<'_> {
             Message::Hints { .. } => Kind::Hints,
             Message::Workload { .. } => Kind::Workload,
             Message::Held { .. } => Kind::Held,
+            Message::LockShort { .. } => Kind::LockShort,
+            Message::Verdict { .. } => Kind::Verdict,
             Message::Ping => Kind::Ping,
             Message::Pong => Kind::Pong,
         }
@@ -369,6 +400,9 @@ pub enum EncodeError {
     NoSpace,
     /// Too many hint ranges for one frame.
     TooManyHints,
+    /// A field the frame cannot carry (a short label too long, or with a
+    /// NUL).
+    Invalid,
 }
 
 const fn crc32c_table() -> [u32; 256] {
@@ -557,6 +591,24 @@ pub fn encode(msg: &Message<'_>, hdr: Header, out: &mut [u8]) -> Result<usize, E
             w.u64(dirty_pages_per_s)?;
             w.u64(pfn_limit)
         }
+        Message::LockShort {
+            hold,
+            reason,
+            lease_ms,
+            label,
+        } => {
+            if label.len() >= LABEL_LEN || label.contains(&0) {
+                return Err(EncodeError::Invalid);
+            }
+            w.u32(hold)?;
+            w.u32(reason)?;
+            w.u32(lease_ms)?;
+            w.put(label)
+        }
+        Message::Verdict { lease_ms, refusal } => {
+            w.u32(lease_ms)?;
+            w.u32(refusal)
+        }
         Message::Ping | Message::Pong => Ok(()),
     })
 }
@@ -741,6 +793,24 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message<'_>), DecodeError> {
                 pfn_limit: u64_at(p, 24),
             }
         }
+        Kind::LockShort => {
+            if p.len() < 12 || p.len() >= 12 + LABEL_LEN || p[12..].contains(&0) {
+                return Err(bad);
+            }
+            Message::LockShort {
+                hold: u32_at(p, 0),
+                reason: u32_at(p, 4),
+                lease_ms: u32_at(p, 8),
+                label: &p[12..],
+            }
+        }
+        Kind::Verdict => {
+            need(8)?;
+            Message::Verdict {
+                lease_ms: u32_at(p, 0),
+                refusal: u32_at(p, 4),
+            }
+        }
         Kind::Ping | Kind::Pong => {
             need(0)?;
             if kind == Kind::Ping {
@@ -921,6 +991,45 @@ mod tests {
         assert_eq!((n, a[3], b[3]), (m, 13, 3));
         assert_eq!(a[4..n - TRAILER_LEN], b[4..m - TRAILER_LEN]);
         assert_eq!(FEATURE_HELD, 1);
+    }
+
+    #[test]
+    fn short_lock_and_verdict_are_kinds_14_and_15() {
+        let hdr = Header {
+            seq: 3,
+            reply_to: 0,
+        };
+        let mut out = [0u8; 64];
+        let short = Message::LockShort {
+            hold: 5,
+            reason: 2,
+            lease_ms: 900,
+            label: b"txn 7",
+        };
+        let n = encode(&short, hdr, &mut out).unwrap();
+        assert_eq!((n, out[3]), (HEADER_LEN + 12 + 5 + TRAILER_LEN, 14));
+        assert_eq!(decode(&out[..n]).unwrap().1, short);
+        let n = encode(
+            &Message::Verdict {
+                lease_ms: 900,
+                refusal: 0,
+            },
+            hdr,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!((n, out[3]), (28, 15));
+        // No NUL inside, and room for the NUL the long form ends with.
+        for label in [&b"a\0b"[..], &[b'x'; LABEL_LEN][..]] {
+            let m = Message::LockShort {
+                hold: 1,
+                reason: 1,
+                lease_ms: 1,
+                label,
+            };
+            assert_eq!(encode(&m, hdr, &mut out), Err(EncodeError::Invalid));
+        }
+        assert_eq!(FEATURE_SHORT, 2);
     }
 
     #[test]

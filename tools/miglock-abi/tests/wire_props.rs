@@ -11,6 +11,10 @@ fn label() -> impl Strategy<Value = [u8; LABEL_LEN]> {
     proptest::array::uniform32(any::<u8>())
 }
 
+fn short_label() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(1u8..=255, 0..LABEL_LEN)
+}
+
 fn notice() -> impl Strategy<Value = Notice> {
     prop_oneof![
         any::<u32>().prop_map(|d| Notice::MigrationPending { deadline_ms: d }),
@@ -52,6 +56,18 @@ fn message() -> impl Strategy<Value = Message<'static>> {
                 lease_ms: l,
                 label,
             }
+        }),
+        (any::<u32>(), any::<u32>(), any::<u32>(), short_label()).prop_map(|(h, r, l, label)| {
+            Message::LockShort {
+                hold: h,
+                reason: r,
+                lease_ms: l,
+                label: Box::leak(label.into_boxed_slice()),
+            }
+        }),
+        (any::<u32>(), any::<u32>()).prop_map(|(l, r)| Message::Verdict {
+            lease_ms: l,
+            refusal: r
         }),
         any::<u32>().prop_map(|h| Message::Unlock { hold: h }),
         (any::<u32>(), any::<u32>()).prop_map(|(h, l)| Message::Renew {

@@ -437,11 +437,12 @@ impl Agent {
             .max_lease_ms;
         Message::Welcome {
             epoch: self.epoch,
-            features: if self.limits.held {
-                wire::FEATURE_HELD
-            } else {
-                0
-            },
+            features: wire::FEATURE_SHORT
+                | if self.limits.held {
+                    wire::FEATURE_HELD
+                } else {
+                    0
+                },
             max_lease_ms,
         }
     }

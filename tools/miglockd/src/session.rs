@@ -180,12 +180,11 @@ fn over_rate(agent: &Agent, vm: &Vm, frame: &[u8]) {
     let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
     link.stats.rate_dropped += 1;
     match wire::decode(frame) {
-        Ok((hdr, Message::Lock { .. } | Message::Renew { .. })) => {
-            let refusal = Message::Decision {
-                granted: false,
-                lease_ms: 0,
-                reason: wire::REFUSE_RATE,
-            };
+        Ok((
+            hdr,
+            m @ (Message::Lock { .. } | Message::Renew { .. } | Message::LockShort { .. }),
+        )) => {
+            let refusal = answer(m, Verdict::Refused(wire::REFUSE_RATE));
             link.send(&refusal, hdr.seq);
         }
         Ok((hdr, m @ Message::Unlock { .. })) => {
@@ -230,12 +229,27 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             }
             reply(agent.welcome(vm));
         }
-        Message::Lock {
-            hold,
-            reason,
-            lease_ms,
-            label,
-        } => {
+        Message::Lock { .. } | Message::LockShort { .. } => {
+            let (hold, reason, lease_ms, label) = match msg {
+                Message::Lock {
+                    hold,
+                    reason,
+                    lease_ms,
+                    label,
+                } => (hold, reason, lease_ms, label),
+                Message::LockShort {
+                    hold,
+                    reason,
+                    lease_ms,
+                    label: short,
+                } => {
+                    // The decoder allows no more than the padded label holds.
+                    let mut label = [0u8; wire::LABEL_LEN];
+                    label[..short.len()].copy_from_slice(short);
+                    (hold, reason, lease_ms, label)
+                }
+                _ => unreachable!("matched above"),
+            };
             let text = check_label(&label)
                 .ok()
                 .and_then(|t| std::str::from_utf8(t).ok());
@@ -260,7 +274,7 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                     v
                 }
             };
-            reply(decision(verdict));
+            reply(answer(msg, verdict));
         }
         Message::Held {
             hold,
@@ -359,9 +373,11 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             reply(Message::Pong);
         }
         // Host-to-guest kinds have no business coming from a guest.
-        Message::Welcome { .. } | Message::Decision { .. } | Message::Notice(_) | Message::Pong => {
-            return false
-        }
+        Message::Welcome { .. }
+        | Message::Decision { .. }
+        | Message::Verdict { .. }
+        | Message::Notice(_)
+        | Message::Pong => return false,
     }
     true
 }
@@ -424,6 +440,21 @@ fn enforced(agent: &Agent, vm: &Vm, hold: u32, why: &str, v: Verdict) -> Verdict
             });
             Verdict::Refused(e.reason())
         }
+    }
+}
+
+/// The answer to `request` (a `LockShort` gets the short form).
+fn answer(request: Message<'_>, v: Verdict) -> Message<'static> {
+    match (request, v) {
+        (Message::LockShort { .. }, Verdict::Granted(lease_ms)) => Message::Verdict {
+            lease_ms,
+            refusal: 0,
+        },
+        (Message::LockShort { .. }, Verdict::Refused(refusal)) => Message::Verdict {
+            lease_ms: 0,
+            refusal,
+        },
+        _ => decision(v),
     }
 }
 

@@ -631,3 +631,44 @@ fn held_holds_live_inside_grants_or_are_decided() {
     has(&|r| r["event"] == "held-uncovered" && r["hold"] == 3 && r["granted"] == false);
     assert!(!locked());
 }
+
+/// A `LockShort` (label bytes only) is decided as a `Lock` and answered
+/// with a `Verdict`; the label reaches the audit log whole.
+#[test]
+fn short_locks_get_short_answers() {
+    let dir = setup("short");
+    let good = listen(&dir.join("good.sock"));
+    let _bad = listen(&dir.join("bad.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&good);
+    let short = |g: &mut Guest, hold: u32, label: &[u8]| {
+        let seq = g.send(Message::LockShort {
+            hold,
+            reason: 2,
+            lease_ms: 5_000,
+            label,
+        });
+        loop {
+            let (reply_to, kind) = g.recv();
+            if reply_to == seq {
+                return kind;
+            }
+        }
+    };
+    assert_eq!(short(&mut g, 1, b"txn 42"), Kind::Decision(true, 5_000, 0));
+    wait_for(Duration::from_secs(5), "the audit record", || {
+        audit(&dir)
+            .iter()
+            .any(|r| r["event"] == "lock" && r["hold"] == 1 && r["label"] == "txn 42")
+    });
+    // Not printable: refused as invalid, in the short form too.
+    assert_eq!(
+        short(&mut g, 2, b"\x01"),
+        Kind::Decision(false, 0, wire::REFUSE_INVALID)
+    );
+    agent.control(json!({"cmd": "policy", "vm": "good", "set": {"guest_locks": false}}));
+    assert_eq!(
+        short(&mut g, 3, b"nope"),
+        Kind::Decision(false, 0, wire::REFUSE_POLICY)
+    );
+}

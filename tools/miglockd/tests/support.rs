@@ -210,6 +210,9 @@ impl Kind {
                 lease_ms,
                 reason,
             } => Kind::Decision(granted, lease_ms, reason),
+            Message::Verdict { lease_ms, refusal } => {
+                Kind::Decision(refusal == 0, lease_ms, refusal)
+            }
             Message::Notice(_) => Kind::Notice,
             _ => Kind::Other,
         }

@@ -69,6 +69,8 @@ pub(crate) struct Stats {
     pub(crate) hint_batches: u64,
     /// Hint frames sent (a batch is a `Workload` and its `Hints` frames).
     pub(crate) hint_frames: u64,
+    /// Times the watchdog found data waiting unread, and read it.
+    pub(crate) rescued: u64,
     /// Requests answered.
     pub(crate) answered: u64,
     /// Nanoseconds spent writing answered requests' frames to the transport.
@@ -126,6 +128,12 @@ pub(crate) trait HostChannel: Send + Sync {
     /// Tells the host of hold `hold`, taken inside one it granted (see
     /// `lockstate::grants`); only if [`HostChannel::takes_held`].
     fn held(&self, _hold: u32, _reason: u32, _lease_ms: u32, _label: &[u8; LABEL_LEN]) {}
+
+    /// Called about once a second: reads what waits unread (a lost
+    /// interrupt) and returns what the host said on its own meanwhile.
+    fn watchdog(&self) -> KVec<HostEvent> {
+        KVec::new()
+    }
 
     /// Tells the host the guest's whole state (after a VM-wide change, or
     /// when it asked).

@@ -43,6 +43,9 @@ use kernel::{
 
 const NSEC_PER_MSEC: u64 = 1_000_000;
 
+/// How often the channel's watchdog runs (see [`HostChannel::watchdog`]).
+const WATCHDOG_NS: u64 = 1_000_000_000;
+
 /// Settings fixed at module load.
 pub(crate) struct Config {
     /// The longest lease a hold may ask for, in milliseconds.
@@ -310,6 +313,7 @@ impl Service {
 
     /// Starts the host channel; on the host's welcome, sends it the state.
     pub(crate) fn start_channel(&self) -> bool {
+        self.kick(WATCHDOG_NS);
         let ok = self.channel.start();
         if ok {
             self.resync();
@@ -767,10 +771,21 @@ impl HostEvents for Service {
 impl_has_delayed_work!(Service, owed_work);
 
 impl DelayedWorkItem for Service {
-    /// Releases the grants whose linger ended and sends what is owed.
+    /// Releases the grants whose linger ended, sends what is owed, and
+    /// runs the channel's watchdog; again at the next linger's end or in
+    /// [`WATCHDOG_NS`], whichever is sooner.
     fn run(this: Arc<Self>) {
-        this.with_state(|st, now| this.end_lingers(st, now, false));
+        let next = this.with_state(|st, now| {
+            this.end_lingers(st, now, false);
+            st.grants.next_due().map(|due| due.saturating_sub(now))
+        });
         this.flush();
+        if this.channel.present() {
+            for e in this.channel.watchdog() {
+                this.host_event(e);
+            }
+            this.kick(next.unwrap_or(WATCHDOG_NS).min(WATCHDOG_NS));
+        }
     }
 }
 

@@ -45,9 +45,9 @@ impl Show for View {
             let c = s.channel_stats();
             return writeln!(
                 out,
-                "requests {} retries {} failures {} interrupted {} dropped {} stale {} hint_batches {} hint_frames {} answered {} send_ns {} wait_ns {}",
+                "requests {} retries {} failures {} interrupted {} dropped {} stale {} hint_batches {} hint_frames {} answered {} send_ns {} wait_ns {} rescued {}",
                 c.requests, c.retries, c.failures, c.interrupted, c.dropped, c.stale, c.hint_batches, c.hint_frames,
-                c.answered, c.send_ns, c.wait_ns
+                c.answered, c.send_ns, c.wait_ns, c.rescued
             );
         }
         if file == 3 {

@@ -137,6 +137,34 @@ impl Uart {
     pub(crate) fn unmask(&self) {
         self.io.write(IER, IER_RX_DATA);
     }
+
+    /// Whether received data waits to be read.
+    pub(crate) fn data_waiting(&self) -> bool {
+        self.io.read(LSR) & LSR_DATA_READY != 0
+    }
+
+    /// Whether received data waits, after reading the receive buffer once
+    /// if none seemed to: reading it is what makes QEMU hand the UART more
+    /// of what waits in its chardev (harmless on a real 16550).
+    pub(crate) fn poke(&self) -> bool {
+        if self.data_waiting() {
+            return true;
+        }
+        let _ = self.io.read(RBR_THR);
+        self.wait_data()
+    }
+
+    /// Waits up to [`TAIL_WAIT_NS`] for received data; whether it came.
+    pub(crate) fn wait_data(&self) -> bool {
+        let start = now_ns();
+        while now_ns().saturating_sub(start) <= TAIL_WAIT_NS {
+            if self.data_waiting() {
+                return true;
+            }
+            core::hint::spin_loop();
+        }
+        false
+    }
 }
 
 impl Drop for Uart {

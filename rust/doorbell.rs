@@ -426,7 +426,7 @@ impl HostChannel for Doorbell {
     /// taken as a frame arrived): read it here, as the thread would.
     fn watchdog(&self) -> KVec<HostEvent> {
         let mut events = KVec::new();
-        if self.receiving.load(Ordering::Relaxed) || !self.uart.poke() {
+        if self.receiving.load(Ordering::Relaxed) || !self.uart.data_waiting() {
             return events;
         }
         self.rx.lock().stats.rescued += 1;
@@ -435,7 +435,7 @@ impl HostChannel for Doorbell {
         // next round.
         for _ in 0..64 {
             self.receive(&mut events);
-            if !self.uart.poke() {
+            if !self.uart.data_within(2000) {
                 break;
             }
         }

@@ -9,7 +9,7 @@
 //! stops interrupting first.
 
 use crate::compat::ioport::IoRegion;
-use crate::compat::timer::now_ns;
+use crate::compat::timer::{now_ns, sleep_us};
 use kernel::{prelude::*, str::CStr};
 
 const RBR_THR: u16 = 0; // receive buffer / transmit holding (DLL with DLAB)
@@ -143,27 +143,14 @@ impl Uart {
         self.io.read(LSR) & LSR_DATA_READY != 0
     }
 
-    /// Whether received data waits, after reading the receive buffer once
-    /// if none seemed to: reading it is what makes QEMU hand the UART more
-    /// of what waits in its chardev (harmless on a real 16550).
-    pub(crate) fn poke(&self) -> bool {
-        if self.data_waiting() {
-            return true;
+    /// Whether received data comes within `us` microseconds, asleep
+    /// meanwhile (process context): QEMU refills the FIFO from what waits
+    /// in its chardev while the vCPU leaves the UART alone.
+    pub(crate) fn data_within(&self, us: u32) -> bool {
+        self.data_waiting() || {
+            sleep_us(us);
+            self.data_waiting()
         }
-        let _ = self.io.read(RBR_THR);
-        self.wait_data()
-    }
-
-    /// Waits up to [`TAIL_WAIT_NS`] for received data; whether it came.
-    pub(crate) fn wait_data(&self) -> bool {
-        let start = now_ns();
-        while now_ns().saturating_sub(start) <= TAIL_WAIT_NS {
-            if self.data_waiting() {
-                return true;
-            }
-            core::hint::spin_loop();
-        }
-        false
     }
 }
 

@@ -11,6 +11,16 @@
 
 use kernel::{bindings, prelude::*, time::Ktime, types::Opaque};
 
+/// Sleeps about `us` microseconds (process context only).
+pub(crate) fn sleep_us(us: u32) {
+    let us = u64::from(us);
+    // SAFETY: callers run in process context, where sleeping is allowed;
+    // uninterruptible, as `usleep_range()` sleeps.
+    unsafe {
+        bindings::usleep_range_state(us as _, (us + us / 4) as _, bindings::TASK_UNINTERRUPTIBLE)
+    };
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: what leases and timings count in.
 pub(crate) fn now_ns() -> u64 {
     // CLOCK_MONOTONIC is never negative.

@@ -371,10 +371,12 @@ fn figures(runs: &[[f64; 4]]) -> Value {
         .enumerate()
     {
         let v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+        // To a tenth: the stall's microseconds are below its noise.
         let (median, min, max) = spread(&v);
-        o.insert(name.to_string(), serde_json::json!(median));
-        o.insert(format!("{name}_min"), serde_json::json!(min));
-        o.insert(format!("{name}_max"), serde_json::json!(max));
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        o.insert(name.to_string(), serde_json::json!(r(median)));
+        o.insert(format!("{name}_min"), serde_json::json!(r(min)));
+        o.insert(format!("{name}_max"), serde_json::json!(r(max)));
     }
     Value::Object(o)
 }
@@ -450,11 +452,21 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
                 Failure::new(FailKind::Guest, "the workload reported no stall time")
             })?;
             let touched = seen("prefetch:");
-            if guest == "hints-on" && touched.is_empty() {
+            // A post-copy phase can end before the destination agent gets
+            // the notice to the guest (the hybrid's, of a few pages): then
+            // there is nothing to run ahead of. Told, the tracer must run.
+            let told = dst["postcopy_notice"] == true;
+            if guest == "hints-on" && told && touched.is_empty() {
                 return Err(Failure::new(
                     FailKind::Guest,
-                    "the tracer never reported a prefetch pass",
+                    "the guest was told post-copy started, and the tracer never reported a prefetch pass",
                 ));
+            }
+            if guest == "hints-on" && !told {
+                eprintln!(
+                    "  {label} run {}: post-copy ended before the guest could be told: no prefetch",
+                    run + 1
+                );
             }
             let f = |k: &str| field(&stalls, k).unwrap_or(f64::NAN);
             // From the migration notice on: with post-copy from the start
@@ -469,7 +481,7 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
                 o.data["transferred_bytes"].as_f64().unwrap_or(f64::NAN),
             ];
             eprintln!(
-                "  {label} run {}: stall {:.0} ms (before the post-copy notice {:.0} ms in {} slow rewrites, after it {:.0} ms in {}; floor before the migration {:.0} ms in {} rewrites), blocktime {} ms, requests {}, {:.1} MiB, wall {} ms; {}",
+                "  {label} run {}: stall {:.0} ms (before the post-copy notice {:.0} ms in {} slow rewrites, after it {:.0} ms in {}; floor before the migration {:.0} ms in {} rewrites), blocktime {} ms (per vCPU {}), requests {}, {:.1} MiB, wall {} ms; {}",
                 run + 1,
                 stall,
                 f("pending_ms"),
@@ -479,6 +491,7 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
                 f("before_ms"),
                 f("before_ops"),
                 r[1],
+                dst["postcopy_vcpu_blocktime_ms"],
                 r[2],
                 r[3] / 1048576.0,
                 o.data["wall_ms"],
@@ -947,6 +960,10 @@ mod tests {
         assert_eq!(f["requests"], 20.0);
         assert_eq!(f["bytes_max"], 300.0);
         assert_eq!(spread(&[4.0, 1.0]), (2.5, 1.0, 4.0));
+        assert_eq!(
+            figures(&[[1153.3999999, 0.0, 0.0, 0.0]])["stall_ms"],
+            1153.4
+        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ struct Checkpoints {
     phase: Phase,
     /// The post-copy notice count when we started.
     postcopy_gen: u32,
+    /// Follow the migration's phases (`--stalls`).
+    timed: bool,
 }
 
 impl Checkpoints {
@@ -88,11 +90,11 @@ impl Checkpoints {
     /// Reads what the host said since the last look and acts on it.
     fn news(&mut self, out: &mut impl Write, arena: &Arena, tick: u64, gen: u64) -> Result<()> {
         let st = self.dev.status()?;
-        if self.phase == Phase::Before && st.migration_pending() {
+        if self.timed && self.phase == Phase::Before && st.migration_pending() {
             self.phase = Phase::Pending;
             writeln!(out, "workload: migration pending at tick {tick}")?;
         }
-        if self.phase != Phase::Postcopy && st.postcopy_gen() != self.postcopy_gen {
+        if self.timed && self.phase != Phase::Postcopy && st.postcopy_gen() != self.postcopy_gen {
             self.phase = Phase::Postcopy;
             writeln!(out, "workload: post-copy notice at tick {tick}")?;
         }
@@ -225,6 +227,7 @@ fn main() -> Result<()> {
                 written: None,
                 phase: Phase::Before,
                 postcopy_gen,
+                timed: args.stalls,
             })
         }
         false => None,

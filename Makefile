@@ -77,7 +77,7 @@ fuzz: deps
 # the planner vs QEMU's defaults, prefetch on/off, checkpoint-and-restore vs
 # pre-copy and post-copy, tracer and simulator cost.
 bench: kernel tools
-	$(HARNESS) run bench-rtt bench-plan bench-prefetch bench-checkpoint bench-tracer
+	$(HARNESS) run bench-rtt bench-plan bench-prefetch bench-hints bench-checkpoint bench-tracer
 	cd tools && cargo bench --locked -p miglockd --bench agent-scale
 	$(TOP)/tools/target/release/miglock-tracer bench
 	$(TOP)/tools/target/release/migsim bench

@@ -21,7 +21,7 @@ ml_fail() {
 # Starts miglock-tracer in the background, sending hints; extra arguments
 # go to 'miglock-tracer run'. Its log is /tmp/tracer.log.
 ml_tracer() {
-	miglock-tracer run --interval 1s --hints --quiet --record /tmp/trace.mltrace "$@" \
+	${ML_TRACER_CPU:+taskset -c "$ML_TRACER_CPU"} miglock-tracer run --interval 1s --hints --quiet --record /tmp/trace.mltrace "$@" \
 		>/tmp/tracer.log 2>&1 &
 	ML_TRACER=$!
 }

@@ -202,6 +202,9 @@ pub enum Bench {
     Validate,
     /// Checkpoint-and-restore as a migration against pre-copy and post-copy.
     Checkpoint,
+    /// Post-copy and pre-copy then post-copy, each with and without the
+    /// tracer's run-ahead, timed by the workload itself.
+    Hints,
 }
 
 /// Runs a benchmark: fresh hosts for every migration.
@@ -211,6 +214,7 @@ pub fn bench(sc: &Scenario, env: &Env<'_>, deadline: Instant, b: Bench) -> Resul
         Bench::Prefetch => bench_prefetch(sc, env, deadline),
         Bench::Validate => bench_validate(sc, env, deadline),
         Bench::Checkpoint => bench_checkpoint(sc, env, deadline),
+        Bench::Hints => bench_hints(sc, env, deadline),
     }
 }
 
@@ -337,6 +341,194 @@ fn bench_prefetch(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
         println!("bench prefetch: {r}");
     }
     Ok(())
+}
+
+/// `key=value` of the workload's `workload: stalls ...` line.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Median, min and max of `v` (not empty).
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (median, s[0], s[n - 1])
+}
+
+/// The figures of one scheme over its runs: each figure's median under its
+/// own name, its min and max beside it (`stall_ms`, `stall_ms_min`, ...).
+fn figures(runs: &[[f64; 4]]) -> Value {
+    let mut o = serde_json::Map::new();
+    for (i, name) in ["stall_ms", "blocktime_ms", "requests", "bytes"]
+        .iter()
+        .enumerate()
+    {
+        let v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+        // To a tenth: the stall's microseconds are below its noise.
+        let (median, min, max) = spread(&v);
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        o.insert(name.to_string(), serde_json::json!(r(median)));
+        o.insert(format!("{name}_min"), serde_json::json!(r(min)));
+        o.insert(format!("{name}_max"), serde_json::json!(r(max)));
+    }
+    Value::Object(o)
+}
+
+/// `bench-hints`: on the hot-set workload (`hints-off.sh`, `hints-on.sh`:
+/// mlworkload rewriting random pages of a 32 MiB hot set in 128 MiB, on
+/// vCPU 0; the tracer on vCPU 1), [`RUNS_HINTS`] migrations of each scheme
+/// over the same 32 MiB/s link in both phases (the hybrid's post-copy
+/// phase too, which the agent would otherwise run uncapped on QEMU 10),
+/// the schemes interleaved run by run; every run's memory verified on the
+/// destination. Writes `result.json` with the median, min and max of the
+/// workload's stall time, QEMU's vCPU block time, post-copy requests and
+/// bytes sent.
+fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    const RUNS_HINTS: usize = 5;
+    let schemes: [(&str, &'static str, &str); 4] = [
+        ("postcopy", "hints-off", "postcopy"),
+        ("postcopy_hints", "hints-on", "postcopy"),
+        ("hybrid", "hints-off", "precopy-then-postcopy"),
+        ("hybrid_hints", "hints-on", "precopy-then-postcopy"),
+    ];
+    let mut runs: Vec<Vec<[f64; 4]>> = vec![Vec::new(); schemes.len()];
+    let mut qemu = String::new();
+    for run in 0..RUNS_HINTS {
+        for (k, &(label, guest, mode)) in schemes.iter().enumerate() {
+            let (sc2, mut h) = fresh(sc, env, guest)?;
+            if qemu.is_empty() {
+                let v = h
+                    .src
+                    .qmp
+                    .execute("query-version", None)
+                    .map_err(|e| Failure::new(FailKind::Host, format!("query-version: {e}")))?;
+                let q = &v["qemu"];
+                qemu = format!("{}.{}.{}", q["major"], q["minor"], q["micro"]);
+            }
+            wait_hints(&mut h, deadline)?;
+            // The workload has calibrated its usual page rewrite (4096
+            // rewrites, 2 ticks) and run long enough for the tracer to
+            // rank its hot set.
+            if !matches!(
+                h.src
+                    .wait_line(deadline, |l| tick_of(l).is_some_and(|t| t >= 40)),
+                crate::vm::Wait::Line(_)
+            ) {
+                return Err(Failure::new(FailKind::Guest, "the workload never ran"));
+            }
+            let child = h.receive(&["--postcopy"])?;
+            let o = migrate_json(
+                &h,
+                &[
+                    "--mode",
+                    mode,
+                    "--bandwidth",
+                    LINK,
+                    "--postcopy-bandwidth",
+                    LINK,
+                ],
+            )?;
+            let dst = finish_incoming(&mut h, child, !o.ok)?;
+            require(o.ok, &format!("{label} run failed: {}", o.message))?;
+            // The workload verifies all its memory here (a run that does
+            // not fails the benchmark) and says how long it stalled.
+            h.arrive(&sc2, deadline)?;
+            let seen = |p: &str| -> Vec<String> {
+                h.dst
+                    .seen
+                    .iter()
+                    .filter(|l| l.starts_with(p))
+                    .cloned()
+                    .collect()
+            };
+            let stalls = seen("workload: stalls").pop().ok_or_else(|| {
+                Failure::new(FailKind::Guest, "the workload reported no stall time")
+            })?;
+            let touched = seen("prefetch:");
+            // A post-copy phase can end before the destination agent gets
+            // the notice to the guest (the hybrid's, of a few pages): then
+            // there is nothing to run ahead of. Told, the tracer must run.
+            let told = dst["postcopy_notice"] == true;
+            if guest == "hints-on" && told && touched.is_empty() {
+                return Err(Failure::new(
+                    FailKind::Guest,
+                    "the guest was told post-copy started, and the tracer never reported a prefetch pass",
+                ));
+            }
+            if guest == "hints-on" && !told {
+                eprintln!(
+                    "  {label} run {}: post-copy ended before the guest could be told: no prefetch",
+                    run + 1
+                );
+            }
+            let f = |k: &str| field(&stalls, k).unwrap_or(f64::NAN);
+            // From the migration notice on: with post-copy from the start
+            // that is the switchover and every fault after it (including
+            // those before the post-copy notice reaches the guest); with
+            // the hybrid it also holds the pre-copy pass.
+            let stall = f("pending_ms") + f("postcopy_ms");
+            let r = [
+                stall,
+                dst["postcopy_blocktime_ms"].as_f64().unwrap_or(f64::NAN),
+                o.data["postcopy_requests"].as_f64().unwrap_or(f64::NAN),
+                o.data["transferred_bytes"].as_f64().unwrap_or(f64::NAN),
+            ];
+            eprintln!(
+                "  {label} run {}: stall {:.0} ms (before the post-copy notice {:.0} ms in {} slow rewrites, after it {:.0} ms in {}; floor before the migration {:.0} ms in {} rewrites), blocktime {} ms (per vCPU {}), requests {}, {:.1} MiB, wall {} ms; {}",
+                run + 1,
+                stall,
+                f("pending_ms"),
+                f("pending_slow"),
+                f("postcopy_ms"),
+                f("postcopy_slow"),
+                f("before_ms"),
+                f("before_ops"),
+                r[1],
+                dst["postcopy_vcpu_blocktime_ms"],
+                r[2],
+                r[3] / 1048576.0,
+                o.data["wall_ms"],
+                touched.join("; ")
+            );
+            if r.iter().any(|x| x.is_nan()) {
+                return Err(Failure::new(
+                    FailKind::Host,
+                    format!("{label} run {}: a figure is missing: {stalls}", run + 1),
+                ));
+            }
+            runs[k].push(r);
+            h.quit()?;
+        }
+    }
+    let mut result = serde_json::json!({"runs": RUNS_HINTS, "qemu": qemu});
+    println!("bench hints: {RUNS_HINTS} runs each, QEMU {qemu}, link {LINK}/s in both phases; median (min..max)");
+    for (k, &(label, _, _)) in schemes.iter().enumerate() {
+        let fig = figures(&runs[k]);
+        let show = |n: &str| {
+            format!(
+                "{:.0} ({:.0}..{:.0})",
+                fig[n].as_f64().unwrap_or(0.0),
+                fig[format!("{n}_min")].as_f64().unwrap_or(0.0),
+                fig[format!("{n}_max")].as_f64().unwrap_or(0.0)
+            )
+        };
+        println!(
+            "bench hints: {label:<15} stall ms {:<16} blocktime ms {:<18} requests {:<14} MiB {:.1}",
+            show("stall_ms"),
+            show("blocktime_ms"),
+            show("requests"),
+            fig["bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        result[label] = fig;
+    }
+    env.write_result(&result)
 }
 
 /// Whether `l` can be a line of base64 (a kernel message printed on the
@@ -743,6 +935,36 @@ fn bench_checkpoint(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_workloads_stall_line() {
+        let l = "workload: stalls usual_us=11.0 threshold_us=500 before_ops=9 before_slow=0 \
+                 before_ms=0.0 pending_ops=4 pending_slow=2 pending_ms=12.5 postcopy_ops=3 \
+                 postcopy_slow=1 postcopy_ms=3.0";
+        assert_eq!(field(l, "pending_ms"), Some(12.5));
+        assert_eq!(field(l, "postcopy_slow"), Some(1.0));
+        assert_eq!(field(l, "ms"), None);
+    }
+
+    #[test]
+    fn figures_are_medians_with_min_and_max_beside() {
+        let runs = [
+            [5.0, 1.0, 10.0, 100.0],
+            [1.0, 2.0, 30.0, 300.0],
+            [3.0, 3.0, 20.0, 200.0],
+        ];
+        let f = figures(&runs);
+        assert_eq!(f["stall_ms"], 3.0);
+        assert_eq!(f["stall_ms_min"], 1.0);
+        assert_eq!(f["stall_ms_max"], 5.0);
+        assert_eq!(f["requests"], 20.0);
+        assert_eq!(f["bytes_max"], 300.0);
+        assert_eq!(spread(&[4.0, 1.0]), (2.5, 1.0, 4.0));
+        assert_eq!(
+            figures(&[[1153.3999999, 0.0, 0.0, 0.0]])["stall_ms"],
+            1153.4
+        );
+    }
 
     #[test]
     fn kernel_messages_inside_the_trace_are_left_out() {

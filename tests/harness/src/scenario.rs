@@ -434,6 +434,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::AdviceBench(crate::advice::Bench::Hints),
+        timeout: secs(2400),
+        ..guest(
+            "bench-hints",
+            "hints-on",
+            "benchmark (make bench): post-copy and pre-copy then post-copy, each with and without the tracer's run-ahead, 5 runs each: the workload's own stall time, QEMU's block time and requests",
+        )
+    },
+    Scenario {
         kind: Kind::GuestBench,
         mem_mib: 1024,
         timeout: secs(180),

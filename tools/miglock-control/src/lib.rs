@@ -106,7 +106,8 @@ pub struct MigrateRequest {
     /// QEMU `max-bandwidth` in bytes/s (default: QEMU's current setting).
     #[serde(default)]
     pub bandwidth: Option<u64>,
-    /// QEMU `max-postcopy-bandwidth` in bytes/s (default: QEMU's, none).
+    /// QEMU `max-postcopy-bandwidth` in bytes/s (default: `bandwidth`, else
+    /// QEMU's, none; pre-copy then post-copy on QEMU 10.0 or later: none).
     #[serde(default)]
     pub postcopy_bandwidth: Option<u64>,
     /// QEMU `downtime-limit` in ms (default: QEMU's current setting).

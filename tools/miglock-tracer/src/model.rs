@@ -59,7 +59,9 @@ impl Model {
         Model {
             age: vec![0; frames as usize],
             freq: vec![0; frames as usize],
-            wss_mask: !(u8::MAX >> k),
+            // The top `k` bits; a shift by 8 overflows a u8 (in a release
+            // build it wrapped to a shift by 0: an empty mask, no working set).
+            wss_mask: !u8::MAX.checked_shr(u32::from(k)).unwrap_or(0),
             samples: 0,
             dirty_rate: None,
             last: Update::default(),

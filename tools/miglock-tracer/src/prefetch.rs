@@ -38,6 +38,26 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
+/// The least age (the model's shift register, `model.rs`) of a frame worth
+/// prefetching: accessed in one of the last two samples.
+pub const RECENT_AGE: u8 = 0x40;
+
+/// Of `ranges` (hottest first, as `hints::rank` gives them), those of the
+/// working set now: frames accessed in one of the last two samples. A
+/// frame last touched earlier (memory the workload filled once, a phase
+/// that ended) would cost a round trip on the link the workload's own
+/// faults wait on, for a page it may not touch again: in `bench-hints` the
+/// run-ahead touched every page of the workload's 128 MiB, most of them
+/// written once at its start, to prefetch a 32 MiB hot set. A range's
+/// frames are all of one age class (`hints::class`), so its mean score
+/// says its age.
+pub fn recent(ranges: Vec<MldHintRange>) -> Vec<MldHintRange> {
+    ranges
+        .into_iter()
+        .filter(|r| r.score >> 8 >= u32::from(RECENT_AGE))
+        .collect()
+}
+
 /// Touches the frames of `job` in order; stops early when `stop` is set.
 pub fn touch(roots: &Roots, job: &Job, stop: &AtomicBool) -> Outcome {
     let t0 = Instant::now();
@@ -126,6 +146,23 @@ impl Prefetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetches_only_the_working_set_of_the_last_two_samples() {
+        let ages: Vec<u8> = vec![0x80, 0x80, 0x40, 0x20, 0x10, 0xC0, 0, 0x01];
+        let freqs = vec![9u8; ages.len()];
+        let ranked = crate::hints::rank_frames(&ages, &freqs, usize::MAX);
+        let kept = recent(ranked.clone());
+        let pfns: Vec<u64> = kept
+            .iter()
+            .flat_map(|r| r.start_pfn..r.start_pfn + u64::from(r.pages))
+            .collect();
+        let mut sorted = pfns.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 5]);
+        // Still hottest first.
+        assert_eq!(kept, ranked[..kept.len()]);
+    }
 
     #[test]
     fn touches_mapped_frames_in_order() {

@@ -173,11 +173,14 @@ impl Runner {
     /// a scattered working set 1024 ranges cover few pages.
     fn start_prefetch(&mut self, model: &Model) {
         if let Some(p) = &self.prefetcher {
-            let ranges = rank(model, usize::MAX);
+            let ranked = rank(model, usize::MAX);
+            let all = ranked.len();
+            let ranges = crate::prefetch::recent(ranked);
             println!(
-                "prefetch: post-copy announced (gen {}), touching {} ranges hottest first",
+                "prefetch: post-copy announced (gen {}), touching {} ranges hottest first ({} older ones left out)",
                 self.postcopy_gen,
-                ranges.len()
+                ranges.len(),
+                all - ranges.len()
             );
             p.submit(Job {
                 ranges,

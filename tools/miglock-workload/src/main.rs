@@ -16,12 +16,21 @@
 //! the checkpoint copied on write for it, at most), and when the VM was
 //! restored from a checkpoint it says which generation of its memory it
 //! runs on and verifies every page at once.
+//!
+//! With `--hot-mib` the pages rewritten each tick are drawn at random from
+//! the first `--hot-mib` MiB (a hot set) rather than in turn over all of
+//! memory. With `--stalls` (and `--mld`) it times every page rewrite and,
+//! at the end, says how long its rewrites were blocked before, during and
+//! after a migration (`stalls.rs`).
 
 use anyhow::{bail, Result};
 use clap::Parser;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use std::io::{self, BufRead, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+mod stalls;
+use stalls::{Phase, Stalls};
 
 const PAGE: usize = 4096;
 const WORDS: usize = PAGE / 8;
@@ -44,6 +53,17 @@ struct Args {
     /// Hear the host's checkpoint and restore notices on /dev/mld.
     #[arg(long)]
     mld: bool,
+    /// Rewrite random pages of the first this many MiB (a hot set) instead
+    /// of every page in turn (0: every page in turn).
+    #[arg(long, default_value_t = 0)]
+    hot_mib: usize,
+    /// Seed for `--hot-mib`'s random pages.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Time every page rewrite and report the time blocked per migration
+    /// phase (needs `--mld`, which says when a migration is announced).
+    #[arg(long, requires = "mld")]
+    stalls: bool,
 }
 
 /// What `--mld` follows: the pages written while a checkpoint runs.
@@ -51,6 +71,12 @@ struct Checkpoints {
     dev: miglock_dev::Device,
     /// Pages written since the checkpoint started, if one runs.
     written: Option<Vec<bool>>,
+    /// Where in a migration we are, as the host told us.
+    phase: Phase,
+    /// The post-copy notice count when we started.
+    postcopy_gen: u32,
+    /// Follow the migration's phases (`--stalls`).
+    timed: bool,
 }
 
 impl Checkpoints {
@@ -64,6 +90,14 @@ impl Checkpoints {
     /// Reads what the host said since the last look and acts on it.
     fn news(&mut self, out: &mut impl Write, arena: &Arena, tick: u64, gen: u64) -> Result<()> {
         let st = self.dev.status()?;
+        if self.timed && self.phase == Phase::Before && st.migration_pending() {
+            self.phase = Phase::Pending;
+            writeln!(out, "workload: migration pending at tick {tick}")?;
+        }
+        if self.timed && self.phase != Phase::Postcopy && st.postcopy_gen() != self.postcopy_gen {
+            self.phase = Phase::Postcopy;
+            writeln!(out, "workload: post-copy notice at tick {tick}")?;
+        }
         if st.restored() {
             // Memory is as it was when the checkpoint began: say which
             // generation that is, and check it whole.
@@ -177,24 +211,58 @@ fn main() -> Result<()> {
         bail!("--mib must give at least one page and --dirty-pages at most {pages}");
     }
     let mut arena = Arena::new(pages);
+    let hot_pages = match args.hot_mib {
+        0 => pages,
+        h => h * 1024 * 1024 / PAGE,
+    };
+    if hot_pages == 0 || hot_pages > pages {
+        bail!("--hot-mib must give at least one page and at most --mib");
+    }
     let mut mld = match args.mld {
-        true => Some(Checkpoints {
-            dev: miglock_dev::Device::open()?,
-            written: None,
-        }),
+        true => {
+            let dev = miglock_dev::Device::open()?;
+            let postcopy_gen = dev.status()?.postcopy_gen();
+            Some(Checkpoints {
+                dev,
+                written: None,
+                phase: Phase::Before,
+                postcopy_gen,
+                timed: args.stalls,
+            })
+        }
         false => None,
     };
+    let mut stalls = args.stalls.then(Stalls::default);
+    let mut rng = args.seed | 1;
     let mut out = io::stdout().lock();
     writeln!(out, "workload: {} pages ready", pages)?;
     let (mut next, mut tick, mut gen) = (0usize, 0u64, 1u64);
     'run: loop {
         gen += 1;
+        let phase = mld.as_ref().map_or(Phase::Before, |m| m.phase);
         for _ in 0..args.dirty_pages {
-            arena.write(next, gen);
-            if let Some(m) = mld.as_mut() {
-                m.wrote(next);
+            let page = if args.hot_mib == 0 {
+                let p = next;
+                next = (next + 1) % pages;
+                p
+            } else {
+                // xorshift64: cheap, and the same pages every run.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % hot_pages as u64) as usize
+            };
+            match stalls.as_mut() {
+                Some(s) => {
+                    let t = Instant::now();
+                    arena.write(page, gen);
+                    s.op(t.elapsed(), phase);
+                }
+                None => arena.write(page, gen),
             }
-            next = (next + 1) % pages;
+            if let Some(m) = mld.as_mut() {
+                m.wrote(page);
+            }
         }
         writeln!(out, "tick {tick}")?;
         out.flush()?;
@@ -202,10 +270,17 @@ fn main() -> Result<()> {
         if args.ticks != 0 && tick >= args.ticks {
             break;
         }
+        // Timed phases follow the host's notices even if the device's
+        // poll wakes us for none of them.
+        if stalls.is_some() {
+            if let Some(m) = mld.as_mut() {
+                m.news(&mut out, &arena, tick, gen)?;
+            }
+        }
         // The rest of the tick: news from the host does not shorten it.
-        let until = std::time::Instant::now() + Duration::from_millis(args.tick_ms);
+        let until = Instant::now() + Duration::from_millis(args.tick_ms);
         loop {
-            let left = until.saturating_duration_since(std::time::Instant::now());
+            let left = until.saturating_duration_since(Instant::now());
             match stdin_line(left, mld.as_ref().map(|m| &m.dev))? {
                 Woke::Timeout => break,
                 Woke::Mld => {
@@ -220,6 +295,9 @@ fn main() -> Result<()> {
                 Woke::Line(_) => {}
             }
         }
+    }
+    if let Some(s) = &stalls {
+        writeln!(out, "{}", s.line())?;
     }
     if !report(&mut out, &arena, tick, gen)? {
         std::process::exit(1);

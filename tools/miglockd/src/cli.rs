@@ -100,7 +100,9 @@ pub enum CtlCmd {
         /// Bandwidth cap, bytes/s with an optional K/M/G suffix (binary).
         #[arg(long, value_parser = bytes)]
         bandwidth: Option<u64>,
-        /// Bandwidth cap for the post-copy phase (default: none).
+        /// Bandwidth cap for the post-copy phase (default: the --bandwidth
+        /// cap, else none; pre-copy then post-copy on QEMU 10.0 or later:
+        /// none).
         #[arg(long, value_parser = bytes)]
         postcopy_bandwidth: Option<u64>,
         /// Longest pause allowed at the switchover.

@@ -287,10 +287,13 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
         (Mode::PrecopyThenPostcopy, _) => Choice::PrecopyThenPostcopy,
         _ => Choice::Precopy,
     };
-    let choice = match fenced(agent, name, req, qmp, choice, p) {
+    let (choice, qemu) = match fenced(agent, name, req, qmp, choice, p) {
         Ok(c) => c,
         Err(reply) => return reply,
     };
+    if let Err(e) = postcopy_cap(qmp, &qemu, choice, req, p) {
+        return err(format!("setting up the migration: {e:#}"));
+    }
     // QEMU stops at "pre-switchover" with the guest's vCPUs paused and waits
     // for migrate-continue: the one moment the lock can be checked without a
     // race, since a paused guest cannot take a new lock.
@@ -412,8 +415,8 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
     }
 }
 
-/// The mode to run on this QEMU: an asked one that would corrupt the guest
-/// here is refused; `auto` picks a safe one instead.
+/// The mode to run on this QEMU, and the QEMU: an asked mode that would
+/// corrupt the guest here is refused; `auto` picks a safe one instead.
 fn fenced(
     agent: &Agent,
     name: &str,
@@ -421,7 +424,7 @@ fn fenced(
     qmp: &Monitor,
     choice: Choice,
     p: Progress<'_>,
-) -> Result<Choice, Reply> {
+) -> Result<(Choice, fence::Qemu), Reply> {
     let version = qmp.execute("query-version", None);
     let kvm = qmp.execute("query-kvm", None);
     let (Ok(version), Ok(kvm)) = (version, kvm) else {
@@ -429,7 +432,7 @@ fn fenced(
     };
     let qemu = fence::Qemu::from_qmp(&version, &kvm);
     if agent.planner.allow_fenced {
-        return Ok(choice);
+        return Ok((choice, qemu));
     }
     if req.mode == Mode::Auto {
         let (safe, why) = fence::safe(&qemu, choice);
@@ -441,14 +444,16 @@ fn fenced(
                 json!({"planned": choice, "runs": safe, "why": why}),
             );
         }
-        return Ok(safe);
+        return Ok((safe, qemu));
     }
-    fence::check(&qemu, choice).map(|()| choice).map_err(|why| {
-        agent
-            .audit
-            .record(name, "migrate-refused", json!({"why": why}));
-        refused(format!("refused: {why}"))
-    })
+    fence::check(&qemu, choice)
+        .map(|()| (choice, qemu))
+        .map_err(|why| {
+            agent
+                .audit
+                .record(name, "migrate-refused", json!({"why": why}));
+            refused(format!("refused: {why}"))
+        })
 }
 
 /// Applies the request's bandwidth and downtime limit and, for `auto`,
@@ -495,16 +500,44 @@ fn settings(
     let (bw, dl) = plan.as_ref().map_or((bandwidth, downtime_limit_ms), |p| {
         (p.max_bandwidth, p.downtime_limit_ms)
     });
-    // The post-copy phase keeps QEMU's own limit (none): capping it made
-    // QEMU 7.2 corrupt a write-heavy guest's memory here (see
-    // Documentation/host-agent.rst).
-    let mut set = json!({"max-bandwidth": bw, "downtime-limit": dl});
-    // The link is the link: an explicit cap holds for post-copy too.
-    if let Some(pb) = req.postcopy_bandwidth.or(req.bandwidth) {
-        set["max-postcopy-bandwidth"] = json!(pb);
-    }
+    // The post-copy phase's cap is set once the mode is known
+    // (`postcopy_cap`): it depends on the mode and on the QEMU.
+    let set = json!({"max-bandwidth": bw, "downtime-limit": dl});
     qmp.execute("migrate-set-parameters", Some(set))?;
     Ok(plan)
+}
+
+/// Sets the post-copy phase's bandwidth cap for `choice` on `qemu`. The
+/// link is the link: an explicit cap holds for post-copy too, except in
+/// pre-copy then post-copy on a QEMU where its post-copy phase was proven
+/// correct uncapped (10.0 and later). It was QEMU 7.2 that corrupted a
+/// write-heavy guest's memory when that phase ran uncapped; capped at the
+/// link it verified on both versions (`fence::postcopy_cap`,
+/// Documentation/host-agent.rst).
+fn postcopy_cap(
+    qmp: &Monitor,
+    qemu: &fence::Qemu,
+    choice: Choice,
+    req: &MigrateRequest,
+    p: Progress<'_>,
+) -> anyhow::Result<()> {
+    if choice == Choice::Precopy {
+        return Ok(());
+    }
+    let Some(cap) = fence::postcopy_cap(qemu, choice, req.postcopy_bandwidth, req.bandwidth) else {
+        return Ok(());
+    };
+    if cap == 0 && req.bandwidth.is_some() {
+        say(
+            p,
+            "post-copy phase uncapped: proven correct on this QEMU after a pre-copy pass".into(),
+        );
+    }
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-postcopy-bandwidth": cap })),
+    )?;
+    Ok(())
 }
 
 /// Cancels the migration; `q`, the last `query-migrate`, adds how far it

@@ -29,8 +29,9 @@ pub const HOT_SHARE_FOR_POSTCOPY: f64 = 0.5;
 pub struct Options {
     /// Pre-copy then post-copy for guests pre-copy cannot keep up with.
     /// Off by default until measured against post-copy from the start on
-    /// the QEMU in use (with QEMU 7.2 under TCG it corrupted guests, as
-    /// plain pre-copy did there: `fence.rs`).
+    /// the QEMU in use (with QEMU 7.2 under TCG its dirty log is not
+    /// trusted, `fence.rs`, and its uncapped post-copy phase corrupted
+    /// guests, `fence::postcopy_cap`).
     pub precopy_then_postcopy: bool,
     /// Run modes that rely on the dirty log even on a QEMU known to lose
     /// pages from it (`fence.rs`): only to reproduce that fault.

@@ -244,12 +244,19 @@ impl Default for FakeQemu {
     }
 }
 
+/// Every command a fake QEMU was sent, in order (`{"execute": ...,
+/// "arguments": ...}`).
+pub type Commands = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
 /// Serves a QMP monitor on `path` (one client at a time, as QEMU does)
-/// that walks each migration through "active" to `q.ending`.
-pub fn fake_qemu(path: &Path, q: FakeQemu) {
+/// that walks each migration through "active" to `q.ending`; returns the
+/// commands it is sent.
+pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
     let l = UnixListener::bind(path).unwrap();
     // Block nodes belong to the QEMU, not to a connection.
     let nodes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let commands = Commands::default();
+    let sent = commands.clone();
     std::thread::spawn(move || {
         for conn in l.incoming().flatten() {
             let mut w = conn.try_clone().unwrap();
@@ -260,6 +267,7 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) {
                 let Ok(v) = serde_json::from_str::<Value>(&line.unwrap_or_default()) else {
                     break;
                 };
+                sent.lock().unwrap().push(v.clone());
                 let mut reply = match v["execute"].as_str().unwrap_or("") {
                     "query-version" => json!({"return": {"qemu":
                         {"major": q.version.0, "minor": q.version.1, "micro": 0}}}),
@@ -331,4 +339,5 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) {
             }
         }
     });
+    commands
 }

@@ -270,8 +270,14 @@ impl Ledger {
         if lease == 0 {
             return Verdict::Refused(wire::REFUSE_QUOTA);
         }
+        self.put(hold, reason, label, now, now + lease);
+        Verdict::Granted(lease as u32)
+    }
+
+    /// Records `hold` from `now` to `until_ms`; an earlier interval of the
+    /// same hold is closed at `now` (the renewed hold goes on from here).
+    fn put(&mut self, hold: u32, reason: u32, label: &str, now: u64, until_ms: u64) {
         if let Some(old) = self.holds.get(&hold) {
-            // Close the old interval at `now`; the renewed hold goes on from here.
             self.usage.push((old.since_ms, now));
         }
         self.holds.insert(
@@ -280,10 +286,9 @@ impl Ledger {
                 reason,
                 label: label.to_string(),
                 since_ms: now,
-                until_ms: now + lease,
+                until_ms,
             },
         );
-        Verdict::Granted(lease as u32)
     }
 
     /// Records `hold`, which the guest took without asking (`Held`) inside
@@ -307,18 +312,7 @@ impl Ledger {
             return false;
         }
         let until_ms = now.saturating_add(u64::from(lease_ms)).min(cover);
-        if let Some(old) = self.holds.get(&hold) {
-            self.usage.push((old.since_ms, now));
-        }
-        self.holds.insert(
-            hold,
-            Hold {
-                reason,
-                label: label.to_string(),
-                since_ms: now,
-                until_ms,
-            },
-        );
+        self.put(hold, reason, label, now, until_ms);
         true
     }
 

@@ -257,14 +257,7 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             // and a grant only once QEMU enforces it.
             let verdict = match (Reason::from_u32(reason), text) {
                 (Some(_), Some(text)) => {
-                    let (v, why) = agent.update(vm, |l, now| {
-                        let v = l.lock(hold, reason, text, lease_ms, now);
-                        ((v, l.blocker_reason(now)), matches!(v, Verdict::Granted(_)))
-                    });
-                    let v = match v {
-                        Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
-                        refused => refused,
-                    };
+                    let v = lock_enforced(agent, vm, hold, reason, text, lease_ms);
                     decide(agent, vm, "lock", hold, reason, text, lease_ms, v);
                     v
                 }
@@ -399,14 +392,7 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
         agent.audit.record(name, "held", rec);
         return;
     }
-    let (v, why) = agent.update(vm, |l, now| {
-        let v = l.lock(hold, reason, label, lease_ms, now);
-        ((v, l.blocker_reason(now)), matches!(v, Verdict::Granted(_)))
-    });
-    let v = match v {
-        Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
-        refused => refused,
-    };
+    let v = lock_enforced(agent, vm, hold, reason, label, lease_ms);
     decide(
         agent,
         vm,
@@ -425,6 +411,26 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
             },
         );
         agent.update(vm, |l, now| (l.force_release(now), true));
+    }
+}
+
+/// Decides a lock of `hold` in the ledger; a grant stands once QEMU
+/// enforces it (see [`enforced`]).
+fn lock_enforced(
+    agent: &Agent,
+    vm: &Vm,
+    hold: u32,
+    reason: u32,
+    label: &str,
+    lease_ms: u32,
+) -> Verdict {
+    let (v, why) = agent.update(vm, |l, now| {
+        let v = l.lock(hold, reason, label, lease_ms, now);
+        ((v, l.blocker_reason(now)), matches!(v, Verdict::Granted(_)))
+    });
+    match v {
+        Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
+        refused => refused,
     }
 }
 

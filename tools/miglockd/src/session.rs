@@ -230,25 +230,8 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             reply(agent.welcome(vm));
         }
         Message::Lock { .. } | Message::LockShort { .. } => {
-            let (hold, reason, lease_ms, label) = match msg {
-                Message::Lock {
-                    hold,
-                    reason,
-                    lease_ms,
-                    label,
-                } => (hold, reason, lease_ms, label),
-                Message::LockShort {
-                    hold,
-                    reason,
-                    lease_ms,
-                    label: short,
-                } => {
-                    // The decoder allows no more than the padded label holds.
-                    let mut label = [0u8; wire::LABEL_LEN];
-                    label[..short.len()].copy_from_slice(short);
-                    (hold, reason, lease_ms, label)
-                }
-                _ => unreachable!("matched above"),
+            let Some((hold, reason, lease_ms, label)) = lock_fields(msg) else {
+                return false;
             };
             let text = check_label(&label)
                 .ok()
@@ -411,6 +394,30 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
             },
         );
         agent.update(vm, |l, now| (l.force_release(now), true));
+    }
+}
+
+/// A `Lock`'s or `LockShort`'s hold, reason, lease and padded label.
+fn lock_fields(msg: Message<'_>) -> Option<(u32, u32, u32, [u8; wire::LABEL_LEN])> {
+    match msg {
+        Message::Lock {
+            hold,
+            reason,
+            lease_ms,
+            label,
+        } => Some((hold, reason, lease_ms, label)),
+        Message::LockShort {
+            hold,
+            reason,
+            lease_ms,
+            label: short,
+        } => {
+            // The decoder allows no more than the padded label holds.
+            let mut label = [0u8; wire::LABEL_LEN];
+            label.get_mut(..short.len())?.copy_from_slice(short);
+            Some((hold, reason, lease_ms, label))
+        }
+        _ => None,
     }
 }
 

@@ -322,7 +322,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "agent-plan-writeheavy",
             "plan-writeheavy",
-            "write-heavy guest on a 32 MiB/s link: default pre-copy does not converge in 20 s; --mode auto plans post-copy and completes",
+            "write-heavy guest on a 32 MiB/s link: default pre-copy does not converge in 10 s; --mode auto plans post-copy and completes",
         )
     },
     Scenario {

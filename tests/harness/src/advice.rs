@@ -100,13 +100,34 @@ fn finish_incoming(h: &mut Hosts, mut child: Child, failed: bool) -> Result<Valu
     }
     let ok = child.wait().context("miglockctl incoming")?.success();
     let said = h.incoming_output();
-    let data = said
-        .iter()
+    let data = ok_data(said.iter().map(|l| l.as_str()));
+    Ok(if ok { data } else { Value::Null })
+}
+
+/// The data of the `ok` record among `miglockctl --json` lines (null if
+/// there is none).
+fn ok_data<'a>(lines: impl IntoIterator<Item = &'a str>) -> Value {
+    lines
+        .into_iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["kind"] == "ok")
         .map(|v| v["data"].clone())
-        .unwrap_or_default();
-    Ok(if ok { data } else { Value::Null })
+        .unwrap_or_default()
+}
+
+/// What `miglockctl --json checkpoint` over the link reported; a host
+/// failure, with its error output, if it failed.
+fn checkpoint_data(out: &std::process::Output) -> Result<Value, Failure> {
+    if !out.status.success() {
+        return Err(Failure::new(
+            FailKind::Host,
+            format!(
+                "checkpoint over the link failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+    }
+    Ok(ok_data(String::from_utf8_lossy(&out.stdout).lines()))
 }
 
 fn choice(o: &Outcome) -> &str {
@@ -714,21 +735,7 @@ fn validate_checkpoint(
         .ok()
         .and_then(|r| r.ok())
         .unwrap_or((0, Duration::ZERO));
-    let ck: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["kind"] == "ok")
-        .map(|v| v["data"].clone())
-        .unwrap_or_default();
-    if !out.status.success() {
-        return Err(Failure::new(
-            FailKind::Host,
-            format!(
-                "checkpoint over the link failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ));
-    }
+    let ck = checkpoint_data(&out)?;
     // The workload says how many pages it wrote while the checkpoint ran.
     let done = match h
         .src
@@ -855,21 +862,7 @@ fn bench_checkpoint(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
             .ctl(&["--json", "checkpoint", "guest", "--to", &uri])?;
         let received = sink.join().ok().and_then(|r| r.ok()).map_or(0, |r| r.0);
         let ckpt_ms = t.elapsed().as_millis() as u64;
-        let ck: Value = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["kind"] == "ok")
-            .map(|v| v["data"].clone())
-            .unwrap_or_default();
-        if !out.status.success() {
-            return Err(Failure::new(
-                FailKind::Host,
-                format!(
-                    "checkpoint over the link failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            ));
-        }
+        let ck = checkpoint_data(&out)?;
         // The source stops once the image is on the destination; what it
         // printed up to then is read (it prints nothing more: the reader
         // only has to catch up, the bound is for that).

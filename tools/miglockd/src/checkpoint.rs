@@ -21,7 +21,7 @@ use crate::agent::{Agent, Vm};
 use crate::audit::now_ms;
 use crate::enforce;
 use miglock_abi::wire::Notice;
-use miglock_control::{CheckpointRequest, ErrorClass, MigrationProgress, Reply, RestoreRequest};
+use miglock_control::{CheckpointRequest, ErrorClass, Reply, RestoreRequest};
 use miglock_qmp::Monitor;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -266,14 +266,7 @@ fn run(
                         b("transferred") as f64 / 1048576.0,
                         b("remaining") as f64 / 1048576.0
                     ),
-                    migration: Some(MigrationProgress {
-                        status: s.to_string(),
-                        total_bytes: b("total"),
-                        transferred_bytes: b("transferred"),
-                        remaining_bytes: b("remaining"),
-                        rate_bytes_per_s: (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64,
-                        elapsed_ms: start.elapsed().as_millis() as u64,
-                    }),
+                    migration: Some(crate::gate::progress(s, &q, start)),
                 });
             }
         }

@@ -566,7 +566,7 @@ fn cancel(agent: &Agent, vm: &Vm, qmp: &Monitor, why: &str, q: Option<&Value>) -
 }
 
 /// The figures of a `query-migrate` answer a progress bar needs.
-fn progress(status: &str, q: &Value, started: Instant) -> MigrationProgress {
+pub(crate) fn progress(status: &str, q: &Value, started: Instant) -> MigrationProgress {
     let ram = &q["ram"];
     let bytes = |k: &str| ram[k].as_u64().unwrap_or(0);
     MigrationProgress {

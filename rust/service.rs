@@ -258,17 +258,14 @@ impl Service {
     }
 
     /// Owes the host the release of the lingering grants that are due (all
-    /// of them with `all`), and runs the work again when the next one is.
+    /// of them with `all`); the owed-frame work, which runs again by the
+    /// next one's time, sends them if nothing else does first.
     fn end_lingers(&self, st: &mut State, now: u64, all: bool) {
         let mut out = self.outbox.lock();
         // A release that does not fit (it cannot: there is room for one per
         // grant) stays due, for the next run.
         st.grants
             .take_due(now, all, |hold| out.push(Owed::Release(hold)));
-        drop(out);
-        if let Some(due) = st.grants.next_due() {
-            self.kick(due.saturating_sub(now));
-        }
     }
 
     /// Runs `f` on the state after dropping expired holds, arms the timer
@@ -431,7 +428,6 @@ impl Service {
                 return Err(e);
             }
         };
-        let label_bytes = req.label;
         let r = self.with_state(|st, now| {
             st.asking = st.asking.saturating_sub(1);
             let (code, lease) = match decision {
@@ -450,8 +446,7 @@ impl Service {
                 .map_err(table_err)?;
             if code == MLD_DECISION_GRANTED {
                 let until = asked_at.saturating_add(u64::from(lease) * NSEC_PER_MSEC);
-                st.grants
-                    .granted(hold, req.reason as u32, label_bytes, until);
+                st.grants.granted(hold, req.reason as u32, req.label, until);
             } else {
                 st.grants.forget(hold);
             }

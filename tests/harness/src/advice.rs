@@ -388,11 +388,17 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
 
 /// The figures of one scheme over its runs: each figure's median under its
 /// own name, its min and max beside it (`stall_ms`, `stall_ms_min`, ...).
-fn figures(runs: &[[f64; 4]]) -> Value {
+fn figures(runs: &[[f64; 5]]) -> Value {
     let mut o = serde_json::Map::new();
-    for (i, name) in ["stall_ms", "blocktime_ms", "requests", "bytes"]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "stall_ms",
+        "blocktime_ms",
+        "requests",
+        "bytes",
+        "workload_vcpu_blocktime_ms",
+    ]
+    .iter()
+    .enumerate()
     {
         let v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
         // To a tenth: the stall's microseconds are below its noise.
@@ -405,28 +411,38 @@ fn figures(runs: &[[f64; 4]]) -> Value {
     Value::Object(o)
 }
 
-/// `bench-hints`: on the hot-set workload (`hints-off.sh`, `hints-on.sh`:
-/// mlworkload rewriting random pages of a 32 MiB hot set in 128 MiB, on
-/// vCPU 0; the tracer on vCPU 1), [`RUNS_HINTS`] migrations of each scheme
-/// over the same 32 MiB/s link in both phases (the hybrid's post-copy
-/// phase too, which the agent would otherwise run uncapped on QEMU 10),
-/// the schemes interleaved run by run; every run's memory verified on the
-/// destination. Writes `result.json` with the median, min and max of the
-/// workload's stall time, QEMU's vCPU block time, post-copy requests and
-/// bytes sent.
+/// `bench-hints`: on the hot-set workload (`hints.sh`: mlworkload rewriting
+/// random pages of a 32 MiB hot set in 128 MiB on vCPU 0, the tracer on
+/// vCPU 1), `MIGLOCK_HINTS_RUNS` (default 5) migrations of each scheme over
+/// the same 32 MiB/s link in both phases (the hybrid's post-copy phase too,
+/// which the agent would otherwise run uncapped on QEMU 10), the schemes
+/// interleaved run by run; every run's memory verified on the destination.
+/// "Hints" is the destination agent reading the guest's hot pages ahead
+/// (`incoming --prefetch`, the hints the source agent held just before).
+/// Writes `result.json` with the median, min and max of the workload's
+/// stall time, QEMU's block time (all vCPUs, and the workload's vCPU),
+/// post-copy requests and bytes sent.
 fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
-    const RUNS_HINTS: usize = 5;
-    let schemes: [(&str, &'static str, &str); 4] = [
-        ("postcopy", "hints-off", "postcopy"),
-        ("postcopy_hints", "hints-on", "postcopy"),
-        ("hybrid", "hints-off", "precopy-then-postcopy"),
-        ("hybrid_hints", "hints-on", "precopy-then-postcopy"),
+    let runs_hints: usize = std::env::var("MIGLOCK_HINTS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    // (label, mode, the destination reads the hinted pages ahead, QEMU's
+    // postcopy-preempt on both ends)
+    let schemes: [(&str, &str, bool, bool); 6] = [
+        ("postcopy", "postcopy", false, false),
+        ("postcopy_preempt", "postcopy", false, true),
+        ("postcopy_hints", "postcopy", true, false),
+        ("postcopy_preempt_hints", "postcopy", true, true),
+        ("hybrid", "precopy-then-postcopy", false, false),
+        ("hybrid_hints", "precopy-then-postcopy", true, false),
     ];
-    let mut runs: Vec<Vec<[f64; 4]>> = vec![Vec::new(); schemes.len()];
+    let mut runs: Vec<Vec<[f64; 5]>> = vec![Vec::new(); schemes.len()];
     let mut qemu = String::new();
-    for run in 0..RUNS_HINTS {
-        for (k, &(label, guest, mode)) in schemes.iter().enumerate() {
-            let (sc2, mut h) = fresh(sc, env, guest)?;
+    for run in 0..runs_hints {
+        for (k, &(label, mode, runahead, preempt)) in schemes.iter().enumerate() {
+            let (sc2, mut h) = fresh(sc, env, "hints")?;
             if qemu.is_empty() {
                 let v = h
                     .src
@@ -447,18 +463,29 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
             ) {
                 return Err(Failure::new(FailKind::Guest, "the workload never ran"));
             }
-            let child = h.receive(&["--postcopy"])?;
-            let o = migrate_json(
-                &h,
-                &[
-                    "--mode",
-                    mode,
-                    "--bandwidth",
-                    LINK,
-                    "--postcopy-bandwidth",
-                    LINK,
-                ],
-            )?;
+            // The hints as the source agent holds them, for the destination.
+            let hints = env.dir.join("hints.json");
+            let mut rx_args = vec!["--postcopy"];
+            let mut tx_args = vec![
+                "--mode",
+                mode,
+                "--bandwidth",
+                LINK,
+                "--postcopy-bandwidth",
+                LINK,
+            ];
+            if preempt {
+                rx_args.push("--postcopy-preempt");
+                tx_args.push("--postcopy-preempt");
+            }
+            if runahead {
+                let v = h.src_agent.hints(true)?;
+                std::fs::write(&hints, v.to_string())
+                    .map_err(|e| Failure::new(FailKind::Host, format!("hints.json: {e}")))?;
+                rx_args.extend(["--prefetch", hints.to_str().unwrap_or_default()]);
+            }
+            let child = h.receive(&rx_args)?;
+            let o = migrate_json(&h, &tx_args)?;
             let dst = finish_incoming(&mut h, child, !o.ok)?;
             require(o.ok, &format!("{label} run failed: {}", o.message))?;
             // The workload verifies all its memory here (a run that does
@@ -475,23 +502,20 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
             let stalls = seen("workload: stalls").pop().ok_or_else(|| {
                 Failure::new(FailKind::Guest, "the workload reported no stall time")
             })?;
-            let touched = seen("prefetch:");
-            // A post-copy phase can end before the destination agent gets
-            // the notice to the guest (the hybrid's, of a few pages): then
-            // there is nothing to run ahead of. Told, the tracer must run.
-            let told = dst["postcopy_notice"] == true;
-            if guest == "hints-on" && told && touched.is_empty() {
-                return Err(Failure::new(
-                    FailKind::Guest,
-                    "the guest was told post-copy started, and the tracer never reported a prefetch pass",
-                ));
-            }
-            if guest == "hints-on" && !told {
+            // The run-ahead starts once the guest runs on the destination;
+            // a hybrid's post-copy phase can end before that.
+            let ran = &dst["runahead"];
+            if runahead && ran.is_null() {
                 eprintln!(
-                    "  {label} run {}: post-copy ended before the guest could be told: no prefetch",
+                    "  {label} run {}: post-copy ended before the run-ahead began",
                     run + 1
                 );
             }
+            let touched = if runahead {
+                format!("run-ahead {ran}")
+            } else {
+                String::new()
+            };
             let f = |k: &str| field(&stalls, k).unwrap_or(f64::NAN);
             // From the migration notice on: with post-copy from the start
             // that is the switchover and every fault after it (including
@@ -503,6 +527,10 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
                 dst["postcopy_blocktime_ms"].as_f64().unwrap_or(f64::NAN),
                 o.data["postcopy_requests"].as_f64().unwrap_or(f64::NAN),
                 o.data["transferred_bytes"].as_f64().unwrap_or(f64::NAN),
+                // The workload runs on vCPU 0.
+                dst["postcopy_vcpu_blocktime_ms"][0]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
             ];
             eprintln!(
                 "  {label} run {}: stall {:.0} ms (before the post-copy notice {:.0} ms in {} slow rewrites, after it {:.0} ms in {}; floor before the migration {:.0} ms in {} rewrites), blocktime {} ms (per vCPU {}), requests {}, {:.1} MiB, wall {} ms; {}",
@@ -519,7 +547,7 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
                 r[2],
                 r[3] / 1048576.0,
                 o.data["wall_ms"],
-                touched.join("; ")
+                touched
             );
             if r.iter().any(|x| x.is_nan()) {
                 return Err(Failure::new(
@@ -531,9 +559,9 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
             h.quit()?;
         }
     }
-    let mut result = serde_json::json!({"runs": RUNS_HINTS, "qemu": qemu});
-    println!("bench hints: {RUNS_HINTS} runs each, QEMU {qemu}, link {LINK}/s in both phases; median (min..max)");
-    for (k, &(label, _, _)) in schemes.iter().enumerate() {
+    let mut result = serde_json::json!({"runs": runs_hints, "qemu": qemu});
+    println!("bench hints: {runs_hints} runs each, QEMU {qemu}, link {LINK}/s in both phases; median (min..max)");
+    for (k, &(label, ..)) in schemes.iter().enumerate() {
         let fig = figures(&runs[k]);
         let show = |n: &str| {
             format!(
@@ -945,9 +973,9 @@ mod tests {
     #[test]
     fn figures_are_medians_with_min_and_max_beside() {
         let runs = [
-            [5.0, 1.0, 10.0, 100.0],
-            [1.0, 2.0, 30.0, 300.0],
-            [3.0, 3.0, 20.0, 200.0],
+            [5.0, 1.0, 10.0, 100.0, 7.0],
+            [1.0, 2.0, 30.0, 300.0, 8.0],
+            [3.0, 3.0, 20.0, 200.0, 9.0],
         ];
         let f = figures(&runs);
         assert_eq!(f["stall_ms"], 3.0);
@@ -955,9 +983,10 @@ mod tests {
         assert_eq!(f["stall_ms_max"], 5.0);
         assert_eq!(f["requests"], 20.0);
         assert_eq!(f["bytes_max"], 300.0);
+        assert_eq!(f["workload_vcpu_blocktime_ms_min"], 7.0);
         assert_eq!(spread(&[4.0, 1.0]), (2.5, 1.0, 4.0));
         assert_eq!(
-            figures(&[[1153.3999999, 0.0, 0.0, 0.0]])["stall_ms"],
+            figures(&[[1153.3999999, 0.0, 0.0, 0.0, 0.0]])["stall_ms"],
             1153.4
         );
     }

@@ -219,6 +219,9 @@ pub enum Story {
     Hints,
     /// Post-copy with the destination agent receiving: the guest is told.
     Postcopy,
+    /// The same, `postcopy-preempt` on both ends, and the destination
+    /// reading the guest's hinted pages ahead in QEMU's memory.
+    PostcopyRunahead,
     /// `--mode auto` on a write-heavy guest, after default pre-copy gives up.
     PlanWriteHeavy,
     /// `--mode auto` keeps pre-copy on a read-mostly guest.
@@ -232,7 +235,10 @@ impl Story {
     fn agent_receives(self) -> bool {
         matches!(
             self,
-            Story::Postcopy | Story::PlanWriteHeavy | Story::PlanReadMostly
+            Story::Postcopy
+                | Story::PostcopyRunahead
+                | Story::PlanWriteHeavy
+                | Story::PlanReadMostly
         )
     }
 }
@@ -404,7 +410,8 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Relock => relock(&mut h, sc, deadline),
         Story::Hostile => hostile(&mut h, sc, env, deadline),
         Story::Hints => hints(&mut h, sc, deadline),
-        Story::Postcopy => postcopy(&mut h, sc, deadline),
+        Story::Postcopy => postcopy(&mut h, sc, deadline, false),
+        Story::PostcopyRunahead => postcopy(&mut h, sc, deadline, true),
         Story::PlanWriteHeavy => crate::advice::plan_write_heavy(&mut h, sc, env, deadline),
         Story::PlanReadMostly => crate::advice::plan_read_mostly(&mut h, sc, deadline),
         Story::Notices => notices(&mut h, sc, deadline),
@@ -664,12 +671,40 @@ fn notices(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failur
 
 /// The destination agent receives a post-copy migration and tells the
 /// guest once it runs there; the guest's poller wakes for it.
-fn postcopy(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+/// Post-copy through both agents; with `runahead`, `postcopy-preempt` on
+/// both ends and the destination reading the source's hinted pages ahead
+/// (which must not cost the guest a byte of its memory: `arrive` has the
+/// workload verify all of it).
+fn postcopy(
+    h: &mut Hosts,
+    sc: &Scenario,
+    deadline: Instant,
+    runahead: bool,
+) -> Result<(), Failure> {
     if let Wait::Timeout | Wait::Closed = h.src.wait_line(deadline, |l| tick_of(l).is_some()) {
         return Err(Failure::new(FailKind::Guest, "the workload never ticked"));
     }
-    let mut child = h.receive(&["--postcopy"])?;
-    let out = h.migrate(&["--mode", "postcopy"])?;
+    let mut rx = vec!["--postcopy"];
+    let mut tx = vec!["--mode", "postcopy"];
+    let file = h.src_agent.dir.join("hints.json");
+    if runahead {
+        // Hints with the hot set in them: at least two samples' worth.
+        let hints = loop {
+            let v = h.src_agent.hints(true)?;
+            if v["data"]["latest"]["batch"].as_u64().unwrap_or(0) >= 2 {
+                break v;
+            }
+            if Instant::now() >= deadline {
+                return Err(host_fail("the guest sent no hints".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        std::fs::write(&file, hints.to_string()).context("writing hints.json")?;
+        rx.extend(["--postcopy-preempt", "--prefetch", file.to_str().unwrap_or_default()]);
+        tx.push("--postcopy-preempt");
+    }
+    let mut child = h.receive(&rx)?;
+    let out = h.migrate(&tx)?;
     require(out.status.success(), "the post-copy migration failed")?;
     let status = child.wait().context("miglockctl incoming")?;
     let said = h
@@ -685,6 +720,19 @@ fn postcopy(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failu
         said.iter().any(|l| l.contains("\"postcopy_notice\":true")),
         "the destination agent did not tell the guest that post-copy started",
     )?;
+    if runahead {
+        let done: Value = said
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["kind"] == "ok")
+            .unwrap_or_default();
+        let ran = &done["data"]["runahead"];
+        eprintln!("    run-ahead: {ran}");
+        require(
+            ran["read"].as_u64().is_some_and(|n| n > 0) && ran["failed"] == 0,
+            "the destination read no hinted page ahead, or a read failed",
+        )?;
+    }
     wait_for(&mut h.dst, deadline, "@@MIGLOCK postcopy-notice gen=1@@")?;
     h.arrive(sc, deadline)?;
     require(

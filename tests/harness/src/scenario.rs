@@ -317,6 +317,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Agents(Story::PostcopyRunahead),
+        timeout: secs(240),
+        ..guest(
+            "agent-postcopy-runahead",
+            "agent-postcopy-runahead",
+            "post-copy with postcopy-preempt, the destination agent reading the guest's hinted pages ahead in QEMU's memory; the workload verifies every page there",
+        )
+    },
+    Scenario {
         kind: Kind::Agents(Story::PlanWriteHeavy),
         timeout: secs(300),
         ..guest(
@@ -438,8 +447,8 @@ pub const SCENARIOS: &[Scenario] = &[
         timeout: secs(2400),
         ..guest(
             "bench-hints",
-            "hints-on",
-            "benchmark (make bench): post-copy and pre-copy then post-copy, each with and without the tracer's run-ahead, 5 runs each: the workload's own stall time, QEMU's block time and requests",
+            "hints",
+            "benchmark (make bench): post-copy (with and without postcopy-preempt) and pre-copy then post-copy, each with and without the destination's run-ahead over the guest's hints, 5 runs each: the workload's own stall time, QEMU's block time and requests",
         )
     },
     Scenario {

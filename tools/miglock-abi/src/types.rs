@@ -186,9 +186,17 @@ pub struct MldHintRange {
     pub start_pfn: u64,
     /// Number of pages, at least one.
     pub pages: u32,
-    /// Higher is hotter; ranges come hottest first.
+    /// Higher is hotter; ranges come hottest first. `miglock-tracer`'s
+    /// score is a frame's age register in bits 8-15 (bit 15: accessed in
+    /// the last sample, bit 14: in the one before, ...) over its access
+    /// frequency in bits 0-7, a range's the mean of its frames'.
     pub score: u32,
 }
+
+/// The least score of a range the guest accessed in one of its last two
+/// samples (its working set now, by `miglock-tracer`'s score): what a
+/// run-ahead reads.
+pub const MLD_HINT_SCORE_RECENT: u32 = 0x40 << 8;
 
 /// `MLD_IOC_HINTS` argument: a hint batch and the workload figures the host
 /// planner uses.

@@ -117,6 +117,11 @@ pub struct MigrateRequest {
     /// does not converge would otherwise run forever).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// QEMU's `postcopy-preempt` when post-copy runs: requested pages on a
+    /// channel of their own, past the queued background pages (the
+    /// destination must enable it too).
+    #[serde(default)]
+    pub postcopy_preempt: bool,
 }
 
 /// `incoming` arguments: the destination side of a migration.
@@ -130,6 +135,23 @@ pub struct IncomingRequest {
     /// Allow post-copy (the source must enable it too).
     #[serde(default)]
     pub postcopy: bool,
+    /// Enable QEMU's `postcopy-preempt` (the source must enable it too).
+    #[serde(default)]
+    pub postcopy_preempt: bool,
+    /// The guest's hot pages, hottest first (its hints on the source):
+    /// read in QEMU's memory here as soon as the guest runs here under
+    /// post-copy, so QEMU fetches them before the guest faults on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<PrefetchRange>,
+}
+
+/// A range of guest-physical page frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchRange {
+    /// First frame.
+    pub start_pfn: u64,
+    /// Frames.
+    pub pages: u32,
 }
 
 /// `checkpoint` arguments.

@@ -96,6 +96,13 @@ impl Monitor {
         Ok((Monitor { shared }, rx))
     }
 
+    /// The process at the other end (QEMU), from the socket's credentials.
+    pub fn peer_pid(&self) -> Option<u32> {
+        let w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cred = rustix::net::sockopt::socket_peercred(&w.0).ok()?;
+        u32::try_from(cred.pid.as_raw_nonzero().get()).ok()
+    }
+
     /// Why the connection ended, if it has.
     pub fn closed(&self) -> Option<String> {
         self.shared.state().closed.clone()
@@ -351,6 +358,13 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn the_peer_is_the_process_at_the_other_end() {
+        // The fake runs in this process.
+        let m = Monitor::handshake(fake(|_| vec![json!({"return": {}})])).unwrap();
+        assert_eq!(m.peer_pid(), Some(std::process::id()));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use crate::rmap::Rmap;
 use crate::Roots;
-use miglock_abi::types::MldHintRange;
+use miglock_abi::types::{MldHintRange, MLD_HINT_SCORE_RECENT};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -38,10 +38,6 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// The least age (the model's shift register, `model.rs`) of a frame worth
-/// prefetching: accessed in one of the last two samples.
-pub const RECENT_AGE: u8 = 0x40;
-
 /// Of `ranges` (hottest first, as `hints::rank` gives them), those of the
 /// working set now: frames accessed in one of the last two samples. A
 /// frame last touched earlier (memory the workload filled once, a phase
@@ -54,7 +50,7 @@ pub const RECENT_AGE: u8 = 0x40;
 pub fn recent(ranges: Vec<MldHintRange>) -> Vec<MldHintRange> {
     ranges
         .into_iter()
-        .filter(|r| r.score >> 8 >= u32::from(RECENT_AGE))
+        .filter(|r| r.score >= MLD_HINT_SCORE_RECENT)
         .collect()
 }
 

@@ -111,6 +111,11 @@ pub enum CtlCmd {
         /// Give up on a migration still copying after this long.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// When post-copy runs, send the pages the destination asks for on
+        /// a channel of their own (QEMU's postcopy-preempt; QEMU 8.0 or
+        /// later; the destination's `incoming` needs it too).
+        #[arg(long)]
+        postcopy_preempt: bool,
         /// If locked: ask the guest to unlock and wait this long (without a
         /// value: the VM policy's grace period).
         #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1)]
@@ -176,6 +181,15 @@ pub enum CtlCmd {
         /// Allow post-copy.
         #[arg(long)]
         postcopy: bool,
+        /// Take requested pages on a channel of their own (QEMU's
+        /// postcopy-preempt; the source's `migrate` needs it too).
+        #[arg(long, requires = "postcopy")]
+        postcopy_preempt: bool,
+        /// The guest's hot pages, as `miglockctl --json hints VM --all`
+        /// printed them on the source: read here the moment post-copy
+        /// starts, so QEMU fetches them before the guest faults on them.
+        #[arg(long, value_name = "FILE")]
+        prefetch: Option<PathBuf>,
     },
     /// Exit 0 if VM may migrate now, 1 (with the reasons) if it is locked,
     /// 2 if the agent does not know it or cannot be reached; for scripts.

@@ -124,6 +124,24 @@ pub fn postcopy_cap(
     link
 }
 
+/// The first QEMU whose `postcopy-preempt` is a supported feature
+/// (QEMU's own documentation: "introduced in 8.0"); 7.2 has a capability
+/// of that name, but there a pre-copy stream stalls unless both ends agree
+/// and the one hybrid run here with it came out corrupted.
+pub const FIRST_PREEMPT: (u64, u64, u64) = (8, 0, 0);
+
+/// Why `q` cannot run `postcopy-preempt`, if it cannot.
+pub fn preempt_refused(q: &Qemu) -> Option<String> {
+    (q.version < FIRST_PREEMPT).then(|| {
+        format!(
+            "postcopy-preempt needs QEMU {}.{} or later; this is {}",
+            FIRST_PREEMPT.0,
+            FIRST_PREEMPT.1,
+            q.name()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +230,12 @@ mod tests {
             postcopy_cap(&q((10, 0, 2), false), Choice::Precopy, None, None),
             None
         );
+    }
+
+    #[test]
+    fn preempt_only_where_qemu_supports_it() {
+        assert!(preempt_refused(&q((7, 2, 22), false)).is_some_and(|w| w.contains("8.0")));
+        assert_eq!(preempt_refused(&q((8, 0, 0), false)), None);
+        assert_eq!(preempt_refused(&q((10, 0, 2), true)), None);
     }
 }

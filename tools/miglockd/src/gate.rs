@@ -304,6 +304,17 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
     if choice != Choice::Precopy {
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
     }
+    let preempt = req.postcopy_preempt && choice != Choice::Precopy;
+    if preempt {
+        if let Some(why) = fence::preempt_refused(&qemu) {
+            return Reply::error(ErrorClass::Refused, why);
+        }
+        caps.push(json!({"capability": "postcopy-preempt", "state": true}));
+    } else if capability_on(qmp, "postcopy-preempt") {
+        // QEMU keeps a capability from the last migration; the destination
+        // of this one did not agree to it.
+        caps.push(json!({"capability": "postcopy-preempt", "state": false}));
+    }
     let started = Instant::now();
     let setup = qmp.execute(
         "migrate-set-capabilities",
@@ -413,6 +424,19 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
             }
         }
     }
+}
+
+/// Whether QEMU has `capability` on now.
+fn capability_on(qmp: &Monitor, capability: &str) -> bool {
+    qmp.execute("query-migrate-capabilities", None)
+        .ok()
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|c| c["capability"] == capability)
+                .map(|c| c["state"] == true)
+        })
+        .unwrap_or(false)
 }
 
 /// The mode to run on this QEMU, and the QEMU: an asked mode that would

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The destination side of a migration: listen, follow it to the end, and
-//! tell the guest the moment it runs here under post-copy, so its tracer can
-//! touch its hot pages before the workload faults on them.
+//! the moment the guest runs here under post-copy, read its hot pages in
+//! QEMU (`runahead.rs`) and tell the guest.
 
 use crate::agent::Agent;
+use crate::runahead::{self, Plan, Runahead};
 use miglock_abi::wire::Notice;
 use miglock_control::{ErrorClass, IncomingRequest, Reply};
 use serde_json::json;
@@ -27,11 +28,48 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
         Err(e) => return err(e),
     };
     let events = qmp.subscribe();
+    // Where the hot pages are in QEMU, found before the stream arrives.
+    // The run-ahead is advice: without it the migration runs as ever.
+    let plan = (!req.prefetch.is_empty())
+        .then(|| prefetch_plan(&qmp, &req.prefetch))
+        .and_then(|r| match r {
+            Ok(plan) => {
+                let _ = p(&Reply::progress(format!(
+                    "run-ahead: {} hinted pages in QEMU's memory ({} not RAM)",
+                    plan.0.addrs.len(),
+                    plan.0.unmapped
+                )));
+                Some(plan)
+            }
+            Err(e) => {
+                let _ = p(&Reply::progress(format!("run-ahead off: {e}")));
+                agent
+                    .audit
+                    .record(name, "incoming-runahead-off", json!({"error": e}));
+                None
+            }
+        });
+    let (mut reading, mut ran_ahead): (Option<Runahead>, bool) = (None, false);
     let mut caps = vec![json!({"capability": "events", "state": true})];
     if req.postcopy {
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
         // How long vCPUs waited for pages: the cost post-copy has here.
         caps.push(json!({"capability": "postcopy-blocktime", "state": true}));
+    }
+    if req.postcopy_preempt {
+        let qemu = qmp
+            .execute("query-version", None)
+            .and_then(|v| Ok((v, qmp.execute("query-kvm", None)?)))
+            .map(|(v, k)| crate::fence::Qemu::from_qmp(&v, &k));
+        match qemu {
+            Ok(q) => {
+                if let Some(why) = crate::fence::preempt_refused(&q) {
+                    return Reply::error(ErrorClass::Refused, why);
+                }
+            }
+            Err(e) => return err(format!("QEMU did not say its version: {e:#}")),
+        }
+        caps.push(json!({"capability": "postcopy-preempt", "state": true}));
     }
     let listen = qmp
         .execute(
@@ -71,14 +109,23 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
                 .is_ok_and(|s| s["running"] == true);
         match status.as_str() {
             "completed" => {
+                // Every page is here now: the readers end at once.
+                let ran = reading
+                    .take()
+                    .zip(plan.as_ref())
+                    .map(|(r, (plan, _))| r.finish(true).report(plan));
                 let data = json!({"uri": bound, "wall_ms": started.elapsed().as_millis() as u64,
                                   "postcopy_notice": told,
+                                  "runahead": ran,
                                   "postcopy_blocktime_ms": q["postcopy-blocktime"],
                                   "postcopy_vcpu_blocktime_ms": q["postcopy-vcpu-blocktime"]});
                 agent.audit.record(name, "incoming-done", data.clone());
                 return Reply::Ok { data };
             }
             s @ ("failed" | "cancelled") => {
+                if let Some(r) = reading.take() {
+                    r.finish(false);
+                }
                 agent
                     .audit
                     .record(name, "incoming-failed", json!({"status": s}));
@@ -88,6 +135,26 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
                     ErrorClass::Failed
                 };
                 return Reply::error(class, format!("incoming migration {s}"));
+            }
+            // The guest runs here, so QEMU has registered its memory for
+            // post-copy: reading it now fetches pages, never maps empty ones.
+            "postcopy-active" if resumed && !ran_ahead && plan.is_some() => {
+                ran_ahead = true;
+                if let Some((plan, pid)) = &plan {
+                    match Runahead::start(*pid, std::sync::Arc::new(plan.addrs.clone())) {
+                        Ok(r) => {
+                            reading = Some(r);
+                            let _ = p(&Reply::progress(format!(
+                                "post-copy: reading {} hot pages ahead of the guest",
+                                plan.addrs.len()
+                            )));
+                        }
+                        Err(e) => {
+                            let _ = p(&Reply::progress(format!("run-ahead off: {e}")));
+                        }
+                    }
+                }
+                // The next look tells the guest.
             }
             // Listening starts before the device state arrives: wait until
             // the guest runs here, or the notice would land in a UART that
@@ -108,4 +175,16 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
             _ => {}
         }
     }
+}
+
+/// The run-ahead's plan and QEMU's process.
+fn prefetch_plan(
+    qmp: &miglock_qmp::Monitor,
+    ranges: &[miglock_control::PrefetchRange],
+) -> Result<(Plan, u32), String> {
+    let pid = qmp
+        .peer_pid()
+        .ok_or("QEMU's process is unknown (no peer credentials on its QMP socket)")?;
+    let plan = runahead::plan(qmp, ranges)?;
+    Ok((plan, pid))
 }

@@ -24,6 +24,7 @@ mod ledger;
 mod libvirt;
 mod log;
 mod planner;
+mod runahead;
 mod session;
 mod store;
 mod watcher;

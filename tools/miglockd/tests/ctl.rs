@@ -260,5 +260,45 @@ fn hybrid_post_copy_phase_is_uncapped_only_where_proven() {
     // QEMU 7.2: capped at the link, where it verified.
     migrate("old", &["--mode", "hybrid"]);
     assert_eq!(postcopy_caps(&old), [link]);
+
+    // postcopy-preempt only when asked, and where QEMU supports it; a
+    // QEMU that does not is refused, not run without it.
+    let preempt = |sent: &support::Commands| {
+        sent.lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c["execute"] == "migrate-set-capabilities")
+            .map(|c| {
+                c["arguments"]["capabilities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["capability"] == "postcopy-preempt")
+                    .map(|c| c["state"] == true)
+            })
+            .collect::<Vec<Option<bool>>>()
+    };
+    assert!(!preempt(&new).contains(&Some(true)));
+    migrate("new", &["--mode", "postcopy", "--postcopy-preempt"]);
+    assert_eq!(preempt(&new).last(), Some(&Some(true)));
+    // QEMU keeps it: the next migration, whose destination did not ask for
+    // it, turns it off.
+    migrate("new", &["--mode", "postcopy"]);
+    assert_eq!(preempt(&new).last(), Some(&Some(false)));
+    let out = ctl(
+        &dir,
+        &[
+            "migrate",
+            "old",
+            "--to",
+            "tcp:127.0.0.1:1",
+            "--mode",
+            "postcopy",
+            "--postcopy-preempt",
+        ],
+    );
+    assert_eq!(code(&out), 1, "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs QEMU 8.0"), "{out:?}");
+    assert!(!preempt(&old).contains(&Some(true)), "refused, not run without it");
     let _ = std::fs::remove_dir_all(&dir);
 }

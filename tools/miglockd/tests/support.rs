@@ -253,8 +253,9 @@ pub type Commands = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
 /// commands it is sent.
 pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
     let l = UnixListener::bind(path).unwrap();
-    // Block nodes belong to the QEMU, not to a connection.
+    // Block nodes and capabilities belong to the QEMU, not to a connection.
     let nodes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let caps = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Map::new()));
     let commands = Commands::default();
     let sent = commands.clone();
     std::thread::spawn(move || {
@@ -263,6 +264,7 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
             let _ = writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#);
             let mut state = "none";
             let mut nodes = nodes.lock().unwrap();
+            let mut caps = caps.lock().unwrap();
             for line in BufReader::new(conn).lines() {
                 let Ok(v) = serde_json::from_str::<Value>(&line.unwrap_or_default()) else {
                     break;
@@ -278,6 +280,13 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
                     }
                     "query-named-block-nodes" => json!({ "return": *nodes }),
                     "query-fdsets" => json!({"return": []}),
+                    "query-migrate-capabilities" => {
+                        let on: Vec<Value> = caps
+                            .iter()
+                            .map(|(c, s)| json!({"capability": c, "state": s}))
+                            .collect();
+                        json!({ "return": on })
+                    }
                     "add-fd" => json!({"return": {"fdset-id": 1, "fd": 3}}),
                     "blockdev-add" => {
                         nodes.push(json!({"node-name": v["arguments"]["node-name"]}));
@@ -297,6 +306,14 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
                     {
                         json!({"error": {"class": "GenericError",
                             "desc": "Background-snapshot is not supported by host kernel"}})
+                    }
+                    "migrate-set-capabilities" => {
+                        for c in v["arguments"]["capabilities"].as_array().into_iter().flatten() {
+                            if let Some(name) = c["capability"].as_str() {
+                                caps.insert(name.into(), c["state"].clone());
+                            }
+                        }
+                        json!({"return": {}})
                     }
                     "migrate" => {
                         state = "active";

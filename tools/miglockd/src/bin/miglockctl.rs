@@ -7,8 +7,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use miglock_control::{
     CheckpointRequest, ErrorClass, IncomingRequest, MigrateRequest, MigrationProgress,
-    PolicyUpdate, Reply, Request, RestoreRequest,
+    PolicyUpdate, PrefetchRange, Reply, Request, RestoreRequest,
 };
+use miglock_abi::types::MLD_HINT_SCORE_RECENT;
 use miglockd::cli::{Ctl, CtlCmd, Outcome};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -33,6 +34,8 @@ enum Fail {
     NoVm(String),
     #[error("{0}")]
     Usage(&'static str),
+    #[error("{0}")]
+    Input(String),
     #[error("bad reply from miglockd: {0}")]
     BadReply(serde_json::Error),
 }
@@ -47,7 +50,7 @@ impl Fail {
                 ErrorClass::UnknownVm => Outcome::Unreachable,
                 ErrorClass::Failed => Outcome::Failed,
             },
-            Fail::Usage(_) => Outcome::Usage,
+            Fail::Usage(_) | Fail::Input(_) => Outcome::Usage,
             Fail::BadReply(_) => Outcome::Failed,
         }
     }
@@ -259,6 +262,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
             postcopy_bandwidth,
             downtime_limit,
             timeout,
+            postcopy_preempt,
         } => {
             if *force && reason.is_none() {
                 return Err(Fail::Usage("--force needs --reason"));
@@ -275,6 +279,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
                 postcopy_bandwidth: *postcopy_bandwidth,
                 downtime_limit_ms: ms(*downtime_limit),
                 timeout_ms: ms(*timeout),
+                postcopy_preempt: *postcopy_preempt,
             })
         }
         CtlCmd::Checkpoint {
@@ -301,10 +306,22 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
             vm,
             listen,
             postcopy,
+            postcopy_preempt,
+            prefetch,
         } => Request::Incoming(IncomingRequest {
             vm: vm.clone(),
             uri: listen.clone(),
             postcopy: *postcopy,
+            postcopy_preempt: *postcopy_preempt,
+            prefetch: match prefetch {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| Fail::Input(format!("{}: {e}", path.display())))?;
+                    hint_ranges(&text)
+                        .map_err(|e| Fail::Input(format!("{}: {e}", path.display())))?
+                }
+                None => Vec::new(),
+            },
         }),
         CtlCmd::Check { .. } => unreachable!("check asks for the status itself"),
     })
@@ -338,6 +355,57 @@ fn run(cli: &Ctl) -> Result<Outcome, Fail> {
     Ok(Outcome::Done)
 }
 
+/// The ranges of a hints file: what `miglockctl --json hints VM --all`
+/// printed (its last record), or that record's `data`, or its ranges
+/// alone; of ranges with a score, those of the guest's working set now
+/// (`MLD_HINT_SCORE_RECENT`): pages it last used long ago would take the
+/// link from the pages it waits for.
+fn hint_ranges(text: &str) -> Result<Vec<PrefetchRange>, String> {
+    #[derive(serde::Deserialize)]
+    struct Ranked {
+        start_pfn: u64,
+        pages: u32,
+        score: Option<u32>,
+    }
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .ok_or("empty: expected the output of `miglockctl --json hints VM --all`")?;
+    let v: Value = serde_json::from_str(text)
+        .or_else(|_| serde_json::from_str(last))
+        .map_err(|e| format!("not JSON: {e}"))?;
+    let data = if v["kind"] == "ok" { &v["data"] } else { &v };
+    let ranges = match data {
+        Value::Array(_) => data,
+        _ if data["latest"].is_null() && data.get("latest").is_some() => {
+            return Err("the guest had sent no hints".into())
+        }
+        _ => &data["latest"]["top"],
+    };
+    let ranked: Vec<Ranked> = serde_json::from_value(ranges.clone()).map_err(|e| {
+        format!("no hint ranges ({e}): expected the output of `miglockctl --json hints VM --all`")
+    })?;
+    if ranked.is_empty() {
+        return Err("no hint ranges".into());
+    }
+    let recent: Vec<PrefetchRange> = ranked
+        .iter()
+        .filter(|r| r.score.is_none_or(|s| s >= MLD_HINT_SCORE_RECENT))
+        .map(|r| PrefetchRange {
+            start_pfn: r.start_pfn,
+            pages: r.pages,
+        })
+        .collect();
+    if recent.is_empty() {
+        return Err(format!(
+            "none of the {} hint ranges is of the guest's working set now",
+            ranked.len()
+        ));
+    }
+    Ok(recent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +434,39 @@ mod tests {
         assert_eq!(Fail::NoAnswer.outcome(), Outcome::Unreachable);
         assert_eq!(Fail::NoVm("x".into()).outcome(), Outcome::Unreachable);
         assert_eq!(Fail::Usage("x").outcome(), Outcome::Usage);
+        assert_eq!(Fail::Input("x".into()).outcome(), Outcome::Usage);
+    }
+
+    #[test]
+    fn hint_files_are_what_hints_prints() {
+        let want = vec![
+            PrefetchRange {
+                start_pfn: 4096,
+                pages: 3,
+            },
+            PrefetchRange {
+                start_pfn: 10,
+                pages: 1,
+            },
+        ];
+        // Scores: accessed in the last sample, in the one before, earlier.
+        let data = r#"{"vm":"g","latest":{"batch":4,"ranges":3,"pages":5,"top":[{"start_pfn":4096,"pages":3,"score":33023},{"start_pfn":10,"pages":1,"score":16386},{"start_pfn":20,"pages":1,"score":8191}]},"stats":{}}"#;
+        let ndjson = format!("{{\"kind\":\"progress\",\"message\":\"x\"}}\n{{\"kind\":\"ok\",\"data\":{data}}}\n\n");
+        assert_eq!(hint_ranges(&ndjson).unwrap(), want);
+        assert_eq!(hint_ranges(data).unwrap(), want);
+        let bare = r#"[{"start_pfn":4096,"pages":3},{"start_pfn":10,"pages":1}]"#;
+        assert_eq!(hint_ranges(bare).unwrap(), want);
+        for bad in [
+            "",
+            "not json",
+            r#"{"vm":"g","latest":null}"#,
+            r#"[]"#,
+            r#"[{"start_pfn":-1,"pages":1}]"#,
+            r#"[{"start_pfn":1,"pages":4294967296}]"#,
+            r#"[{"start_pfn":1,"pages":1,"score":16383}]"#,
+        ] {
+            assert!(hint_ranges(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -288,10 +288,12 @@ pub fn postcopy<S: PageSet>(
         PostcopyStyle::Hines => Ok(hines(sim, recv, zero, pusher, run)),
         PostcopyStyle::Qemu => {
             let window = secs_to_ps(cfg.rate_window, "post-copy rate window")?;
-            if window == 0 {
-                return Err(SimError::Param(
-                    "post-copy rate window must be positive".to_string(),
-                ));
+            // A window's share must hold a page, or the sweep never moves.
+            if window < sim.tpp {
+                return Err(SimError::Param(format!(
+                    "post-copy rate window {} s is shorter than one page at the link rate",
+                    cfg.rate_window
+                )));
             }
             Ok(qemu(sim, recv, zero, pusher, run, window))
         }

@@ -145,7 +145,9 @@ fn every_scheme_matches_the_naive_reference() {
         } else {
             migsim::postcopy::TouchOrder::Address
         };
-        cfg.postcopy.rate_window = 1e-4 + rng.f64() * 0.05;
+        // At least one page's time (with the largest header) per window.
+        let page_s = (4096.0 + 64.0) / cfg.link.bandwidth;
+        cfg.postcopy.rate_window = page_s * (1.0 + rng.f64() * 20.0);
         cfg.cow.pause = rng.f64() * 1e-3;
         cfg.cow.fault_cost = rng.f64() * 1e-4;
         cfg.cow.style = if rng.bool() {

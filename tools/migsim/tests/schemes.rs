@@ -307,6 +307,11 @@ fn bad_inputs_are_errors_not_panics() {
     let mut nan = config(1.0, 0.0);
     nan.link.latency = f64::NAN;
     assert!(simulate(&t, Scheme::Postcopy, &nan).is_err());
+    // A rate window too short for one page would never send the rest.
+    let mut short = config(1.0, 0.0);
+    short.postcopy.rate_window = 0.5e-3;
+    let e = simulate(&t, Scheme::Postcopy, &short).unwrap_err();
+    assert!(e.to_string().contains("rate window"), "{e}");
 }
 
 /// A config with QEMU's wire format (8-byte header, zero page 9 bytes)

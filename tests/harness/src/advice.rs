@@ -625,6 +625,95 @@ fn collect_trace(lines: &[String]) -> anyhow::Result<Vec<u8>> {
 /// Bytes per second of [`LINK`].
 const LINK_BYTES: u64 = 32 << 20;
 
+/// One recorded run of `bench-validate`.
+struct ValidateRun {
+    workload: &'static str,
+    guest: &'static str,
+    /// checkpoint, precopy or postcopy.
+    mode: &'static str,
+    /// Post-copy's rate limit (`--postcopy-bandwidth`) and its bytes/s.
+    postcopy_link: &'static str,
+    postcopy_link_bytes: u64,
+    /// The hot-set workload of bench-hints (waits for its calibration).
+    hot_set: bool,
+    /// The tracer's run-ahead prefetch is on (hints-on).
+    prefetch: bool,
+}
+
+impl ValidateRun {
+    /// `<workload>-<mode>`, with `-prefetch` for the run-ahead and the
+    /// post-copy rate when it is not the link's.
+    fn name(&self) -> String {
+        let mut n = format!("{}-{}", self.workload, self.mode);
+        if self.prefetch {
+            n += "-prefetch";
+        }
+        if self.mode == "postcopy" && self.postcopy_link != LINK {
+            n = format!("{n}-{}", self.postcopy_link.to_lowercase());
+        }
+        n
+    }
+}
+
+/// The runs of `bench-validate`: each planner workload migrated by
+/// pre-copy and post-copy over the link and checkpointed; the write-heavy
+/// one also by post-copy at 512 MiB/s, more than this machine moves, so
+/// that something else than the link bounds it; and the hot-set workload
+/// of bench-hints by post-copy without and with the tracer's run-ahead
+/// (migsim's lazy-copy against its post-copy, on real runs).
+fn validate_runs() -> Vec<ValidateRun> {
+    let run = |workload, guest, mode| ValidateRun {
+        workload,
+        guest,
+        mode,
+        postcopy_link: LINK,
+        postcopy_link_bytes: LINK_BYTES,
+        hot_set: false,
+        prefetch: false,
+    };
+    let mut v = Vec::new();
+    for (workload, guest) in [
+        ("idle", "validate-idle"),
+        ("read-mostly", "validate-readmostly"),
+        ("write-heavy", "validate-writeheavy"),
+    ] {
+        for mode in ["checkpoint", "precopy", "postcopy"] {
+            v.push(run(workload, guest, mode));
+        }
+    }
+    v.push(ValidateRun {
+        postcopy_link: "512M",
+        postcopy_link_bytes: 512 << 20,
+        ..run("write-heavy", "validate-writeheavy", "postcopy")
+    });
+    for (guest, prefetch) in [("validate-hints-off", false), ("validate-hints-on", true)] {
+        v.push(ValidateRun {
+            hot_set: true,
+            prefetch,
+            ..run("hot-set", guest, "postcopy")
+        });
+    }
+    v
+}
+
+/// The workload's stall from the migration's notice on (the `workload:
+/// stalls` line, as bench-hints reads it): ms, slow rewrites, the usual
+/// rewrite in us; `None` if the workload never calibrated (fewer than its
+/// calibration rewrites: the idle and read-mostly ones write a page a tick).
+fn workload_stall(line: &str) -> Option<(f64, u64, f64)> {
+    let f = |k: &str| field(line, k);
+    let ops = f("pending_ops")? + f("postcopy_ops")? + f("before_ops")?;
+    if ops == 0.0 {
+        return None;
+    }
+    let slow = f("pending_slow")? + f("postcopy_slow")?;
+    Some((
+        f("pending_ms")? + f("postcopy_ms")?,
+        slow as u64,
+        f("usual_us")?,
+    ))
+}
+
 /// Real pre-copy and post-copy migrations and real checkpoints of the three
 /// planner workloads, each with the guest's page-access trace recorded
 /// across it; writes
@@ -639,72 +728,98 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
         .context("out directory")?
         .join("validate");
     std::fs::create_dir_all(&dir).context("out/validate")?;
-    for (workload, guest) in [
-        ("idle", "validate-idle"),
-        ("read-mostly", "validate-readmostly"),
-        ("write-heavy", "validate-writeheavy"),
-    ] {
-        for mode in ["checkpoint", "precopy", "postcopy"] {
-            let (sc2, mut h) = fresh(sc, env, guest)?;
-            wait_hints(&mut h, deadline)?;
-            // The tracer sends a batch a sample: the batch number is the
-            // trace time in seconds when the migration starts.
-            let v = h.src_agent.hints(false)?;
-            let start_at_s = v["data"]["latest"]["batch"].as_f64().unwrap_or(0.0);
-            if mode == "checkpoint" {
-                validate_checkpoint(&mut h, &sc2, env, &dir, workload, start_at_s, deadline)?;
-                h.quit()?;
-                continue;
+    for run in validate_runs() {
+        let (sc2, mut h) = fresh(sc, env, run.guest)?;
+        wait_hints(&mut h, deadline)?;
+        if run.hot_set {
+            // As bench-hints: the workload has calibrated its usual page
+            // rewrite and run long enough for the tracer to rank its hot set.
+            if !matches!(
+                h.src
+                    .wait_line(deadline, |l| tick_of(l).is_some_and(|t| t >= 40)),
+                crate::vm::Wait::Line(_)
+            ) {
+                return Err(Failure::new(FailKind::Guest, "the workload never ran"));
             }
-            let child = h.receive(&["--postcopy"])?;
-            let mut args = vec!["--mode", mode, "--bandwidth", LINK];
-            if mode == "precopy" {
-                args.extend(["--timeout", PRECOPY_BOUND]);
-            }
-            let o = migrate_json(&h, &args)?;
-            let _ = finish_incoming(&mut h, child, !o.ok)?;
-            let lines = if o.ok {
-                h.arrive(&sc2, deadline)?;
-                h.dst.seen.clone()
-            } else {
-                h.src.send_line("finish").context("typing on the console")?;
-                crate::scenario::finish_guest(&sc2, &mut h.src, deadline)?;
-                h.src.seen.clone()
-            };
-            let trace = collect_trace(&lines)?;
-            let name = format!("{workload}-{mode}");
-            std::fs::write(dir.join(format!("{name}.mltrace")), &trace).context("trace")?;
-            // A cancelled run's figures are in the source agent's audit log.
-            let cancelled = h
-                .src_agent
-                .audit()
-                .into_iter()
-                .rev()
-                .find(|r| r["event"] == "migrate-cancelled")
-                .unwrap_or_default();
-            let d = if o.ok { &o.data } else { &cancelled };
-            let real = serde_json::json!({
-                "workload": workload, "mode": mode,
-                "bandwidth_bytes_per_s": LINK_BYTES, "postcopy_bandwidth_bytes_per_s": LINK_BYTES,
-                "downtime_limit_ms": 300,
-                "start_at_s": start_at_s, "timeout_s": 20.0, "completed": o.ok,
-                "wall_ms": if o.ok { d["wall_ms"].clone() } else { serde_json::json!(o.wall.as_millis() as u64) },
-                "total_time_ms": d["total_time_ms"], "transferred_bytes": d["transferred_bytes"],
-                "dirty_sync_count": d["dirty_sync_count"], "postcopy_requests": d["postcopy_requests"],
-                "zero_pages": d["zero_pages"], "normal_pages": d["normal_pages"], "latency_s": 0.0001,
-            });
-            std::fs::write(
-                dir.join(format!("{name}.real.json")),
-                serde_json::to_string_pretty(&real).map_err(anyhow::Error::from)?,
-            )
-            .context("real.json")?;
-            println!(
-                "bench validate: {name}: {} trace bytes, start at {start_at_s} s; {}",
-                trace.len(),
-                row(workload, mode, &o)
-            );
-            h.quit()?;
         }
+        // The tracer sends a batch a sample: the batch number is the
+        // trace time in seconds when the migration starts.
+        let v = h.src_agent.hints(false)?;
+        let start_at_s = v["data"]["latest"]["batch"].as_f64().unwrap_or(0.0);
+        let (workload, mode) = (run.workload, run.mode);
+        if mode == "checkpoint" {
+            validate_checkpoint(&mut h, &sc2, env, &dir, workload, start_at_s, deadline)?;
+            h.quit()?;
+            continue;
+        }
+        let child = h.receive(&["--postcopy"])?;
+        let mut args = vec!["--mode", mode, "--bandwidth", LINK];
+        if mode == "precopy" {
+            args.extend(["--timeout", PRECOPY_BOUND]);
+        } else {
+            args.extend(["--postcopy-bandwidth", run.postcopy_link]);
+        }
+        let o = migrate_json(&h, &args)?;
+        let dst = finish_incoming(&mut h, child, !o.ok)?;
+        let lines = if o.ok {
+            h.arrive(&sc2, deadline)?;
+            h.dst.seen.clone()
+        } else {
+            h.src.send_line("finish").context("typing on the console")?;
+            crate::scenario::finish_guest(&sc2, &mut h.src, deadline)?;
+            h.src.seen.clone()
+        };
+        let trace = collect_trace(&lines)?;
+        let name = run.name();
+        std::fs::write(dir.join(format!("{name}.mltrace")), &trace).context("trace")?;
+        // A cancelled run's figures are in the source agent's audit log.
+        let cancelled = h
+            .src_agent
+            .audit()
+            .into_iter()
+            .rev()
+            .find(|r| r["event"] == "migrate-cancelled")
+            .unwrap_or_default();
+        let d = if o.ok { &o.data } else { &cancelled };
+        let stall = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("workload: stalls"))
+            .and_then(|l| workload_stall(l));
+        let postcopy_bw = match mode {
+            "precopy" => LINK_BYTES,
+            _ => run.postcopy_link_bytes,
+        };
+        let real = serde_json::json!({
+            "workload": workload, "mode": mode, "prefetch": run.prefetch,
+            "bandwidth_bytes_per_s": LINK_BYTES, "postcopy_bandwidth_bytes_per_s": postcopy_bw,
+            "downtime_limit_ms": 300,
+            "start_at_s": start_at_s, "timeout_s": 20.0, "completed": o.ok,
+            "wall_ms": if o.ok { d["wall_ms"].clone() } else { serde_json::json!(o.wall.as_millis() as u64) },
+            "total_time_ms": d["total_time_ms"], "transferred_bytes": d["transferred_bytes"],
+            "dirty_sync_count": d["dirty_sync_count"], "postcopy_requests": d["postcopy_requests"],
+            "zero_pages": d["zero_pages"], "normal_pages": d["normal_pages"], "latency_s": 0.0001,
+            "stall_ms": stall.map(|s| s.0), "stall_slow_ops": stall.map(|s| s.1),
+            "stall_usual_us": stall.map(|s| s.2),
+            "postcopy_blocktime_ms": dst["postcopy_blocktime_ms"],
+            "postcopy_vcpu_blocktime_ms": dst["postcopy_vcpu_blocktime_ms"],
+        });
+        std::fs::write(
+            dir.join(format!("{name}.real.json")),
+            serde_json::to_string_pretty(&real).map_err(anyhow::Error::from)?,
+        )
+        .context("real.json")?;
+        println!(
+            "bench validate: {name}: {} trace bytes, start at {start_at_s} s; {}; requests {}, workload stall {}",
+            trace.len(),
+            row(workload, mode, &o),
+            d["postcopy_requests"],
+            stall.map_or("not measured".to_string(), |s| format!(
+                "{:.0} ms in {} slow rewrites",
+                s.0, s.1
+            )),
+        );
+        h.quit()?;
     }
     println!("bench validate: wrote {}", dir.display());
     Ok(())

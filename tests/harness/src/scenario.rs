@@ -463,11 +463,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         kind: Kind::AdviceBench(crate::advice::Bench::Validate),
-        timeout: secs(1800),
+        timeout: secs(2700),
         ..guest(
             "bench-validate",
             "validate-idle",
-            "recorded workloads (make sim-report): real pre-copy and post-copy migrations and real checkpoints with the guest's trace, for migsim validate",
+            "recorded workloads (make sim-report): real pre-copy and post-copy migrations (one not bound by the link, two of the hot-set workload without and with the run-ahead) and real checkpoints with the guest's trace, for migsim validate",
         )
     },
     Scenario {

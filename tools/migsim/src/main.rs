@@ -123,6 +123,19 @@ struct SimArgs {
     /// Pre-paging: pages pushed each way around a fault.
     #[arg(long, default_value_t = 4096)]
     prepage_window: u64,
+    /// Post-copy schemes: "qemu" (the bandwidth's share per rate window,
+    /// a requested page first in the next window, the sweep on after it:
+    /// QEMU's post-copy) or "hines" (a steady push; a fault costs a round
+    /// trip and the page).
+    #[arg(long, default_value = "qemu", value_parser = postcopy_style)]
+    postcopy_style: migsim::postcopy::PostcopyStyle,
+    /// Post-copy, qemu style: the rate limiter's window (QEMU: 100ms).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    rate_window: f64,
+    /// Post-copy, qemu style: the order of an interval's touches,
+    /// "shuffled" or "address".
+    #[arg(long, default_value = "shuffled", value_parser = touch_order)]
+    touch_order: migsim::postcopy::TouchOrder,
     /// Lazy-copy hints: "history" (learned before the start), "oracle"
     /// (perfect, not causal: an upper bound), or a hint file.
     #[arg(long, default_value = "history")]
@@ -276,6 +289,9 @@ impl SimArgs {
             postcopy: migsim::postcopy::PostcopyConfig {
                 precopy_first: self.precopy_first,
                 window: self.prepage_window,
+                style: self.postcopy_style,
+                rate_window: self.rate_window,
+                touch_order: self.touch_order,
                 ..Default::default()
             },
             hints,
@@ -286,6 +302,22 @@ impl SimArgs {
             },
             progress: !self.quiet,
         })
+    }
+}
+
+fn postcopy_style(s: &str) -> Result<migsim::postcopy::PostcopyStyle, String> {
+    match s {
+        "qemu" => Ok(migsim::postcopy::PostcopyStyle::Qemu),
+        "hines" => Ok(migsim::postcopy::PostcopyStyle::Hines),
+        _ => Err(format!("unknown post-copy style '{s}' (qemu or hines)")),
+    }
+}
+
+fn touch_order(s: &str) -> Result<migsim::postcopy::TouchOrder, String> {
+    match s {
+        "shuffled" => Ok(migsim::postcopy::TouchOrder::Shuffled),
+        "address" => Ok(migsim::postcopy::TouchOrder::Address),
+        _ => Err(format!("unknown touch order '{s}' (shuffled or address)")),
     }
 }
 
@@ -537,11 +569,14 @@ fn cmd_validate(a: ValidateArgs) -> Result<()> {
         progress: !a.quiet,
         ..Default::default()
     };
-    let mut rows = Vec::new();
+    let mut runs = Vec::new();
     for (name, trace, real) in migsim::validate::pairs(&a.real).context("--real")? {
-        let r = migsim::validate::RealRun::load(&real)?;
-        let t = open_trace(&trace)?;
-        rows.push(migsim::validate::compare(&name, &t, &r, &base)?);
+        runs.push((name, trace, migsim::validate::RealRun::load(&real)?));
+    }
+    let mut rows = Vec::new();
+    for (name, trace, r) in &runs {
+        let t = open_trace(trace)?;
+        rows.push(migsim::validate::compare(name, &t, r, &base)?);
     }
     let table = migsim::validate::rst(&rows);
     if let Some(out) = &a.out {

@@ -132,6 +132,21 @@ pub struct RealRun {
     /// bound on the workload's copy-on-write pages).
     #[serde(default)]
     pub cow_written_pages: Option<u64>,
+    /// Post-copy with the guest tracer's run-ahead prefetch (the real
+    /// counterpart of lazy-copy), simulated as `lazy`.
+    #[serde(default)]
+    pub prefetch: bool,
+    /// The workload's own stall from the migration's notice on, ms: its
+    /// page rewrites that took at least 20 times the usual one (`mlworkload
+    /// --stalls`), summed. `null` where the workload never calibrated.
+    #[serde(default)]
+    pub stall_ms: Option<f64>,
+    /// Those slow rewrites.
+    #[serde(default)]
+    pub stall_slow_ops: Option<u64>,
+    /// QEMU's `postcopy-vcpu-blocktime` at the destination, ms per vCPU.
+    #[serde(default)]
+    pub postcopy_vcpu_blocktime_ms: Option<Vec<f64>>,
 }
 
 fn default_downtime_ms() -> f64 {
@@ -166,6 +181,7 @@ impl RealRun {
     pub fn scheme(&self) -> Scheme {
         match self.mode {
             Mode::Precopy => Scheme::PrecopyQemu,
+            Mode::Postcopy if self.prefetch => Scheme::Lazy,
             Mode::Postcopy => Scheme::Postcopy,
             Mode::Checkpoint => Scheme::Cow,
         }
@@ -268,6 +284,28 @@ pub struct Row {
     pub cow_rel_err: Option<f64>,
     /// Simulated remote faults.
     pub sim_remote_faults: u64,
+    /// (sim - real) / real remote faults against `postcopy-requests`.
+    pub faults_rel_err: Option<f64>,
+    /// Post-copy with the run-ahead (simulated as lazy-copy).
+    pub prefetch: bool,
+    /// The workload's real stall, ms.
+    pub real_stall_ms: Option<f64>,
+    /// Simulated stall, ms.
+    pub sim_stall_ms: f64,
+    /// (sim - real) / real stall.
+    pub stall_rel_err: Option<f64>,
+    /// QEMU's blocked time summed over the destination's vCPUs, ms.
+    pub real_vcpu_block_ms: Option<f64>,
+    /// The real bytes over the link's rate, s: what the run would take if
+    /// the link bound it.
+    pub link_time_s: Option<f64>,
+    /// Post-copy without the run-ahead: lazy-copy simulated on the same
+    /// trace (faults, stall ms), for the gain against a prefetch run.
+    pub sim_lazy: Option<(u64, f64)>,
+    /// Post-copy: the same simulation with the interval's touches in
+    /// address order rather than shuffled (faults, stall ms): the trace
+    /// does not say which, and QEMU's sweep serves address order best.
+    pub sim_address_order: Option<(u64, f64)>,
     /// Within the goal: same convergence, time and bytes within 10 %,
     /// syncs within 1.
     pub pass: bool,
@@ -339,6 +377,28 @@ pub fn compare(name: &str, trace: &Trace, real: &RealRun, base: &Config) -> Resu
         .transferred_bytes
         .map(|b| rel(sim_bytes as f64, b as f64));
     let sync_diff = real.dirty_sync_count.map(|n| sim_syncs as i64 - n as i64);
+    let post = real.mode == Mode::Postcopy;
+    let faults_rel_err = real
+        .postcopy_requests
+        .filter(|_| post)
+        .map(|n| rel(r.remote_faults as f64, n as f64));
+    let real_stall_ms = real.stall_ms.filter(|_| post);
+    let sim_stall_ms = r.stall_time_s * 1e3;
+    let stall_rel_err = real_stall_ms.map(|x| rel(sim_stall_ms, x));
+    let sim_lazy = if post && !real.prefetch {
+        let l = simulate(trace, Scheme::Lazy, &cfg).with_context(|| format!("{name}: lazy"))?;
+        Some((l.remote_faults, l.stall_time_s * 1e3))
+    } else {
+        None
+    };
+    let sim_address_order = if post {
+        let mut c = cfg.clone();
+        c.postcopy.touch_order = crate::postcopy::TouchOrder::Address;
+        let a = simulate(trace, scheme, &c).with_context(|| format!("{name}: address order"))?;
+        Some((a.remote_faults, a.stall_time_s * 1e3))
+    } else {
+        None
+    };
     let real_cow = real.cow_faults.filter(|_| real.mode == Mode::Checkpoint);
     let cow_rel_err = real_cow.map(|n| rel(r.cow_faults as f64, n as f64));
     let mut misses = Vec::new();
@@ -398,6 +458,21 @@ pub fn compare(name: &str, trace: &Trace, real: &RealRun, base: &Config) -> Resu
         sync_diff,
         real_postcopy_requests: real.postcopy_requests,
         sim_remote_faults: r.remote_faults,
+        faults_rel_err,
+        prefetch: real.prefetch,
+        real_stall_ms,
+        sim_stall_ms,
+        stall_rel_err,
+        real_vcpu_block_ms: real
+            .postcopy_vcpu_blocktime_ms
+            .as_ref()
+            .filter(|_| post)
+            .map(|v| v.iter().sum()),
+        link_time_s: real
+            .transferred_bytes
+            .map(|b| b as f64 / cfg.link.bandwidth),
+        sim_lazy,
+        sim_address_order,
         real_downtime_ms: real.downtime_ms,
         sim_downtime_ms: r.downtime_s * 1e3,
         real_cow_faults: real_cow,
@@ -555,6 +630,160 @@ fn split(rows: &[Row]) -> (Vec<&Row>, Vec<&Row>) {
     rows.iter().partition(|r| r.mode != Mode::Checkpoint)
 }
 
+const POST_HEAD: [&str; 15] = [
+    "name",
+    "scheme",
+    "link MiB/s",
+    "real s",
+    "link s",
+    "sim s",
+    "real req",
+    "sim faults",
+    "faults err",
+    "real stall ms",
+    "sim stall ms",
+    "stall err",
+    "addr faults",
+    "addr stall ms",
+    "vCPU block ms",
+];
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or_else(na, |x| format!("{x:.0}"))
+}
+
+fn post_cells(r: &Row) -> Vec<String> {
+    vec![
+        r.name.clone(),
+        r.scheme.clone(),
+        format!("{:.0}", r.bandwidth_bytes_per_s / (1u64 << 20) as f64),
+        format!("{:.2}", r.real_time_s),
+        r.link_time_s.map_or_else(na, |t| format!("{t:.2}")),
+        format!("{:.2}", r.sim_time_s),
+        r.real_postcopy_requests.map_or_else(na, |n| n.to_string()),
+        r.sim_remote_faults.to_string(),
+        r.faults_rel_err.map_or_else(na, pct),
+        opt_ms(r.real_stall_ms),
+        format!("{:.0}", r.sim_stall_ms),
+        r.stall_rel_err.map_or_else(na, pct),
+        r.sim_address_order.map_or_else(na, |(f, _)| f.to_string()),
+        opt_ms(r.sim_address_order.map(|(_, s)| s)),
+        opt_ms(r.real_vcpu_block_ms),
+    ]
+}
+
+/// Lazy-copy's simulated gain against the real run-ahead's: a post-copy
+/// run without the run-ahead and one with it, of the same workload over
+/// the same link.
+#[derive(Clone, Debug, Serialize)]
+pub struct Gain {
+    /// The workload.
+    pub workload: String,
+    /// The run without and the run with the run-ahead.
+    pub names: (String, String),
+    /// The workload's real stall without and with the run-ahead, ms.
+    pub real_stall_ms: (Option<f64>, Option<f64>),
+    /// (without - with) / without.
+    pub real_gain: Option<f64>,
+    /// Simulated post-copy and lazy-copy stall on the trace of the run
+    /// without the run-ahead, ms.
+    pub sim_stall_ms: (f64, f64),
+    /// (post-copy - lazy) / post-copy.
+    pub sim_gain: Option<f64>,
+    /// sim_gain - real_gain, in fractions (0.1 = 10 points).
+    pub gain_err: Option<f64>,
+    /// Real requests without and with the run-ahead.
+    pub real_requests: (Option<u64>, Option<u64>),
+    /// Simulated faults, post-copy and lazy-copy.
+    pub sim_faults: (u64, u64),
+}
+
+/// Pairs each prefetch run with the run without it (same workload and
+/// link).
+pub fn gains(rows: &[Row]) -> Vec<Gain> {
+    let frac = |a: f64, b: f64| (a > 0.0).then(|| (a - b) / a);
+    rows.iter()
+        .filter(|on| on.prefetch && on.mode == Mode::Postcopy)
+        .filter_map(|on| {
+            let off = rows.iter().find(|r| {
+                !r.prefetch
+                    && r.mode == Mode::Postcopy
+                    && r.workload == on.workload
+                    && r.bandwidth_bytes_per_s == on.bandwidth_bytes_per_s
+                    && r.sim_lazy.is_some()
+            })?;
+            let (lazy_faults, lazy_stall) = off.sim_lazy?;
+            let real_gain = match (off.real_stall_ms, on.real_stall_ms) {
+                (Some(a), Some(b)) => frac(a, b),
+                _ => None,
+            };
+            let sim_gain = frac(off.sim_stall_ms, lazy_stall);
+            Some(Gain {
+                workload: on.workload.clone(),
+                names: (off.name.clone(), on.name.clone()),
+                real_stall_ms: (off.real_stall_ms, on.real_stall_ms),
+                real_gain,
+                sim_stall_ms: (off.sim_stall_ms, lazy_stall),
+                sim_gain,
+                gain_err: sim_gain.zip(real_gain).map(|(s, r)| s - r),
+                real_requests: (off.real_postcopy_requests, on.real_postcopy_requests),
+                sim_faults: (off.sim_remote_faults, lazy_faults),
+            })
+        })
+        .collect()
+}
+
+const GAIN_HEAD: [&str; 11] = [
+    "workload",
+    "real stall ms",
+    "with run-ahead",
+    "real gain",
+    "sim post-copy ms",
+    "sim lazy ms",
+    "sim gain",
+    "gain err",
+    "real req",
+    "with run-ahead",
+    "sim faults p/l",
+];
+
+fn gain_cells(g: &Gain) -> Vec<String> {
+    let opt_n = |v: Option<u64>| v.map_or_else(na, |n| n.to_string());
+    vec![
+        g.workload.clone(),
+        opt_ms(g.real_stall_ms.0),
+        opt_ms(g.real_stall_ms.1),
+        g.real_gain.map_or_else(na, pct),
+        format!("{:.0}", g.sim_stall_ms.0),
+        format!("{:.0}", g.sim_stall_ms.1),
+        g.sim_gain.map_or_else(na, pct),
+        g.gain_err
+            .map_or_else(na, |e| format!("{:+.0} pt", e * 100.0)),
+        opt_n(g.real_requests.0),
+        opt_n(g.real_requests.1),
+        format!("{}/{}", g.sim_faults.0, g.sim_faults.1),
+    ]
+}
+
+/// The post-copy rows' faults and stall, and the run-ahead's gain, as a
+/// terminal table each.
+fn post_text(rows: &[Row]) -> String {
+    let post: Vec<_> = rows.iter().filter(|r| r.mode == Mode::Postcopy).collect();
+    let mut s = String::new();
+    if post.is_empty() {
+        return s;
+    }
+    let t: Vec<_> = post.iter().map(|r| post_cells(r)).collect();
+    s += &crate::report::table(&t, &POST_HEAD);
+    let g = gains(rows);
+    if !g.is_empty() {
+        s.push('\n');
+        let t: Vec<_> = g.iter().map(gain_cells).collect();
+        s += &crate::report::table(&t, &GAIN_HEAD);
+    }
+    s
+}
+
 /// The terminal tables (migrations, then checkpoints), each followed by
 /// the reasons for each MISS.
 pub fn text(rows: &[Row]) -> String {
@@ -586,6 +815,11 @@ pub fn text(rows: &[Row]) -> String {
         for r in rows.iter().filter(|r| !r.pass) {
             let _ = writeln!(s, "{}: MISS: {}", r.name, r.misses.join("; "));
         }
+    }
+    let p = post_text(rows);
+    if !p.is_empty() {
+        s.push('\n');
+        s += &p;
     }
     s
 }
@@ -664,6 +898,44 @@ pub fn rst(rows: &[Row]) -> String {
         );
         s += &crate::report::rst_grid(&t, &CKPT_HEAD);
         rst_misses(&mut s, &ckpt);
+    }
+    let post: Vec<_> = rows.iter().filter(|r| r.mode == Mode::Postcopy).collect();
+    if !post.is_empty() {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        let t: Vec<_> = post.iter().map(|r| post_cells(r)).collect();
+        let _ = writeln!(
+            s,
+            "Post-copy's remote faults and the workload's stall (the same runs). \
+             *link MiB/s*: the post-copy rate limit; *link s*: the real bytes over \
+             it (a run well above it is not bound by the link); *real req*: QEMU's \
+             ``postcopy-requests``; *sim faults*: simulated remote faults; *real \
+             stall*: the workload's own blocked page rewrites from the migration's \
+             notice on (``mlworkload --stalls``; n/a where it writes too few pages \
+             to calibrate); *sim stall*: the simulated vCPU's time blocked on \
+             faults; errors (simulated - real) / real; *addr*: the same \
+             simulation with each interval's touches in address order rather \
+             than shuffled (the trace does not record their order); *vCPU \
+             block*: QEMU's ``postcopy-vcpu-blocktime`` summed over the \
+             destination's two vCPUs.\n"
+        );
+        s += &crate::report::rst_grid(&t, &POST_HEAD);
+    }
+    let g = gains(rows);
+    if !g.is_empty() {
+        s.push('\n');
+        let t: Vec<_> = g.iter().map(gain_cells).collect();
+        let _ = writeln!(
+            s,
+            "Lazy-copy's gain against the real one: the workload's stall in a real \
+             post-copy without and with the guest tracer's run-ahead (its real \
+             counterpart), and migsim's post-copy and lazy-copy on the trace of the \
+             run without it; gains (without - with) / without, *gain err* simulated \
+             minus real in percentage points; requests real, faults simulated \
+             (post-copy/lazy). One run each.\n"
+        );
+        s += &crate::report::rst_grid(&t, &GAIN_HEAD);
     }
     s
 }
@@ -790,5 +1062,55 @@ mod tests {
         assert!(both.contains("\nwh-postcopy ") && both.contains("\nwh-checkpoint "));
         assert_eq!(both.matches("of 1 within the goal").count(), 2, "{both}");
         assert!(text(&[]).is_empty());
+    }
+
+    #[test]
+    fn postcopy_rows_compare_faults_and_stall_and_pair_the_run_ahead() {
+        let t = write_heavy();
+        let post = |extra: &str| -> RealRun {
+            let mut r = checkpoint(&format!(
+                r#", "postcopy_requests": 40, "stall_ms": 500.0, "postcopy_vcpu_blocktime_ms": [300, 200] {extra}"#
+            ));
+            r.mode = Mode::Postcopy;
+            r
+        };
+        let off = compare("hs-postcopy", &t, &post(""), &Config::default()).unwrap();
+        let sim = simulate(
+            &t,
+            Scheme::Postcopy,
+            &config_for(&post(""), &Config::default()),
+        )
+        .unwrap();
+        assert_eq!(off.scheme, "postcopy");
+        assert_eq!(off.sim_remote_faults, sim.remote_faults);
+        let e = (sim.remote_faults as f64 - 40.0) / 40.0;
+        assert!((off.faults_rel_err.unwrap() - e).abs() < 1e-12);
+        let e = (sim.stall_time_s * 1e3 - 500.0) / 500.0;
+        assert!((off.stall_rel_err.unwrap() - e).abs() < 1e-9);
+        assert_eq!(off.real_vcpu_block_ms, Some(500.0));
+        assert!(off.sim_lazy.is_some() && off.sim_address_order.is_some());
+        // The run with the run-ahead is simulated as lazy-copy and paired
+        // with the one without it.
+        let mut on = post("");
+        on.prefetch = true;
+        on.stall_ms = Some(250.0);
+        assert_eq!(on.scheme(), Scheme::Lazy);
+        let on = compare("hs-prefetch", &t, &on, &Config::default()).unwrap();
+        assert!(on.sim_lazy.is_none());
+        let g = gains(&[off.clone(), on.clone()]);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].real_gain, Some(0.5));
+        let (lf, ls) = off.sim_lazy.unwrap();
+        assert_eq!(g[0].sim_faults, (off.sim_remote_faults, lf));
+        if off.sim_stall_ms > 0.0 {
+            let sg = (off.sim_stall_ms - ls) / off.sim_stall_ms;
+            assert!((g[0].gain_err.unwrap() - (sg - 0.5)).abs() < 1e-12);
+        }
+        let both = rst(&[off.clone(), on]);
+        assert!(both.contains("postcopy-requests") && both.contains("run-ahead"));
+        // A checkpoint or a pre-copy has no post-copy figures.
+        let ck = compare("ck", &t, &checkpoint(""), &Config::default()).unwrap();
+        assert_eq!((ck.faults_rel_err, ck.real_stall_ms), (None, None));
+        assert!(gains(&[off]).is_empty());
     }
 }

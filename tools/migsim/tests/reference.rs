@@ -135,6 +135,19 @@ fn every_scheme_matches_the_naive_reference() {
         cfg.postcopy.precopy_first = rng.bool();
         cfg.postcopy.window = rng.u64(0..40);
         cfg.postcopy.max_pivots = rng.usize(1..5);
+        cfg.postcopy.style = if rng.bool() {
+            migsim::postcopy::PostcopyStyle::Qemu
+        } else {
+            migsim::postcopy::PostcopyStyle::Hines
+        };
+        cfg.postcopy.touch_order = if rng.bool() {
+            migsim::postcopy::TouchOrder::Shuffled
+        } else {
+            migsim::postcopy::TouchOrder::Address
+        };
+        // At least one page's time (with the largest header) per window.
+        let page_s = (4096.0 + 64.0) / cfg.link.bandwidth;
+        cfg.postcopy.rate_window = page_s * (1.0 + rng.f64() * 20.0);
         cfg.cow.pause = rng.f64() * 1e-3;
         cfg.cow.fault_cost = rng.f64() * 1e-4;
         cfg.cow.style = if rng.bool() {

@@ -7,7 +7,15 @@ mod common;
 
 use common::{config, ms, trace, PAGE};
 use migsim::cow::CowStyle;
+use migsim::postcopy::{PostcopyStyle, TouchOrder};
 use migsim::{simulate, Hints, Scheme};
+
+/// `cfg` with Hines et al.'s post-copy (a steady push, a fault costs a
+/// round trip and the page): the hand-worked post-copy cases below.
+fn hines(mut cfg: migsim::Config) -> migsim::Config {
+    cfg.postcopy.style = PostcopyStyle::Hines;
+    cfg
+}
 
 fn idle(pages: u64, samples: usize) -> miglock_trace::Trace {
     trace(pages, 100, vec![(vec![], vec![]); samples])
@@ -35,7 +43,7 @@ fn idle_vm_precopy_sends_memory_once() {
 #[test]
 fn idle_vm_postcopy_and_cow() {
     let t = idle(1000, 20);
-    let mut cfg = config(1.0, 0.5);
+    let mut cfg = hines(config(1.0, 0.5));
     cfg.cow.pause = 0.002;
     let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
     assert_eq!((r.pages_sent, r.remote_faults, r.stall_ps), (1000, 0, 0));
@@ -68,7 +76,7 @@ fn vm_dirtying_faster_than_link_does_not_converge_but_postcopy_completes() {
     // Every 100 ms the guest rewrites all 1000 pages; the link needs 1 s
     // for them.
     let t = trace(1000, 100, vec![(vec![(0, 1000)], vec![(0, 1000)]); 10]);
-    let mut cfg = config(1.0, 0.1);
+    let mut cfg = hines(config(1.0, 0.1));
     cfg.qemu.max_iterations = 5;
     let r = simulate(&t, Scheme::PrecopyQemu, &cfg).unwrap();
     assert!(!r.converged);
@@ -112,7 +120,7 @@ fn prepaging_beats_address_order_on_a_scan() {
     // 100 pages forward per 100 ms, twice the scan's speed, so it never
     // faults again. Address order starts at page 0 and needs many
     // intervals to overtake the scan.
-    let mut cfg = config(0.5, 0.0);
+    let mut cfg = hines(config(0.5, 0.0));
     cfg.start_at = Some(5.0);
     let pre = simulate(&scan(), Scheme::PostcopyPrepaging, &cfg).unwrap();
     let plain = simulate(&scan(), Scheme::Postcopy, &cfg).unwrap();
@@ -138,7 +146,7 @@ fn lazy_with_good_hints_faults_less_than_postcopy() {
     // the hot set ranked first, the push has sent 4 pages of range 0 when
     // it is touched (6 faults, 13.5 ms stall); from then on it sends 20
     // pages per 5 ms against the guest's 10 and stays ahead.
-    let mut cfg = config(0.25, 1.0);
+    let mut cfg = hines(config(0.25, 1.0));
     cfg.start_at = Some(2.0);
     let plain = simulate(&hot(), Scheme::Postcopy, &cfg).unwrap();
     assert_eq!(plain.remote_faults, 200);
@@ -299,6 +307,11 @@ fn bad_inputs_are_errors_not_panics() {
     let mut nan = config(1.0, 0.0);
     nan.link.latency = f64::NAN;
     assert!(simulate(&t, Scheme::Postcopy, &nan).is_err());
+    // A rate window too short for one page would never send the rest.
+    let mut short = config(1.0, 0.0);
+    short.postcopy.rate_window = 0.5e-3;
+    let e = simulate(&t, Scheme::Postcopy, &short).unwrap_err();
+    assert!(e.to_string().contains("rate window"), "{e}");
 }
 
 /// A config with QEMU's wire format (8-byte header, zero page 9 bytes)
@@ -319,7 +332,7 @@ fn zero_pages_cost_a_header_in_precopy_and_postcopy() {
     // Idle VM of 100 pages, 60 of them zero (frames 40..99): one round
     // sends 40 x (4096 + 8) + 60 x 9 bytes in 40 ms + 60 zero-page times.
     let t = idle(100, 20);
-    let cfg = qemu_wire(60, 0.5);
+    let cfg = hines(qemu_wire(60, 0.5));
     for scheme in [
         Scheme::PrecopyQemu,
         Scheme::PrecopyClark,
@@ -367,4 +380,70 @@ fn zero_pages_are_the_highest_untouched_frames() {
     assert_eq!(r.bytes_sent, 75 * 4104 + 30 * 9);
     assert_eq!(r.downtime_ps, ms(5.0));
     assert_eq!(r.total_ps, ms(75.0) + 30 * TPZ);
+}
+
+#[test]
+fn qemu_postcopy_sends_the_caps_share_per_window() {
+    // 1000 pages at 1 ms, windows of 100 ms: 100 pages at the start of
+    // each, the last window starts at 900 ms; the pages are there a
+    // latency later.
+    let t = idle(1000, 20);
+    let cfg = config(1.0, 0.5);
+    assert_eq!(cfg.postcopy.style, PostcopyStyle::Qemu);
+    let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!((r.pages_sent, r.remote_faults, r.stall_ps), (1000, 0, 0));
+    assert_eq!(r.total_ps, ms(900.5));
+    assert_eq!(r.downtime_ps, ms(0.5));
+    // Zero pages are cheap in a window's share too: 40 normal pages and
+    // 60 zero pages fit the first window (40 ms and 60 x 2.2 us).
+    let t = idle(100, 20);
+    let r = simulate(&t, Scheme::Postcopy, &qemu_wire(60, 0.5)).unwrap();
+    assert_eq!((r.pages_sent, r.zero_pages_sent), (100, 60));
+    assert_eq!(r.total_ps, ms(0.5));
+}
+
+#[test]
+fn qemu_postcopy_serves_a_request_first_in_the_next_window_and_sweeps_on_from_it() {
+    // 1000 pages at 1 ms (100 a window), no latency. The one-second
+    // interval touches page 500 at 0 ms (the first window sent 0..99):
+    // a fault, served first in the window at 100 ms, the vCPU blocked
+    // until then; that window goes on with 501..599. The touch of 550 at
+    // 600 ms (half the interval, plus the stall) finds it. The sweep goes
+    // on: 600..999 by 500 ms, then round from the start for 100..499 (600
+    // to 900 ms).
+    let t = trace(1000, 1000, vec![(vec![(500, 1), (550, 1)], vec![]); 3]);
+    let mut cfg = config(1.0, 0.0);
+    cfg.postcopy.touch_order = TouchOrder::Address;
+    let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!(r.remote_faults, 1);
+    assert_eq!(r.stall_ps, ms(100.0));
+    assert_eq!(r.pages_sent, 1000);
+    assert_eq!(r.total_ps, ms(900.0));
+    // Hines et al.: the fault costs the page (1 ms), and the push keeps
+    // its address order, which reaches 550 at 550 ms, before the touch
+    // at 501 ms: two faults.
+    let r = simulate(&t, Scheme::Postcopy, &hines(cfg.clone())).unwrap();
+    assert_eq!(r.remote_faults, 2);
+    assert_eq!(r.stall_ps, ms(2.0));
+}
+
+#[test]
+fn qemu_postcopy_request_waits_for_its_latency_and_a_page_sent_meanwhile_still_counts() {
+    // 1000 pages at 1 ms, 150 ms latency: the VM resumes at 150 ms (the
+    // windows at 0 and 100 ms sent 0..199), touches 150 (here) and 950 at
+    // 150 ms: the request reaches the source at 300 ms, first in that
+    // window, and is here at 450 ms: 300 ms of stall.
+    let t = trace(1000, 1000, vec![(vec![(950, 1)], vec![]); 3]);
+    let cfg = config(1.0, 150.0);
+    let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!(r.remote_faults, 1);
+    assert_eq!(r.stall_ps, ms(300.0));
+    // A touch of 250 at 150 ms: missing, but the window at 200 ms sends
+    // it before the request gets there (300 ms). QEMU counts the request
+    // anyway; the vCPU waits until 350 ms.
+    let t = trace(1000, 1000, vec![(vec![(250, 1)], vec![]); 3]);
+    let r = simulate(&t, Scheme::Postcopy, &cfg).unwrap();
+    assert_eq!(r.remote_faults, 1);
+    assert_eq!(r.stall_ps, ms(200.0));
+    assert_eq!(r.pages_sent, 1000);
 }

@@ -117,6 +117,13 @@ pub struct MigrateRequest {
     /// does not converge would otherwise run forever).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// QEMU's own remedy for pre-copy that does not converge: the
+    /// `auto-converge` capability, which throttles the guest's vCPUs while
+    /// it dirties memory faster than the link sends (QEMU's
+    /// `cpu-throttle-*` parameters as they are). Refused by a QEMU that
+    /// does not offer it.
+    #[serde(default)]
+    pub auto_converge: bool,
 }
 
 /// `incoming` arguments: the destination side of a migration.

@@ -111,6 +111,12 @@ pub enum CtlCmd {
         /// Give up on a migration still copying after this long.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// QEMU's auto-converge: throttle the guest's vCPUs while pre-copy
+        /// does not converge (QEMU's cpu-throttle-initial and
+        /// cpu-throttle-increment as they are); an error if the QEMU does
+        /// not offer it.
+        #[arg(long)]
+        auto_converge: bool,
         /// If locked: ask the guest to unlock and wait this long (without a
         /// value: the VM policy's grace period).
         #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1)]

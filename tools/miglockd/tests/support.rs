@@ -232,6 +232,9 @@ pub struct FakeQemu {
     /// The host kernel has no userfaultfd write-protection: QEMU refuses
     /// the background-snapshot capability, as QEMU does.
     pub no_snapshot: bool,
+    /// An older or stripped QEMU: `query-migrate-capabilities` does not
+    /// list `auto-converge`.
+    pub no_auto_converge: bool,
 }
 
 impl Default for FakeQemu {
@@ -240,6 +243,7 @@ impl Default for FakeQemu {
             version: (10, 0),
             ending: "completed",
             no_snapshot: false,
+            no_auto_converge: false,
         }
     }
 }
@@ -275,6 +279,23 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
                     "query-status" => json!({"return": {"status": "running", "running": true}}),
                     "query-migrate-parameters" => {
                         json!({"return": {"max-bandwidth": 1 << 27, "downtime-limit": 300}})
+                    }
+                    "query-migrate-capabilities" => {
+                        let mut caps = vec![
+                            "events",
+                            "postcopy-ram",
+                            "pause-before-switchover",
+                            "background-snapshot",
+                            "dirty-limit",
+                        ];
+                        if !q.no_auto_converge {
+                            caps.push("auto-converge");
+                        }
+                        let caps: Vec<Value> = caps
+                            .iter()
+                            .map(|c| json!({"capability": c, "state": false}))
+                            .collect();
+                        json!({ "return": caps })
                     }
                     "query-named-block-nodes" => json!({ "return": *nodes }),
                     "query-fdsets" => json!({"return": []}),

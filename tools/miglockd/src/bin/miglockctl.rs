@@ -259,6 +259,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
             postcopy_bandwidth,
             downtime_limit,
             timeout,
+            auto_converge,
         } => {
             if *force && reason.is_none() {
                 return Err(Fail::Usage("--force needs --reason"));
@@ -275,6 +276,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
                 postcopy_bandwidth: *postcopy_bandwidth,
                 downtime_limit_ms: ms(*downtime_limit),
                 timeout_ms: ms(*timeout),
+                auto_converge: *auto_converge,
             })
         }
         CtlCmd::Checkpoint {

@@ -218,8 +218,8 @@ fn row(workload: &str, mode: &str, o: &Outcome) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bench {
     /// `--mode auto` against QEMU's default pre-copy on three workloads,
-    /// and against pre-copy with auto-converge and post-copy on the
-    /// write-heavy one.
+    /// and against pre-copy with auto-converge, post-copy and pre-copy
+    /// then post-copy on the write-heavy one.
     Plan,
     /// Post-copy with and without the tracer's run-ahead prefetch.
     Prefetch,
@@ -372,6 +372,8 @@ const PLAN_GUESTS: [(&str, &str, &str, &[Scheme]); 3] = [
                 &["--auto-converge", "--timeout", AUTO_CONVERGE_BOUND],
             ),
             ("postcopy", "postcopy", &["--mode", "postcopy"]),
+            // What auto would run with [planner] precopy_then_postcopy.
+            ("hybrid", "precopy then postcopy", &["--mode", "hybrid"]),
         ],
     ),
     (
@@ -408,12 +410,18 @@ const PLAN_GUESTS: [(&str, &str, &str, &[Scheme]); 3] = [
 const AUTO_CONVERGE_BOUND: &str = "60s";
 
 /// How many runs of each scheme `bench-plan` makes.
-const RUNS_PLAN: usize = 3;
+const RUNS_PLAN: usize = 5;
 
 /// The figures of one run: total time, the share of its work the workload
-/// lost during the migration and that work in seconds, downtime, bytes
+/// lost during the migration and that work in ms, downtime, bytes
 /// sent (NaN where the migration did not complete).
-const PLAN_FIGURES: [&str; 5] = ["total_ms", "slowdown_pct", "lost_s", "downtime_ms", "bytes"];
+const PLAN_FIGURES: [&str; 5] = [
+    "total_ms",
+    "slowdown_pct",
+    "lost_ms",
+    "downtime_ms",
+    "bytes",
+];
 
 /// `bench-plan`: each guest migrated with each of its schemes,
 /// [`RUNS_PLAN`] runs each, the schemes interleaved run by run, every
@@ -518,7 +526,7 @@ fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fai
                 runs[g][k].push([
                     wall,
                     lost.pct(),
-                    lost.seconds(),
+                    lost.seconds() * 1000.0,
                     num(&o.data["downtime_ms"]),
                     num(&o.data["transferred_bytes"]),
                 ]);
@@ -559,7 +567,7 @@ fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fai
                 completed[g][k],
                 show("total_ms", 1000.0),
                 show("slowdown_pct", 1.0),
-                show("lost_s", 1.0),
+                show("lost_ms", 1000.0),
                 show("downtime_ms", 1.0),
                 show("bytes", 1048576.0)
             );

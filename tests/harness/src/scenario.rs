@@ -412,7 +412,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "bench-plan",
             "plan-idle",
-            "benchmark (make bench): --mode auto vs QEMU's default pre-copy on idle, read-mostly and write-heavy guests, and vs pre-copy with auto-converge and post-copy on the write-heavy one, 3 runs each: time, downtime, bytes and the work the workload lost",
+            "benchmark (make bench): --mode auto vs QEMU's default pre-copy on idle, read-mostly and write-heavy guests, and vs pre-copy with auto-converge, post-copy and pre-copy then post-copy on the write-heavy one, 5 runs each: time, downtime, bytes and the work the workload lost",
         )
     },
     Scenario {

@@ -217,7 +217,9 @@ fn row(workload: &str, mode: &str, o: &Outcome) -> String {
 /// Which benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bench {
-    /// Default pre-copy against `--mode auto` on three workloads.
+    /// `--mode auto` against QEMU's default pre-copy on three workloads,
+    /// and against pre-copy with auto-converge, post-copy and pre-copy
+    /// then post-copy on the write-heavy one.
     Plan,
     /// Post-copy with and without the tracer's run-ahead prefetch.
     Prefetch,
@@ -251,43 +253,370 @@ fn fresh(sc: &Scenario, env: &Env<'_>, guest: &'static str) -> Result<(Scenario,
     Ok((sc, h))
 }
 
+/// How long the workload's rate before a migration is taken over.
+const RATE_BEFORE: Duration = Duration::from_secs(5);
+
+/// What a workload lost during a migration, by its own count of ticks
+/// (`tick N` lines, timed as they came out of the serial port).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Lost {
+    /// Its rate before the migration, ticks/s.
+    rate: f64,
+    /// Ticks it would have done over the migration at that rate.
+    expected: f64,
+    /// Ticks it did.
+    done: f64,
+}
+
+impl Lost {
+    /// The share of its work lost, percent.
+    fn pct(&self) -> f64 {
+        (self.expected - self.done) / self.expected * 100.0
+    }
+
+    /// The work lost, in seconds of work at the rate before.
+    fn seconds(&self) -> f64 {
+        (self.expected - self.done) / self.rate
+    }
+}
+
+/// The ticks among a console's lines, with when each came out.
+fn ticks_seen(seen: &[String], at: &[Instant]) -> Vec<(Instant, u64)> {
+    seen.iter()
+        .zip(at)
+        .filter_map(|(l, &t)| Some((t, tick_of(l)?)))
+        .collect()
+}
+
+/// What the workload lost between `t0` and `t1` (a migration), from its
+/// `ticks` on both consoles: the ticks it would have done at its rate over
+/// the [`RATE_BEFORE`] before `t0`, against those it did. Each end is read
+/// between the ticks around it (a tick is 20 to 100 ms: a whole tick either
+/// way is a few percent of a short migration). `None` without ticks on
+/// both sides of both ends.
+fn lost_work(ticks: &[(Instant, u64)], t0: Instant, t1: Instant) -> Option<Lost> {
+    let mut ticks = ticks.to_vec();
+    // A tick the source printed and the destination printed again (or the
+    // other way round) counts once, when it first came.
+    ticks.sort_by_key(|&(t, n)| (n, t));
+    ticks.dedup_by_key(|&mut (_, n)| n);
+    let at = |t: Instant| -> Option<f64> {
+        let i = ticks.iter().rposition(|&(ti, _)| ti <= t)?;
+        let (ta, na) = ticks[i];
+        let (tb, nb) = *ticks.get(i + 1)?;
+        let span = tb.checked_duration_since(ta)?.as_secs_f64();
+        let part = t.duration_since(ta).as_secs_f64() / span.max(1e-9);
+        Some(na as f64 + part * (nb - na) as f64)
+    };
+    let first = ticks.first()?.0;
+    let from = t0.checked_sub(RATE_BEFORE).map_or(first, |f| f.max(first));
+    let before = t0.checked_duration_since(from)?.as_secs_f64();
+    if before < 1.0 {
+        return None;
+    }
+    let (n_from, n0, n1) = (at(from)?, at(t0)?, at(t1)?);
+    let rate = (n0 - n_from) / before;
+    if rate <= 0.0 {
+        return None;
+    }
+    Some(Lost {
+        rate,
+        expected: rate * t1.checked_duration_since(t0)?.as_secs_f64(),
+        done: n1 - n0,
+    })
+}
+
+/// One scheme of `bench-plan`: its name in result.json, what it is in
+/// the table, and `miglockctl migrate`'s arguments beside the link.
+type Scheme = (&'static str, &'static str, &'static [&'static str]);
+
+/// Waits for a tick line that came out of `vm`'s serial port after `t`.
+fn tick_after(vm: &mut crate::vm::Vm, t: Instant, deadline: Instant) -> Result<(), Failure> {
+    loop {
+        let came = vm
+            .seen
+            .iter()
+            .zip(&vm.seen_at)
+            .any(|(l, &at)| at > t && tick_of(l).is_some());
+        if came {
+            return Ok(());
+        }
+        if !matches!(
+            vm.wait_line(deadline, |l| tick_of(l).is_some()),
+            crate::vm::Wait::Line(_)
+        ) {
+            return Err(Failure::new(
+                FailKind::Guest,
+                "the workload did not tick after the migration",
+            ));
+        }
+    }
+}
+
+/// `bench-plan`'s guests and the schemes each is migrated with.
+const PLAN_GUESTS: [(&str, &str, &str, &[Scheme]); 3] = [
+    (
+        "write_heavy",
+        "write-heavy",
+        "plan-writeheavy",
+        &[
+            ("auto", "auto", &["--mode", "auto"]),
+            (
+                "precopy",
+                "precopy (QEMU default)",
+                &["--timeout", PRECOPY_BOUND],
+            ),
+            (
+                "auto_converge",
+                "precopy + auto-converge",
+                &["--auto-converge", "--timeout", AUTO_CONVERGE_BOUND],
+            ),
+            ("postcopy", "postcopy", &["--mode", "postcopy"]),
+            // What auto would run with [planner] precopy_then_postcopy.
+            ("hybrid", "precopy then postcopy", &["--mode", "hybrid"]),
+        ],
+    ),
+    (
+        "idle",
+        "idle",
+        "plan-idle",
+        &[
+            ("auto", "auto", &["--mode", "auto"]),
+            (
+                "precopy",
+                "precopy (QEMU default)",
+                &["--timeout", PRECOPY_BOUND],
+            ),
+        ],
+    ),
+    (
+        "read_mostly",
+        "read-mostly",
+        "plan-readmostly",
+        &[
+            ("auto", "auto", &["--mode", "auto"]),
+            (
+                "precopy",
+                "precopy (QEMU default)",
+                &["--timeout", PRECOPY_BOUND],
+            ),
+        ],
+    ),
+];
+
+/// How long pre-copy with auto-converge may copy: QEMU throttles the vCPUs
+/// by 20% and then 10% more at every dirty sync that still does not
+/// converge, up to 99%; a 64 MiB pass takes 2 s at the link.
+const AUTO_CONVERGE_BOUND: &str = "60s";
+
+/// How many runs of each scheme `bench-plan` makes.
+const RUNS_PLAN: usize = 5;
+
+/// The figures of one run: total time, the share of its work the workload
+/// lost during the migration and that work in ms, downtime, bytes
+/// sent (NaN where the migration did not complete).
+const PLAN_FIGURES: [&str; 5] = [
+    "total_ms",
+    "slowdown_pct",
+    "lost_ms",
+    "downtime_ms",
+    "bytes",
+];
+
+/// `bench-plan`: each guest migrated with each of its schemes,
+/// [`RUNS_PLAN`] runs each, the schemes interleaved run by run, every
+/// completed run's guest verified on the destination. All over the same
+/// link: `--bandwidth` and, for whatever runs post-copy, the same cap in
+/// post-copy (the agent would otherwise run the hybrid's post-copy phase
+/// uncapped on QEMU 10). Times what the workload lost during the migration
+/// by its own ticks ([`lost_work`]). Writes `result.json` with the
+/// median, min and max of each figure per scheme.
 fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let mut runs: Vec<Vec<Vec<[f64; 5]>>> = PLAN_GUESTS
+        .iter()
+        .map(|g| vec![Vec::new(); g.3.len()])
+        .collect();
+    let mut completed: Vec<Vec<usize>> = PLAN_GUESTS.iter().map(|g| vec![0; g.3.len()]).collect();
+    let mut chose: Vec<Vec<String>> = vec![Vec::new(); PLAN_GUESTS.len()];
     let mut rows = Vec::new();
-    for (workload, guest) in [
-        ("idle", "plan-idle"),
-        ("read-mostly", "plan-readmostly"),
-        ("write-heavy", "plan-writeheavy"),
-    ] {
-        for (mode, args) in [
-            ("precopy (QEMU default)", vec!["--timeout", PRECOPY_BOUND]),
-            ("auto", vec!["--mode", "auto"]),
-        ] {
-            let (sc2, mut h) = fresh(sc, env, guest)?;
-            wait_hints(&mut h, deadline)?;
-            let child = h.receive(&["--postcopy"])?;
-            let mut all = vec!["--bandwidth", LINK];
-            all.extend_from_slice(&args);
-            let o = migrate_json(&h, &all)?;
-            let _ = finish_incoming(&mut h, child, !o.ok)?;
-            let mode = if o.ok && mode == "auto" {
-                format!("auto: {}", choice(&o))
-            } else {
-                mode.to_string()
-            };
-            rows.push(row(workload, &mode, &o));
-            if o.ok {
-                h.arrive(&sc2, deadline)?;
+    let mut qemu = String::new();
+    let mut dirty_limit = String::new();
+    for run in 0..RUNS_PLAN {
+        for (g, &(_, workload, guest, schemes)) in PLAN_GUESTS.iter().enumerate() {
+            for (k, &(_, mode, args)) in schemes.iter().enumerate() {
+                let (sc2, mut h) = fresh(sc, env, guest)?;
+                if qemu.is_empty() {
+                    qemu = qemu_version(&mut h)?;
+                    dirty_limit = dirty_limit_here(&mut h);
+                    eprintln!("  QEMU {qemu}: dirty-limit: {dirty_limit}");
+                }
+                wait_hints(&mut h, deadline)?;
+                // The workload's rate before the migration is taken over
+                // RATE_BEFORE: let it tick that long, and see its latest.
+                let first = ticks_seen(&h.src.seen, &h.src.seen_at)
+                    .first()
+                    .map_or_else(Instant::now, |&(t, _)| t);
+                let ticked = h.src.wait_line(deadline, |l| {
+                    tick_of(l).is_some() && first.elapsed() >= RATE_BEFORE
+                });
+                if !matches!(ticked, crate::vm::Wait::Line(_)) {
+                    return Err(Failure::new(FailKind::Guest, "the workload never ran"));
+                }
+                let child = h.receive(&["--postcopy"])?;
+                let mut all = vec!["--bandwidth", LINK];
+                if args.contains(&"--mode") {
+                    all.extend_from_slice(&["--postcopy-bandwidth", LINK]);
+                }
+                all.extend_from_slice(args);
+                let t0 = Instant::now();
+                let o = migrate_json(&h, &all)?;
+                let t1 = Instant::now();
+                let _ = finish_incoming(&mut h, child, !o.ok)?;
+                // A tick after the migration ended, where the guest runs
+                // (cancelled: it goes on at the source): the end is read
+                // between two ticks.
+                let on = if o.ok { &mut h.dst } else { &mut h.src };
+                tick_after(on, t1, deadline)?;
+                if o.ok {
+                    h.arrive(&sc2, deadline)?;
+                }
+                // Whatever the source printed before it stopped.
+                let _ = h
+                    .src
+                    .wait_line(Instant::now() + Duration::from_millis(200), |_| false);
+                let mut ticks = ticks_seen(&h.src.seen, &h.src.seen_at);
+                ticks.extend(ticks_seen(&h.dst.seen, &h.dst.seen_at));
+                let lost = lost_work(&ticks, t0, t1).ok_or_else(|| {
+                    Failure::new(
+                        FailKind::Guest,
+                        "the workload's ticks do not cover the migration",
+                    )
+                })?;
+                let mode = if o.ok && args.contains(&"auto") {
+                    chose[g].push(choice(&o).to_string());
+                    format!("{mode}: {}", choice(&o))
+                } else {
+                    mode.to_string()
+                };
+                let throttle = match o.data["cpu_throttle_max_pct"].as_u64() {
+                    Some(t) => format!(", vCPUs throttled up to {t}%"),
+                    None => String::new(),
+                };
+                eprintln!(
+                    "  run {}: {workload} {mode}: workload {:.1} ticks/s before, {:.0} of {:.0} ticks done during the migration: {:.1}% lost ({:.2} s of work){throttle}",
+                    run + 1,
+                    lost.rate,
+                    lost.done,
+                    lost.expected,
+                    lost.pct(),
+                    lost.seconds()
+                );
+                rows.push(format!(
+                    "{}  workload lost {:>5.1}% ({:.2} s)",
+                    row(workload, &mode, &o),
+                    lost.pct(),
+                    lost.seconds()
+                ));
+                let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+                let wall = if o.ok {
+                    num(&o.data["wall_ms"])
+                } else {
+                    f64::NAN
+                };
+                runs[g][k].push([
+                    wall,
+                    lost.pct(),
+                    lost.seconds() * 1000.0,
+                    num(&o.data["downtime_ms"]),
+                    num(&o.data["transferred_bytes"]),
+                ]);
+                completed[g][k] += usize::from(o.ok);
+                h.quit()?;
             }
-            h.quit()?;
         }
     }
     println!(
-        "bench plan: link {LINK}/s, 256 MiB guest, default pre-copy bounded at {PRECOPY_BOUND}"
+        "bench plan: {RUNS_PLAN} runs each, QEMU {qemu}, link {LINK}/s (post-copy too), 256 MiB guest; default pre-copy bounded at {PRECOPY_BOUND}, with auto-converge at {AUTO_CONVERGE_BOUND}"
     );
-    for r in rows {
+    for r in &rows {
         println!("bench plan: {r}");
     }
-    Ok(())
+    println!("bench plan: median (min..max) of completed runs; workload lost: its work lost during the migration, of what it did before");
+    println!("bench plan: QEMU's dirty-limit (the other remedy): {dirty_limit}");
+    let mut result = serde_json::json!({"runs": RUNS_PLAN, "qemu": qemu,
+        "link_bytes_per_s": 32u64 << 20, "dirty_limit": dirty_limit});
+    for (g, &(key, workload, _, schemes)) in PLAN_GUESTS.iter().enumerate() {
+        let mut by = serde_json::Map::new();
+        for (k, &(name, mode, _)) in schemes.iter().enumerate() {
+            let mut fig = figures(&PLAN_FIGURES, &runs[g][k]);
+            fig["completed"] = serde_json::json!(completed[g][k]);
+            if name == "auto" {
+                fig["chose"] = serde_json::json!(chose[g]);
+            }
+            let show = |n: &str, scale: f64| match fig[n].as_f64() {
+                Some(m) => format!(
+                    "{:.1} ({:.1}..{:.1})",
+                    m / scale,
+                    fig[format!("{n}_min")].as_f64().unwrap_or(0.0) / scale,
+                    fig[format!("{n}_max")].as_f64().unwrap_or(0.0) / scale
+                ),
+                None => "-".into(),
+            };
+            println!(
+                "bench plan: {workload:<12} {mode:<24} completed {}/{RUNS_PLAN}  total s {:<18} workload lost % {:<20} lost s {:<18} downtime ms {:<22} MiB {}",
+                completed[g][k],
+                show("total_ms", 1000.0),
+                show("slowdown_pct", 1.0),
+                show("lost_ms", 1000.0),
+                show("downtime_ms", 1.0),
+                show("bytes", 1048576.0)
+            );
+            by.insert(name.to_string(), fig);
+        }
+        result[key] = Value::Object(by);
+    }
+    env.write_result(&result)
+}
+
+/// Whether QEMU's `dirty-limit` capability (the other remedy for pre-copy
+/// that does not converge: it caps each vCPU's dirty rate through KVM's
+/// dirty ring) can be set on the source QEMU: "offered and accepted", or
+/// QEMU's answer. Set off again at once.
+fn dirty_limit_here(h: &mut Hosts) -> String {
+    let caps = h.src.qmp.execute("query-migrate-capabilities", None);
+    let listed = caps.is_ok_and(|c| {
+        c.as_array()
+            .is_some_and(|c| c.iter().any(|c| c["capability"] == "dirty-limit"))
+    });
+    if !listed {
+        return "not offered by this QEMU".into();
+    }
+    let set = |on: bool| serde_json::json!({"capabilities": [{"capability": "dirty-limit", "state": on}]});
+    match h
+        .src
+        .qmp
+        .execute("migrate-set-capabilities", Some(set(true)))
+    {
+        Ok(_) => {
+            let _ = h
+                .src
+                .qmp
+                .execute("migrate-set-capabilities", Some(set(false)));
+            "offered and accepted".into()
+        }
+        Err(e) => format!("offered, refused: {e}"),
+    }
+}
+
+/// The QEMU a host runs, `major.minor.micro`.
+fn qemu_version(h: &mut Hosts) -> Result<String, Failure> {
+    let v = h
+        .src
+        .qmp
+        .execute("query-version", None)
+        .map_err(|e| Failure::new(FailKind::Host, format!("query-version: {e}")))?;
+    let q = &v["qemu"];
+    Ok(format!("{}.{}.{}", q["major"], q["minor"], q["micro"]))
 }
 
 /// Mean and spread of a figure over runs.
@@ -388,19 +717,22 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
 
 /// The figures of one scheme over its runs: each figure's median under its
 /// own name, its min and max beside it (`stall_ms`, `stall_ms_min`, ...).
-fn figures(runs: &[[f64; 5]]) -> Value {
+/// A figure missing from a run (NaN: a migration that did not complete)
+/// is left out; one missing from every run is null.
+fn figures<const N: usize>(names: &[&str; N], runs: &[[f64; N]]) -> Value {
     let mut o = serde_json::Map::new();
-    for (i, name) in [
-        "stall_ms",
-        "blocktime_ms",
-        "requests",
-        "bytes",
-        "workload_vcpu_blocktime_ms",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+    for (i, name) in names.iter().enumerate() {
+        let v: Vec<f64> = runs.iter().map(|r| r[i]).filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            for n in [
+                name.to_string(),
+                format!("{name}_min"),
+                format!("{name}_max"),
+            ] {
+                o.insert(n, Value::Null);
+            }
+            continue;
+        }
         // To a tenth: the stall's microseconds are below its noise.
         let (median, min, max) = spread(&v);
         let r = |x: f64| (x * 10.0).round() / 10.0;
@@ -410,6 +742,15 @@ fn figures(runs: &[[f64; 5]]) -> Value {
     }
     Value::Object(o)
 }
+
+/// The figures of one `bench-hints` run.
+const HINT_FIGURES: [&str; 5] = [
+    "stall_ms",
+    "blocktime_ms",
+    "requests",
+    "bytes",
+    "workload_vcpu_blocktime_ms",
+];
 
 /// `bench-hints`: on the hot-set workload (`hints.sh`: mlworkload rewriting
 /// random pages of a 32 MiB hot set in 128 MiB on vCPU 0, the tracer on
@@ -444,13 +785,7 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
         for (k, &(label, mode, runahead, preempt)) in schemes.iter().enumerate() {
             let (sc2, mut h) = fresh(sc, env, "hints")?;
             if qemu.is_empty() {
-                let v = h
-                    .src
-                    .qmp
-                    .execute("query-version", None)
-                    .map_err(|e| Failure::new(FailKind::Host, format!("query-version: {e}")))?;
-                let q = &v["qemu"];
-                qemu = format!("{}.{}.{}", q["major"], q["minor"], q["micro"]);
+                qemu = qemu_version(&mut h)?;
             }
             wait_hints(&mut h, deadline)?;
             // The workload has calibrated its usual page rewrite (4096
@@ -562,7 +897,7 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
     let mut result = serde_json::json!({"runs": runs_hints, "qemu": qemu});
     println!("bench hints: {runs_hints} runs each, QEMU {qemu}, link {LINK}/s in both phases; median (min..max)");
     for (k, &(label, ..)) in schemes.iter().enumerate() {
-        let fig = figures(&runs[k]);
+        let fig = figures(&HINT_FIGURES, &runs[k]);
         let show = |n: &str| {
             format!(
                 "{:.0} ({:.0}..{:.0})",
@@ -1092,7 +1427,7 @@ mod tests {
             [1.0, 2.0, 30.0, 300.0, 8.0],
             [3.0, 3.0, 20.0, 200.0, 9.0],
         ];
-        let f = figures(&runs);
+        let f = figures(&HINT_FIGURES, &runs);
         assert_eq!(f["stall_ms"], 3.0);
         assert_eq!(f["stall_ms_min"], 1.0);
         assert_eq!(f["stall_ms_max"], 5.0);
@@ -1101,9 +1436,46 @@ mod tests {
         assert_eq!(f["workload_vcpu_blocktime_ms_min"], 7.0);
         assert_eq!(spread(&[4.0, 1.0]), (2.5, 1.0, 4.0));
         assert_eq!(
-            figures(&[[1153.3999999, 0.0, 0.0, 0.0, 0.0]])["stall_ms"],
+            figures(&HINT_FIGURES, &[[1153.3999999, 0.0, 0.0, 0.0, 0.0]])["stall_ms"],
             1153.4
         );
+    }
+
+    #[test]
+    fn lost_work_counts_the_ticks_missing_at_the_rate_before() {
+        let base = Instant::now();
+        let at = |ms: u64| base + Duration::from_millis(ms);
+        // 10 ticks/s for 6 s at the source, then the migration from 6 s to
+        // 8 s: 2 s with no tick at all, then 10 ticks/s on at the
+        // destination (from tick 60).
+        let mut ticks: Vec<(Instant, u64)> = (0..=60).map(|n| (at(n * 100), n)).collect();
+        ticks.extend((0..30).map(|i| (at(8000 + i * 100), 61 + i)));
+        // The source's last tick, printed again by the destination later.
+        ticks.push((at(8050), 60));
+        let l = lost_work(&ticks, at(6000), at(8000)).unwrap();
+        assert!((l.rate - 10.0).abs() < 1e-9, "{l:?}");
+        assert!((l.expected - 20.0).abs() < 1e-9, "{l:?}");
+        // From tick 60 at 6 s to tick 61 at 8 s: one tick done.
+        assert!((l.done - 1.0).abs() < 1e-9, "{l:?}");
+        assert!((l.pct() - 95.0).abs() < 1e-9);
+        assert!((l.seconds() - 1.9).abs() < 1e-9);
+        // Ends between ticks are read between them; no loss, no gain.
+        let l = lost_work(&ticks, at(2050), at(4050)).unwrap();
+        assert!(l.pct().abs() < 1e-9, "{l:?}");
+        // No tick after the end: nothing to say.
+        assert_eq!(lost_work(&ticks, at(2000), at(20000)), None);
+        // Less than a second of ticks before the start: no rate.
+        assert_eq!(lost_work(&ticks, at(500), at(1000)), None);
+    }
+
+    #[test]
+    fn figures_leave_out_what_a_run_did_not_reach() {
+        let runs = [[f64::NAN, 1.0], [4.0, 3.0], [2.0, 2.0]];
+        let f = figures(&["total_ms", "slowdown_pct"], &runs);
+        assert_eq!(f["total_ms"], 3.0);
+        assert_eq!(f["slowdown_pct"], 2.0);
+        let f = figures(&["total_ms"], &[[f64::NAN]]);
+        assert!(f["total_ms"].is_null() && f["total_ms_max"].is_null());
     }
 
     #[test]

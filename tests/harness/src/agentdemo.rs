@@ -700,7 +700,11 @@ fn postcopy(
             std::thread::sleep(std::time::Duration::from_millis(100));
         };
         std::fs::write(&file, hints.to_string()).context("writing hints.json")?;
-        rx.extend(["--postcopy-preempt", "--prefetch", file.to_str().unwrap_or_default()]);
+        rx.extend([
+            "--postcopy-preempt",
+            "--prefetch",
+            file.to_str().unwrap_or_default(),
+        ]);
         tx.push("--postcopy-preempt");
     }
     let mut child = h.receive(&rx)?;

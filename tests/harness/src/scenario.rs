@@ -417,11 +417,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         kind: Kind::AdviceBench(crate::advice::Bench::Plan),
-        timeout: secs(900),
+        timeout: secs(2400),
         ..guest(
             "bench-plan",
             "plan-idle",
-            "benchmark (make bench): QEMU's default pre-copy vs --mode auto on idle, read-mostly and write-heavy guests",
+            "benchmark (make bench): --mode auto vs QEMU's default pre-copy on idle, read-mostly and write-heavy guests, and vs pre-copy with auto-converge, post-copy and pre-copy then post-copy on the write-heavy one, 5 runs each: time, downtime, bytes and the work the workload lost",
         )
     },
     Scenario {

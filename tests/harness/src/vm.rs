@@ -110,11 +110,14 @@ pub enum Wait {
 /// type on it.
 pub struct Console {
     serial: UnixStream,
-    lines: Receiver<String>,
+    lines: Receiver<(Instant, String)>,
     /// Where the serial log is written.
     pub serial_log: PathBuf,
     /// Lines seen so far (whole serial log).
     pub seen: Vec<String>,
+    /// When each line of `seen` came out of the serial port (the
+    /// workload's rate is timed by them).
+    pub seen_at: Vec<Instant>,
 }
 
 impl Console {
@@ -133,6 +136,7 @@ impl Console {
             lines,
             serial_log: log,
             seen: Vec::new(),
+            seen_at: Vec::new(),
         })
     }
 
@@ -148,9 +152,10 @@ impl Console {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
+                Ok((at, line)) => {
                     let hit = pred(&line);
                     self.seen.push(line);
+                    self.seen_at.push(at);
                     if hit {
                         return Wait::Line(self.seen.last().cloned().unwrap_or_default());
                     }
@@ -404,7 +409,7 @@ fn spawn_reader(
     echo: Echo,
     name: String,
     mut started: bool,
-) -> Result<Receiver<String>> {
+) -> Result<Receiver<(Instant, String)>> {
     let mut out =
         BufWriter::new(File::create(log).with_context(|| format!("creating {}", log.display()))?);
     let (tx, rx) = mpsc::channel();
@@ -439,13 +444,16 @@ fn spawn_reader(
                 if show {
                     eprintln!("  [{name}] {line}");
                 }
-                if tx.send(line).is_err() {
+                if tx.send((std::time::Instant::now(), line)).is_err() {
                     return;
                 }
             }
         }
         if !pending.is_empty() {
-            let _ = tx.send(String::from_utf8_lossy(&pending).into_owned());
+            let _ = tx.send((
+                std::time::Instant::now(),
+                String::from_utf8_lossy(&pending).into_owned(),
+            ));
         }
     });
     Ok(rx)

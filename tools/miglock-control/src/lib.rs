@@ -122,6 +122,13 @@ pub struct MigrateRequest {
     /// destination must enable it too).
     #[serde(default)]
     pub postcopy_preempt: bool,
+    /// QEMU's own remedy for pre-copy that does not converge: the
+    /// `auto-converge` capability, which throttles the guest's vCPUs while
+    /// it dirties memory faster than the link sends (QEMU's
+    /// `cpu-throttle-*` parameters as they are). Refused by a QEMU that
+    /// does not offer it.
+    #[serde(default)]
+    pub auto_converge: bool,
 }
 
 /// `incoming` arguments: the destination side of a migration.

@@ -116,6 +116,12 @@ pub enum CtlCmd {
         /// later; the destination's `incoming` needs it too).
         #[arg(long)]
         postcopy_preempt: bool,
+        /// QEMU's auto-converge: throttle the guest's vCPUs while pre-copy
+        /// does not converge (QEMU's cpu-throttle-initial and
+        /// cpu-throttle-increment as they are); an error if the QEMU does
+        /// not offer it.
+        #[arg(long)]
+        auto_converge: bool,
         /// If locked: ask the guest to unlock and wait this long (without a
         /// value: the VM policy's grace period).
         #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1)]

@@ -277,8 +277,11 @@ fn gated(
 fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<'_>) -> Reply {
     let name = req.vm.as_str();
     let events = qmp.subscribe();
-    let plan = match settings(agent, vm, req, qmp, p) {
-        Ok(plan) => plan,
+    let Settings {
+        plan,
+        auto_converge,
+    } = match settings(agent, vm, req, qmp, p) {
+        Ok(s) => s,
         Err(e) => return err(format!("setting up the migration: {e:#}")),
     };
     let choice = match (req.mode, &plan) {
@@ -315,6 +318,12 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
         // of this one did not agree to it.
         caps.push(json!({"capability": "postcopy-preempt", "state": false}));
     }
+    // Set either way where QEMU has it: QEMU keeps a capability from one
+    // migration to the next, and one asked for earlier must not throttle
+    // a migration that did not ask.
+    if let Some(on) = auto_converge {
+        caps.push(json!({"capability": "auto-converge", "state": on}));
+    }
     let started = Instant::now();
     let setup = qmp.execute(
         "migrate-set-capabilities",
@@ -346,8 +355,11 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
     agent.audit.record(
         name,
         "migrate-start",
-        json!({"to": req.to, "mode": req.mode, "runs": choice, "forced": req.force, "plan": plan}),
+        json!({"to": req.to, "mode": req.mode, "runs": choice, "forced": req.force, "auto_converge": req.auto_converge, "plan": plan}),
     );
+    // The most auto-converge throttled the guest's vCPUs (QEMU reports it
+    // only while the migration is active).
+    let mut throttle: Option<u64> = None;
     let mut postcopy_asked = false;
     // QEMU leaves "pre-switchover" a moment after migrate-continue: a query
     // in that moment must not continue (and fail, and call off) it again.
@@ -363,8 +375,11 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
             Ok(look) => look,
             Err(e) => return err(format!("query-migrate: {e}")),
         };
+        if let Some(t) = q["cpu-throttle-percentage"].as_u64() {
+            throttle = Some(throttle.unwrap_or(0).max(t));
+        }
         match status.as_str() {
-            "completed" => return done(agent, name, &q, started, plan.as_ref(), choice),
+            "completed" => return done(agent, name, &q, started, plan.as_ref(), choice, throttle),
             "failed" | "cancelled" => {
                 agent.audit.record(
                     name,
@@ -480,15 +495,38 @@ fn fenced(
         })
 }
 
-/// Applies the request's bandwidth and downtime limit and, for `auto`,
-/// plans from the guest's latest hints; says what it chose and why.
+/// What [`settings`] decided beside the parameters it set.
+struct Settings {
+    /// The plan, for `auto`.
+    plan: Option<Plan>,
+    /// The `auto-converge` capability's state to set, where this QEMU
+    /// offers it (`None`: it does not).
+    auto_converge: Option<bool>,
+}
+
+/// Whether a `query-migrate-capabilities` answer lists `cap`.
+fn offers(caps: &Value, cap: &str) -> bool {
+    caps.as_array()
+        .is_some_and(|c| c.iter().any(|c| c["capability"] == cap))
+}
+
+/// Checks that QEMU offers what the request asks for, applies the
+/// request's bandwidth and downtime limit and, for `auto`, plans from the
+/// guest's latest hints; says what it chose and why.
 fn settings(
     agent: &Agent,
     vm: &Vm,
     req: &MigrateRequest,
     qmp: &Monitor,
     p: Progress<'_>,
-) -> anyhow::Result<Option<Plan>> {
+) -> anyhow::Result<Settings> {
+    let caps = qmp.execute("query-migrate-capabilities", None)?;
+    let auto_converge = offers(&caps, "auto-converge").then_some(req.auto_converge);
+    if req.auto_converge && auto_converge.is_none() {
+        anyhow::bail!(
+            "--auto-converge: this QEMU does not offer the auto-converge migration capability"
+        );
+    }
     let params = qmp.execute("query-migrate-parameters", None)?;
     let bandwidth = req
         .bandwidth
@@ -528,7 +566,10 @@ fn settings(
     // (`postcopy_cap`): it depends on the mode and on the QEMU.
     let set = json!({"max-bandwidth": bw, "downtime-limit": dl});
     qmp.execute("migrate-set-parameters", Some(set))?;
-    Ok(plan)
+    Ok(Settings {
+        plan,
+        auto_converge,
+    })
 }
 
 /// Sets the post-copy phase's bandwidth cap for `choice` on `qemu`. The
@@ -615,8 +656,10 @@ fn done(
     started: Instant,
     plan: Option<&Plan>,
     ran: Choice,
+    throttle: Option<u64>,
 ) -> Reply {
     let stats = json!({
+        "cpu_throttle_max_pct": throttle,
         "plan": plan,
         "ran": ran,
         "total_time_ms": q["total-time"],

@@ -233,8 +233,14 @@ mod tests {
             parse_gpa2hva("Host virtual address for 0x1000 (pc.ram) is 0x7f1234567000\r\n"),
             Some(0x7f12_3456_7000)
         );
-        assert_eq!(parse_gpa2hva("No memory is mapped at address 0x10000000000\r\n"), None);
-        assert_eq!(parse_gpa2hva("Memory at address 0xfee00000 is not RAM\r\n"), None);
+        assert_eq!(
+            parse_gpa2hva("No memory is mapped at address 0x10000000000\r\n"),
+            None
+        );
+        assert_eq!(
+            parse_gpa2hva("Memory at address 0xfee00000 is not RAM\r\n"),
+            None
+        );
         assert_eq!(parse_gpa2hva(""), None);
     }
 
@@ -273,11 +279,7 @@ mod tests {
     #[test]
     fn hostile_ranges_cost_bounded_work() {
         // Empty, overflowing, and past every bound.
-        let p = plan_with(
-            &[r(0x10, 0), r(u64::MAX / 2, 5), r(u64::MAX - 1, 2)],
-            qemu,
-        )
-        .unwrap();
+        let p = plan_with(&[r(0x10, 0), r(u64::MAX / 2, 5), r(u64::MAX - 1, 2)], qemu).unwrap();
         assert!(p.addrs.is_empty());
         assert_eq!(p.unmapped, 7);
         // A range that is not RAM anywhere is looked up page by page, but

@@ -21,6 +21,7 @@ fn vm(d: &Path, name: &str, ending: &'static str, v: (u32, u32)) -> String {
             version: v,
             ending,
             no_snapshot: name == "nowp",
+            ..FakeQemu::default()
         },
     );
     format!(
@@ -298,7 +299,118 @@ fn hybrid_post_copy_phase_is_uncapped_only_where_proven() {
         ],
     );
     assert_eq!(code(&out), 1, "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs QEMU 8.0"), "{out:?}");
-    assert!(!preempt(&old).contains(&Some(true)), "refused, not run without it");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs QEMU 8.0"),
+        "{out:?}"
+    );
+    assert!(
+        !preempt(&old).contains(&Some(true)),
+        "refused, not run without it"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `auto-converge` states a fake QEMU was set to, in order.
+fn auto_converge_states(sent: &support::Commands) -> Vec<serde_json::Value> {
+    sent.lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c["execute"] == "migrate-set-capabilities")
+        .flat_map(|c| {
+            c["arguments"]["capabilities"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|c| c["capability"] == "auto-converge")
+        .map(|c| c["state"].clone())
+        .collect()
+}
+
+#[test]
+fn auto_converge_is_set_when_asked_and_refused_where_qemu_lacks_it() {
+    let dir = std::env::temp_dir().join(format!("miglockd-ctl-ac-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let qemu = |name: &str, no_auto_converge: bool| {
+        let qmp = dir.join(format!("{name}-qmp.sock"));
+        let sent = fake_qemu(
+            &qmp,
+            FakeQemu {
+                no_auto_converge,
+                ..FakeQemu::default()
+            },
+        );
+        let conf = format!(
+            "[[vm]]\nname = \"{name}\"\ndoorbell = \"{d}/{name}.sock\"\nqmp = \"{}\"\n",
+            qmp.display()
+        );
+        (sent, conf)
+    };
+    let (has, has_conf) = qemu("has", false);
+    let (lacks, lacks_conf) = qemu("lacks", true);
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
+             control = \"{d}/control.sock\"\n{has_conf}{lacks_conf}"
+        ),
+    )
+    .unwrap();
+    let _agent = Agent::start(&dir);
+    wait_for(Duration::from_secs(10), "the control socket", || {
+        dir.join("control.sock").exists()
+    });
+    let migrate = |vm: &str, extra: &[&str]| {
+        ctl(
+            &dir,
+            &[&["migrate", vm, "--to", "tcp:127.0.0.1:1"][..], extra].concat(),
+        )
+    };
+    let (on, off) = (serde_json::json!(true), serde_json::json!(false));
+
+    // Asked: set on before the migration starts, which completes.
+    let out = migrate("has", &["--auto-converge"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert_eq!(auto_converge_states(&has), std::slice::from_ref(&on));
+    let started = has
+        .lock()
+        .unwrap()
+        .iter()
+        .position(|c| c["execute"] == "migrate")
+        .unwrap();
+    let set = has
+        .lock()
+        .unwrap()
+        .iter()
+        .position(|c| c["execute"] == "migrate-set-capabilities")
+        .unwrap();
+    assert!(
+        set < started,
+        "auto-converge set after the migration started"
+    );
+    // Not asked: set off, since QEMU keeps it from the last migration.
+    let out = migrate("has", &[]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert_eq!(auto_converge_states(&has), [on, off]);
+
+    // A QEMU without it: refused before anything is set or started, and
+    // it says why.
+    let out = migrate("lacks", &["--auto-converge"]);
+    assert_eq!(code(&out), 3, "{out:?}");
+    assert!(
+        stderr(&out).contains("does not offer the auto-converge"),
+        "{out:?}"
+    );
+    assert!(!lacks
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c["execute"] == "migrate" || c["execute"] == "migrate-set-parameters"));
+    // Not asked there: the migration runs, and the capability is left alone.
+    let out = migrate("lacks", &[]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert!(auto_converge_states(&lacks).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -232,6 +232,9 @@ pub struct FakeQemu {
     /// The host kernel has no userfaultfd write-protection: QEMU refuses
     /// the background-snapshot capability, as QEMU does.
     pub no_snapshot: bool,
+    /// An older or stripped QEMU: `query-migrate-capabilities` does not
+    /// list `auto-converge`.
+    pub no_auto_converge: bool,
 }
 
 impl Default for FakeQemu {
@@ -240,6 +243,7 @@ impl Default for FakeQemu {
             version: (10, 0),
             ending: "completed",
             no_snapshot: false,
+            no_auto_converge: false,
         }
     }
 }
@@ -278,15 +282,30 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
                     "query-migrate-parameters" => {
                         json!({"return": {"max-bandwidth": 1 << 27, "downtime-limit": 300}})
                     }
-                    "query-named-block-nodes" => json!({ "return": *nodes }),
-                    "query-fdsets" => json!({"return": []}),
                     "query-migrate-capabilities" => {
-                        let on: Vec<Value> = caps
+                        // What this QEMU offers, each as last set.
+                        let mut offered = vec![
+                            "events",
+                            "postcopy-ram",
+                            "postcopy-preempt",
+                            "pause-before-switchover",
+                            "background-snapshot",
+                            "dirty-limit",
+                        ];
+                        if !q.no_auto_converge {
+                            offered.push("auto-converge");
+                        }
+                        let on: Vec<Value> = offered
                             .iter()
-                            .map(|(c, s)| json!({"capability": c, "state": s}))
+                            .map(|c| {
+                                let state = caps.get(*c).cloned().unwrap_or(json!(false));
+                                json!({"capability": c, "state": state})
+                            })
                             .collect();
                         json!({ "return": on })
                     }
+                    "query-named-block-nodes" => json!({ "return": *nodes }),
+                    "query-fdsets" => json!({"return": []}),
                     "add-fd" => json!({"return": {"fdset-id": 1, "fd": 3}}),
                     "blockdev-add" => {
                         nodes.push(json!({"node-name": v["arguments"]["node-name"]}));
@@ -308,7 +327,11 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
                             "desc": "Background-snapshot is not supported by host kernel"}})
                     }
                     "migrate-set-capabilities" => {
-                        for c in v["arguments"]["capabilities"].as_array().into_iter().flatten() {
+                        for c in v["arguments"]["capabilities"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                        {
                             if let Some(name) = c["capability"].as_str() {
                                 caps.insert(name.into(), c["state"].clone());
                             }

@@ -5,11 +5,11 @@
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use miglock_abi::types::MLD_HINT_SCORE_RECENT;
 use miglock_control::{
     CheckpointRequest, ErrorClass, IncomingRequest, MigrateRequest, MigrationProgress,
     PolicyUpdate, PrefetchRange, Reply, Request, RestoreRequest,
 };
-use miglock_abi::types::MLD_HINT_SCORE_RECENT;
 use miglockd::cli::{Ctl, CtlCmd, Outcome};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -263,6 +263,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
             downtime_limit,
             timeout,
             postcopy_preempt,
+            auto_converge,
         } => {
             if *force && reason.is_none() {
                 return Err(Fail::Usage("--force needs --reason"));
@@ -280,6 +281,7 @@ fn request(cmd: &CtlCmd) -> Result<Request, Fail> {
                 downtime_limit_ms: ms(*downtime_limit),
                 timeout_ms: ms(*timeout),
                 postcopy_preempt: *postcopy_preempt,
+                auto_converge: *auto_converge,
             })
         }
         CtlCmd::Checkpoint {
@@ -451,7 +453,9 @@ mod tests {
         ];
         // Scores: accessed in the last sample, in the one before, earlier.
         let data = r#"{"vm":"g","latest":{"batch":4,"ranges":3,"pages":5,"top":[{"start_pfn":4096,"pages":3,"score":33023},{"start_pfn":10,"pages":1,"score":16386},{"start_pfn":20,"pages":1,"score":8191}]},"stats":{}}"#;
-        let ndjson = format!("{{\"kind\":\"progress\",\"message\":\"x\"}}\n{{\"kind\":\"ok\",\"data\":{data}}}\n\n");
+        let ndjson = format!(
+            "{{\"kind\":\"progress\",\"message\":\"x\"}}\n{{\"kind\":\"ok\",\"data\":{data}}}\n\n"
+        );
         assert_eq!(hint_ranges(&ndjson).unwrap(), want);
         assert_eq!(hint_ranges(data).unwrap(), want);
         let bare = r#"[{"start_pfn":4096,"pages":3},{"start_pfn":10,"pages":1}]"#;

@@ -1072,7 +1072,11 @@ fn hints_suite(c: &mut Checks) -> io::Result<()> {
             let d = Device::open()?;
             let t = Instant::now();
             let (mut sent, mut refused, mut b) = (0, 0, 100);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // At least 2 s, past the bucket (64 frames, 3.5 full batches):
+            // a quick run of the locks alone could end the flood inside it.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                || t.elapsed() < std::time::Duration::from_secs(2)
+            {
                 b += 1;
                 match d.hints(&test_batch(b, MLD_MAX_HINTS)) {
                     Ok(()) => sent += 1,

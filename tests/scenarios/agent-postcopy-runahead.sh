@@ -8,6 +8,7 @@ mldtest wait-channel 30000
 mldtest wait-postcopy 200000 &
 waiter=$!
 ml_tracer
+echo "@@MIGLOCK ready@@"
 mlworkload --mib 48 --hot-mib 16 --dirty-pages 1024 --tick-ms 50
 wait $waiter || ml_fail "no post-copy notice in the guest"
 ml_tracer_stop

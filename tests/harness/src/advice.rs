@@ -69,7 +69,7 @@ fn migrate_json(h: &Hosts, args: &[&str]) -> Result<Outcome, Failure> {
 
 /// Waits for the guest's "ready" and then for hints with workload figures
 /// from at least three samples at the source agent; returns the figures.
-fn wait_hints(h: &mut Hosts, deadline: Instant) -> Result<Value, Failure> {
+pub(crate) fn wait_hints(h: &mut Hosts, deadline: Instant) -> Result<Value, Failure> {
     wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
     loop {
         let v = h.src_agent.hints(false)?;
@@ -798,8 +798,7 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
             ) {
                 return Err(Failure::new(FailKind::Guest, "the workload never ran"));
             }
-            // The hints as the source agent holds them, for the destination.
-            let hints = env.dir.join("hints.json");
+            let hints;
             let mut rx_args = vec!["--postcopy"];
             let mut tx_args = vec![
                 "--mode",
@@ -814,9 +813,8 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
                 tx_args.push("--postcopy-preempt");
             }
             if runahead {
-                let v = h.src_agent.hints(true)?;
-                std::fs::write(&hints, v.to_string())
-                    .map_err(|e| Failure::new(FailKind::Host, format!("hints.json: {e}")))?;
+                // The hints as the source agent holds them, for the destination.
+                hints = h.src_agent.export_hints()?;
                 rx_args.extend(["--prefetch", hints.to_str().unwrap_or_default()]);
             }
             let child = h.receive(&rx_args)?;

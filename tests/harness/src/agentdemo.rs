@@ -154,6 +154,16 @@ impl Agent {
             .unwrap_or_default())
     }
 
+    /// Writes the VM's latest hints, every range, to a file for
+    /// `miglockctl incoming --prefetch` (as an operator would carry them
+    /// from the source host); returns its path.
+    pub(crate) fn export_hints(&self) -> anyhow::Result<PathBuf> {
+        let file = self.dir.join("hints.json");
+        std::fs::write(&file, self.hints(true)?.to_string())
+            .with_context(|| format!("writing {}", file.display()))?;
+        Ok(file)
+    }
+
     pub(crate) fn audit(&self) -> Vec<Value> {
         fs::read_to_string(self.dir.join("audit.jsonl"))
             .unwrap_or_default()
@@ -681,25 +691,18 @@ fn postcopy(
     deadline: Instant,
     runahead: bool,
 ) -> Result<(), Failure> {
+    if runahead {
+        // Hints with the hot set in them: three samples' worth.
+        crate::advice::wait_hints(h, deadline)?;
+    }
     if let Wait::Timeout | Wait::Closed = h.src.wait_line(deadline, |l| tick_of(l).is_some()) {
         return Err(Failure::new(FailKind::Guest, "the workload never ticked"));
     }
     let mut rx = vec!["--postcopy"];
     let mut tx = vec!["--mode", "postcopy"];
-    let file = h.src_agent.dir.join("hints.json");
+    let file;
     if runahead {
-        // Hints with the hot set in them: at least two samples' worth.
-        let hints = loop {
-            let v = h.src_agent.hints(true)?;
-            if v["data"]["latest"]["batch"].as_u64().unwrap_or(0) >= 2 {
-                break v;
-            }
-            if Instant::now() >= deadline {
-                return Err(host_fail("the guest sent no hints".into()));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        std::fs::write(&file, hints.to_string()).context("writing hints.json")?;
+        file = h.src_agent.export_hints()?;
         rx.extend([
             "--postcopy-preempt",
             "--prefetch",

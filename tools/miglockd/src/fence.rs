@@ -39,6 +39,16 @@ impl Qemu {
         }
     }
 
+    /// Asks QEMU through `qmp`.
+    pub fn query(qmp: &miglock_qmp::Monitor) -> Result<Qemu, String> {
+        let version = qmp.execute("query-version", None);
+        let kvm = qmp.execute("query-kvm", None);
+        match (version, kvm) {
+            (Ok(version), Ok(kvm)) => Ok(Qemu::from_qmp(&version, &kvm)),
+            _ => Err("QEMU did not say its version or accelerator".into()),
+        }
+    }
+
     /// Whether its dirty log can be trusted.
     pub fn dirty_log_trusted(&self) -> bool {
         self.kvm || self.version >= FIRST_KNOWN_GOOD

@@ -280,6 +280,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
     let Settings {
         plan,
         auto_converge,
+        preempt_on,
     } = match settings(agent, vm, req, qmp, p) {
         Ok(s) => s,
         Err(e) => return err(format!("setting up the migration: {e:#}")),
@@ -313,7 +314,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
             return Reply::error(ErrorClass::Refused, why);
         }
         caps.push(json!({"capability": "postcopy-preempt", "state": true}));
-    } else if capability_on(qmp, "postcopy-preempt") {
+    } else if preempt_on {
         // QEMU keeps a capability from the last migration; the destination
         // of this one did not agree to it.
         caps.push(json!({"capability": "postcopy-preempt", "state": false}));
@@ -441,19 +442,6 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
     }
 }
 
-/// Whether QEMU has `capability` on now.
-fn capability_on(qmp: &Monitor, capability: &str) -> bool {
-    qmp.execute("query-migrate-capabilities", None)
-        .ok()
-        .and_then(|v| {
-            v.as_array()?
-                .iter()
-                .find(|c| c["capability"] == capability)
-                .map(|c| c["state"] == true)
-        })
-        .unwrap_or(false)
-}
-
 /// The mode to run on this QEMU, and the QEMU: an asked mode that would
 /// corrupt the guest here is refused; `auto` picks a safe one instead.
 fn fenced(
@@ -464,12 +452,7 @@ fn fenced(
     choice: Choice,
     p: Progress<'_>,
 ) -> Result<(Choice, fence::Qemu), Reply> {
-    let version = qmp.execute("query-version", None);
-    let kvm = qmp.execute("query-kvm", None);
-    let (Ok(version), Ok(kvm)) = (version, kvm) else {
-        return Err(err("QEMU did not say its version or accelerator"));
-    };
-    let qemu = fence::Qemu::from_qmp(&version, &kvm);
+    let qemu = fence::Qemu::query(qmp).map_err(err)?;
     if agent.planner.allow_fenced {
         return Ok((choice, qemu));
     }
@@ -502,12 +485,17 @@ struct Settings {
     /// The `auto-converge` capability's state to set, where this QEMU
     /// offers it (`None`: it does not).
     auto_converge: Option<bool>,
+    /// Whether `postcopy-preempt` is on now (left from a migration before).
+    preempt_on: bool,
 }
 
-/// Whether a `query-migrate-capabilities` answer lists `cap`.
-fn offers(caps: &Value, cap: &str) -> bool {
-    caps.as_array()
-        .is_some_and(|c| c.iter().any(|c| c["capability"] == cap))
+/// `cap`'s state in a `query-migrate-capabilities` answer (`None`: this
+/// QEMU does not offer it).
+fn capability(caps: &Value, cap: &str) -> Option<bool> {
+    caps.as_array()?
+        .iter()
+        .find(|c| c["capability"] == cap)
+        .map(|c| c["state"] == true)
 }
 
 /// Checks that QEMU offers what the request asks for, applies the
@@ -521,7 +509,7 @@ fn settings(
     p: Progress<'_>,
 ) -> anyhow::Result<Settings> {
     let caps = qmp.execute("query-migrate-capabilities", None)?;
-    let auto_converge = offers(&caps, "auto-converge").then_some(req.auto_converge);
+    let auto_converge = capability(&caps, "auto-converge").map(|_| req.auto_converge);
     if req.auto_converge && auto_converge.is_none() {
         anyhow::bail!(
             "--auto-converge: this QEMU does not offer the auto-converge migration capability"
@@ -569,6 +557,7 @@ fn settings(
     Ok(Settings {
         plan,
         auto_converge,
+        preempt_on: capability(&caps, "postcopy-preempt") == Some(true),
     })
 }
 

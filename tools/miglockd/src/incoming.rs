@@ -30,7 +30,7 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
     let events = qmp.subscribe();
     // Where the hot pages are in QEMU, found before the stream arrives.
     // The run-ahead is advice: without it the migration runs as ever.
-    let plan = (!req.prefetch.is_empty())
+    let mut plan = (!req.prefetch.is_empty())
         .then(|| prefetch_plan(&qmp, &req.prefetch))
         .and_then(|r| match r {
             Ok(plan) => {
@@ -49,7 +49,8 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
                 None
             }
         });
-    let (mut reading, mut ran_ahead): (Option<Runahead>, bool) = (None, false);
+    // `plan` is spent when the readers start.
+    let mut reading: Option<Runahead> = None;
     let mut caps = vec![json!({"capability": "events", "state": true})];
     if req.postcopy {
         caps.push(json!({"capability": "postcopy-ram", "state": true}));
@@ -57,17 +58,13 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
         caps.push(json!({"capability": "postcopy-blocktime", "state": true}));
     }
     if req.postcopy_preempt {
-        let qemu = qmp
-            .execute("query-version", None)
-            .and_then(|v| Ok((v, qmp.execute("query-kvm", None)?)))
-            .map(|(v, k)| crate::fence::Qemu::from_qmp(&v, &k));
-        match qemu {
+        match crate::fence::Qemu::query(&qmp) {
             Ok(q) => {
                 if let Some(why) = crate::fence::preempt_refused(&q) {
                     return Reply::error(ErrorClass::Refused, why);
                 }
             }
-            Err(e) => return err(format!("QEMU did not say its version: {e:#}")),
+            Err(e) => return err(e),
         }
         caps.push(json!({"capability": "postcopy-preempt", "state": true}));
     }
@@ -110,10 +107,7 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
         match status.as_str() {
             "completed" => {
                 // Every page is here now: the readers end at once.
-                let ran = reading
-                    .take()
-                    .zip(plan.as_ref())
-                    .map(|(r, (plan, _))| r.finish(true).report(plan));
+                let ran = reading.take().map(Runahead::report);
                 let data = json!({"uri": bound, "wall_ms": started.elapsed().as_millis() as u64,
                                   "postcopy_notice": told,
                                   "runahead": ran,
@@ -138,15 +132,14 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
             }
             // The guest runs here, so QEMU has registered its memory for
             // post-copy: reading it now fetches pages, never maps empty ones.
-            "postcopy-active" if resumed && !ran_ahead && plan.is_some() => {
-                ran_ahead = true;
-                if let Some((plan, pid)) = &plan {
-                    match Runahead::start(*pid, std::sync::Arc::new(plan.addrs.clone())) {
+            "postcopy-active" if resumed && plan.is_some() => {
+                if let Some((plan, pid)) = plan.take() {
+                    let pages = plan.addrs.len();
+                    match Runahead::start(pid, plan) {
                         Ok(r) => {
                             reading = Some(r);
                             let _ = p(&Reply::progress(format!(
-                                "post-copy: reading {} hot pages ahead of the guest",
-                                plan.addrs.len()
+                                "post-copy: reading {pages} hot pages ahead of the guest"
                             )));
                         }
                         Err(e) => {

@@ -134,19 +134,6 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-impl Outcome {
-    /// As the incoming reply and the audit log carry it.
-    pub fn report(self, plan: &Plan) -> serde_json::Value {
-        json!({
-            "pages": plan.addrs.len(),
-            "unmapped": plan.unmapped,
-            "read": self.read,
-            "failed": self.failed,
-            "ms": self.elapsed.as_millis() as u64,
-        })
-    }
-}
-
 /// Reads one byte at `addr` in `pid`.
 fn read_byte(pid: Pid, addr: u64) -> nix::Result<usize> {
     let mut byte = [0u8; 1];
@@ -162,12 +149,17 @@ pub struct Runahead {
     stop: Arc<AtomicBool>,
     readers: Vec<JoinHandle<(u64, u64, Instant)>>,
     started: Instant,
+    /// The plan's pages, and those it left out.
+    pages: usize,
+    unmapped: u64,
 }
 
 impl Runahead {
-    /// Starts [`READERS`] threads reading `addrs` in `pid`, in order, each
-    /// taking the next page not taken yet.
-    pub fn start(pid: u32, addrs: Arc<Vec<u64>>) -> std::io::Result<Self> {
+    /// Starts [`READERS`] threads reading `plan`'s pages in `pid`, in
+    /// order, each taking the next page not taken yet.
+    pub fn start(pid: u32, plan: Plan) -> std::io::Result<Self> {
+        let (pages, unmapped) = (plan.addrs.len(), plan.unmapped);
+        let addrs = Arc::new(plan.addrs);
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicUsize::new(0));
         let pid = Pid::from_raw(pid as i32);
@@ -198,6 +190,8 @@ impl Runahead {
             stop,
             readers,
             started,
+            pages,
+            unmapped,
         })
     }
 
@@ -220,6 +214,20 @@ impl Runahead {
         }
         out.elapsed = end - self.started;
         out
+    }
+
+    /// Waits for the readers (as [`Runahead::finish`]) and reports them as
+    /// the incoming reply and the audit log carry it.
+    pub fn report(self) -> serde_json::Value {
+        let (pages, unmapped) = (self.pages, self.unmapped);
+        let o = self.finish(true);
+        json!({
+            "pages": pages,
+            "unmapped": unmapped,
+            "read": o.read,
+            "failed": o.failed,
+            "ms": o.elapsed.as_millis() as u64,
+        })
     }
 }
 
@@ -300,12 +308,17 @@ mod tests {
     fn readers_read_every_page_of_a_live_process() {
         // This process stands in for QEMU.
         let mem = vec![7u8; 8 * PAGE as usize];
+        let plan = |addrs| Plan { addrs, unmapped: 2 };
         let addrs: Vec<u64> = (0..8).map(|i| mem.as_ptr() as u64 + i * PAGE).collect();
-        let r = Runahead::start(std::process::id(), Arc::new(addrs)).unwrap();
+        let r = Runahead::start(std::process::id(), plan(addrs)).unwrap();
         let o = r.finish(true);
         assert_eq!((o.read, o.failed), (8, 0));
         // An unmapped address fails and is counted.
-        let r = Runahead::start(std::process::id(), Arc::new(vec![8])).unwrap();
-        assert_eq!(r.finish(true).failed, 1);
+        let r = Runahead::start(std::process::id(), plan(vec![8])).unwrap();
+        let v = r.report();
+        assert_eq!(
+            (&v["pages"], &v["unmapped"], &v["read"], &v["failed"]),
+            (&json!(1), &json!(2), &json!(0), &json!(1))
+        );
     }
 }

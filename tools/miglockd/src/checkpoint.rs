@@ -57,16 +57,69 @@ pub fn unsupported(qemu: &str) -> String {
     )
 }
 
-/// The URI QEMU gets for `target`: a migration URI QEMU knows (`file:`,
-/// `exec:`, `tcp:`, `unix:`, `fd:`, `vsock:`) as given; anything else is a
-/// path, a `file:`.
-pub fn uri(target: &str) -> String {
-    let known = ["file:", "exec:", "tcp:", "unix:", "fd:", "vsock:"];
-    if known.iter().any(|k| target.starts_with(k)) {
-        target.to_string()
-    } else {
-        format!("file:{target}")
+/// The first QEMU that takes a `file:` migration URI. Older ones (Debian
+/// 12's 7.2) get an image through `exec:` and `cat`.
+const FIRST_FILE_URI: (u64, u64, u64) = (8, 2, 0);
+
+/// Which way an image goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A checkpoint: QEMU writes it.
+    Save,
+    /// A restore: QEMU reads it.
+    Load,
+}
+
+/// The image's path if `target` names a file (a bare path or `file:PATH`,
+/// without `file:`'s options), as QEMU sees it.
+fn image_path(target: &str) -> Option<&str> {
+    match target.strip_prefix("file:") {
+        Some(rest) => rest.split(',').next(),
+        None if !is_uri(target) => Some(target),
+        None => None,
     }
+}
+
+fn is_uri(target: &str) -> bool {
+    ["file:", "exec:", "tcp:", "unix:", "fd:", "vsock:"]
+        .iter()
+        .any(|k| target.starts_with(k))
+}
+
+/// `s` quoted for `/bin/sh`, which runs QEMU's `exec:` commands.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The URI QEMU `version` gets for `target`: a migration URI QEMU knows
+/// (`file:`, `exec:`, `tcp:`, `unix:`, `fd:`, `vsock:`) as given; anything
+/// else is a path, a `file:`. Before QEMU 8.2 a path (or a `file:` without
+/// options) goes through `exec:cat`.
+pub fn uri(target: &str, version: (u64, u64, u64), dir: Direction) -> Result<String, String> {
+    if version >= FIRST_FILE_URI || (is_uri(target) && !target.starts_with("file:")) {
+        return Ok(if is_uri(target) {
+            target.to_string()
+        } else {
+            format!("file:{target}")
+        });
+    }
+    let (a, b, c) = version;
+    match image_path(target) {
+        Some(path) if !target.contains(',') && !path.is_empty() => Ok(match dir {
+            Direction::Save => format!("exec:cat > {}", sh_quote(path)),
+            Direction::Load => format!("exec:cat {}", sh_quote(path)),
+        }),
+        _ => Err(format!(
+            "QEMU {a}.{b}.{c} has no file: migration URI (8.2 and later have): give the \
+             image's path alone, or exec:COMMAND"
+        )),
+    }
+}
+
+/// The version of the QEMU behind `qmp`; the newest behaviour if it does
+/// not say (QEMU then names what it refuses itself).
+fn version(qmp: &Monitor) -> (u64, u64, u64) {
+    crate::fence::Qemu::query(qmp).map_or(FIRST_FILE_URI, |q| q.version)
 }
 
 /// Runs `checkpoint` for `req`, reporting progress through `p`.
@@ -186,7 +239,10 @@ fn run(
     if let Err(e) = qmp.execute("migrate-set-capabilities", Some(capabilities(true))) {
         return err(unsupported(&e.to_string()));
     }
-    let to = uri(&req.to);
+    let to = match uri(&req.to, version(qmp), Direction::Save) {
+        Ok(to) => to,
+        Err(e) => return err(e),
+    };
     let lead = req.lead_ms.unwrap_or(0);
     // When the guest hears of it. Not as the image is taken: a frame still
     // arriving on the doorbell UART at that moment left the restored
@@ -243,7 +299,7 @@ fn run(
             Err(e) => return err(format!("query-migrate: {e}")),
         };
         match status.as_str() {
-            "completed" => return done(&q, &to, start),
+            "completed" => return done(&q, &to, image_path(&req.to), start),
             "failed" | "cancelled" => {
                 return crate::gate::ended_badly("checkpoint", &status, &q);
             }
@@ -324,12 +380,10 @@ fn resumed(qmp: &Monitor, events: &std::sync::mpsc::Receiver<miglock_qmp::Event>
 }
 
 /// The figures of a completed checkpoint.
-fn done(q: &Value, to: &str, start: Instant) -> Reply {
+fn done(q: &Value, to: &str, path: Option<&str>, start: Instant) -> Reply {
     let ram = &q["ram"];
     // The image's size, if the agent can see the file QEMU wrote.
-    let file_bytes = to
-        .strip_prefix("file:")
-        .map(|path| path.split(',').next().unwrap_or(path))
+    let file_bytes = path
         .and_then(|path| std::fs::metadata(path).ok())
         .map(|m| m.len());
     Reply::Ok {
@@ -356,9 +410,12 @@ pub fn restore(agent: &Agent, req: &RestoreRequest, p: Progress<'_>) -> Reply {
         return Reply::error(ErrorClass::UnknownVm, format!("no VM '{}'", req.vm));
     };
     let name = req.vm.as_str();
-    let from = uri(&req.from);
     let qmp = match agent.monitor(vm) {
         Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    let from = match uri(&req.from, version(&qmp), Direction::Load) {
+        Ok(from) => from,
         Err(e) => return err(e),
     };
     if !enforce::incoming(&qmp) {
@@ -426,13 +483,54 @@ pub fn restore(agent: &Agent, req: &RestoreRequest, p: Progress<'_>) -> Reply {
 mod tests {
     use super::*;
 
+    const NEW: (u64, u64, u64) = (10, 0, 2);
+    const OLD: (u64, u64, u64) = (7, 2, 22);
+
     #[test]
     fn a_bare_path_is_a_file() {
-        assert_eq!(uri("/var/lib/x.img"), "file:/var/lib/x.img");
-        assert_eq!(uri("file:/a,offset=4096"), "file:/a,offset=4096");
-        assert_eq!(uri("exec:gzip -c > /a.gz"), "exec:gzip -c > /a.gz");
-        assert_eq!(uri("tcp:10.0.0.2:4444"), "tcp:10.0.0.2:4444");
-        assert_eq!(uri("images/a.img"), "file:images/a.img");
+        let u = |t| uri(t, NEW, Direction::Save).unwrap();
+        assert_eq!(u("/var/lib/x.img"), "file:/var/lib/x.img");
+        assert_eq!(u("file:/a,offset=4096"), "file:/a,offset=4096");
+        assert_eq!(u("exec:gzip -c > /a.gz"), "exec:gzip -c > /a.gz");
+        assert_eq!(u("tcp:10.0.0.2:4444"), "tcp:10.0.0.2:4444");
+        assert_eq!(u("images/a.img"), "file:images/a.img");
+        assert_eq!(uri("/a", (8, 2, 0), Direction::Load).unwrap(), "file:/a");
+    }
+
+    #[test]
+    fn before_8_2_a_file_goes_through_cat_quoted() {
+        assert_eq!(
+            uri("/var/lib/x.img", OLD, Direction::Save).unwrap(),
+            "exec:cat > '/var/lib/x.img'"
+        );
+        assert_eq!(
+            uri("file:/a b.img", OLD, Direction::Load).unwrap(),
+            "exec:cat '/a b.img'"
+        );
+        // A quote in the path cannot end the quoting.
+        assert_eq!(
+            uri("/x'; rm -rf /; '", OLD, Direction::Save).unwrap(),
+            r"exec:cat > '/x'\''; rm -rf /; '\'''"
+        );
+        assert_eq!(
+            uri("exec:gzip -c > /a.gz", OLD, Direction::Save).unwrap(),
+            "exec:gzip -c > /a.gz"
+        );
+        assert_eq!(
+            uri("unix:/run/s", OLD, Direction::Load).unwrap(),
+            "unix:/run/s"
+        );
+        // file:'s options mean nothing to cat: said, not dropped.
+        let e = uri("file:/a,offset=4096", OLD, Direction::Save).unwrap_err();
+        assert!(e.contains("7.2.22") && e.contains("8.2"), "{e}");
+        assert!(uri("file:", OLD, Direction::Save).is_err());
+    }
+
+    #[test]
+    fn the_image_path_is_known_only_for_files() {
+        assert_eq!(image_path("/a"), Some("/a"));
+        assert_eq!(image_path("file:/a,offset=4096"), Some("/a"));
+        assert_eq!(image_path("exec:cat > /a"), None);
     }
 
     #[test]

@@ -263,6 +263,26 @@ pub(crate) struct Hosts {
     bins: PathBuf,
     /// What `miglockctl incoming` printed, once it exits.
     incoming: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// The agents fence pre-copy on this QEMU (older than 10.0 under TCG:
+    /// its dirty log loses pages). Stories whose point is not the mode
+    /// then migrate in post-copy, as an operator there must.
+    pub(crate) fenced: bool,
+    /// QEMU's major, minor, micro.
+    pub(crate) qemu: (u64, u64, u64),
+}
+
+/// `vm`'s QEMU version, and whether the agent fences pre-copy on it (the
+/// agent's rule in `fence.rs`, asked of QEMU the same way).
+pub(crate) fn qemu_fence(vm: &mut Vm) -> Result<((u64, u64, u64), bool), Failure> {
+    let v = vm
+        .qmp
+        .execute("query-version", None)
+        .context("query-version")?;
+    let kvm = vm.qmp.execute("query-kvm", None).context("query-kvm")?;
+    let q = &v["qemu"];
+    let n = |k: &str| q[k].as_u64().unwrap_or(0);
+    let version = (n("major"), n("minor"), n("micro"));
+    Ok((version, kvm["enabled"] != true && version < (10, 0, 0)))
 }
 
 impl Hosts {
@@ -277,6 +297,7 @@ impl Hosts {
         let bins = bins.parent().context("harness directory")?.to_path_buf();
         let mut dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
         let mut src = Vm::start(&env.spec_with("src", sc.guest, false, Doorbell::Agent))?;
+        let (qemu, fenced) = qemu_fence(&mut src)?;
         let src_agent = Agent::start(&bins, &env.dir, "src")?;
         let dst_agent = Agent::start(&bins, &env.dir, "dst")?;
         src.qmp
@@ -294,7 +315,18 @@ impl Hosts {
                 uri: String::new(),
                 bins,
                 incoming: None,
+                fenced,
+                qemu,
             });
+        }
+        if fenced {
+            // Post-copy needs the capability on both ends.
+            dst.qmp
+                .execute(
+                    "migrate-set-capabilities",
+                    Some(json!({"capabilities": [{"capability": "postcopy-ram", "state": true}]})),
+                )
+                .context("migrate-set-capabilities")?;
         }
         dst.qmp
             .execute("migrate-incoming", Some(json!({"uri": "tcp:127.0.0.1:0"})))
@@ -315,6 +347,8 @@ impl Hosts {
             uri: format!("tcp:127.0.0.1:{port}"),
             bins,
             incoming: None,
+            fenced,
+            qemu,
         })
     }
 
@@ -332,9 +366,14 @@ impl Hosts {
         Ok(rx.child)
     }
 
+    /// `miglockctl migrate` to the destination, with `extra`; in
+    /// post-copy on a fenced QEMU unless `extra` names the mode.
     pub(crate) fn migrate(&self, extra: &[&str]) -> Result<Output, Failure> {
         let mut args = vec!["migrate", "guest", "--to", &self.uri];
         args.extend_from_slice(extra);
+        if self.fenced && !extra.contains(&"--mode") {
+            args.extend(["--mode", "postcopy"]);
+        }
         let out = self.src_agent.ctl(&args)?;
         show(&args.join(" "), &out);
         Ok(out)
@@ -417,7 +456,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Notice => notice(&mut h, sc, deadline),
         Story::Force => force(&mut h, sc, deadline),
         Story::Restart => restart(&mut h, sc, env, deadline),
-        Story::Relock => relock(&mut h, sc, deadline),
+        Story::Relock => relock(&mut h, sc, env, deadline),
         Story::Hostile => hostile(&mut h, sc, env, deadline),
         Story::Hints => hints(&mut h, sc, deadline),
         Story::Postcopy => postcopy(&mut h, sc, deadline, false),
@@ -450,11 +489,12 @@ impl Hosts {
     }
 
     /// Replaces the destination QEMU (after a failed incoming migration it
-    /// has exited) with a fresh one waiting for a migration.
+    /// has exited; after a refused one it still waits) with a fresh one
+    /// waiting for a migration. The old one goes first: QEMU unlinks its
+    /// sockets' paths as it exits, which are the new one's too.
     pub(crate) fn restart_dst(&mut self, sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
-        let dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
-        let old = std::mem::replace(&mut self.dst, dst);
-        let _ = old.quit();
+        let _ = self.dst.stop();
+        self.dst = Vm::start(&env.spec_with("dst", sc.guest, true, Doorbell::Agent))?;
         Ok(())
     }
 
@@ -581,8 +621,28 @@ fn restart(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Re
     )
 }
 
-fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+fn relock(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
     wait_for(&mut h.src, deadline, "@@MIGLOCK ready@@")?;
+    if h.fenced {
+        // Only a pre-copy has a copy to cancel. The fence guards the
+        // destination's memory, which a cancelled migration never uses:
+        // the source's agent is restarted with it lifted.
+        let bins = h.bins.clone();
+        h.src_agent =
+            Agent::start_with(&bins, &env.dir, "src", "[planner]\nallow_fenced = true\n")?;
+        while h
+            .src_events()
+            .iter()
+            .filter(|r| r["event"] == "qmp-link" && r["state"] == "connected")
+            .count()
+            < 2
+        {
+            if Instant::now() >= deadline {
+                return Err(host_fail("the restarted agent never reached QEMU".into()));
+            }
+            std::thread::yield_now();
+        }
+    }
     // Slow the copy so the guest can lock while it runs.
     h.src
         .qmp
@@ -607,6 +667,14 @@ fn relock(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure
             .context("query-migrate")?;
         if q["status"] == "active" {
             break;
+        }
+        // Refused before it began (e.g. a fenced QEMU): say why now.
+        if ctl.try_wait().context("miglockctl")?.is_some() {
+            let out = ctl.wait_with_output().context("miglockctl")?;
+            return Err(host_fail(format!(
+                "the migration ended before its copy began: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
         if Instant::now() >= deadline {
             let _ = ctl.kill();
@@ -682,7 +750,7 @@ fn notices(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failur
 /// The destination agent receives a post-copy migration and tells the
 /// guest once it runs there; the guest's poller wakes for it.
 /// Post-copy through both agents; with `runahead`, `postcopy-preempt` on
-/// both ends and the destination reading the source's hinted pages ahead
+/// both ends (where QEMU has it) and the destination reading the source's hinted pages ahead
 /// (which must not cost the guest a byte of its memory: `arrive` has the
 /// workload verify all of it).
 fn postcopy(
@@ -703,12 +771,12 @@ fn postcopy(
     let file;
     if runahead {
         file = h.src_agent.export_hints()?;
-        rx.extend([
-            "--postcopy-preempt",
-            "--prefetch",
-            file.to_str().unwrap_or_default(),
-        ]);
-        tx.push("--postcopy-preempt");
+        rx.extend(["--prefetch", file.to_str().unwrap_or_default()]);
+        // The agent refuses preempt before QEMU 8.0.
+        if h.qemu >= (8, 0, 0) {
+            rx.push("--postcopy-preempt");
+            tx.push("--postcopy-preempt");
+        }
     }
     let mut child = h.receive(&rx)?;
     let out = h.migrate(&tx)?;

@@ -394,7 +394,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "migrate-survival",
             "survive",
-            "guests writing at about the link rate migrated back and forth (pre-copy, post-copy, with and without the module): each is alive and whole on arrival",
+            "guests writing at about the link rate migrated back and forth (pre-copy, post-copy, auto, pre-copy then post-copy; with and without the module): each is alive and whole on arrival",
         )
     },
     Scenario {
@@ -403,7 +403,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ..guest(
             "migrate-survival-qemu72",
             "survive",
-            "Debian 12's QEMU 7.2 (TCG), where safe: the agent refuses pre-copy (its dirty log loses pages), auto plans post-copy, post-copy guests arrive whole",
+            "Debian 12's QEMU 7.2 (TCG), where safe: the agent refuses pre-copy and the hybrid (its dirty log loses pages), auto plans post-copy, post-copy guests arrive whole",
         )
     },
     Scenario {

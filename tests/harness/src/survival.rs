@@ -616,7 +616,9 @@ fn modes_for(workload: Workload) -> &'static [Mode] {
 }
 
 /// `migrate-survival` (in `make test`): a few migrations per mode, with
-/// and without the module, on 2 and 1 vCPUs.
+/// and without the module, on 2 and 1 vCPUs. Every mode the planner may
+/// choose runs at least once, the hybrid included (`auto` runs it with
+/// `[planner] precopy_then_postcopy`).
 pub fn short() -> Plan {
     Plan {
         groups: vec![
@@ -624,7 +626,12 @@ pub fn short() -> Plan {
                 module: true,
                 cpus: 2,
                 workload: HALF_LINK,
-                modes: vec![Mode::Precopy, Mode::Postcopy, Mode::Auto],
+                modes: vec![
+                    Mode::Precopy,
+                    Mode::Postcopy,
+                    Mode::Auto,
+                    Mode::PrecopyThenPostcopy,
+                ],
             },
             Group {
                 module: false,
@@ -633,8 +640,8 @@ pub fn short() -> Plan {
                 modes: vec![Mode::Postcopy, Mode::Precopy],
             },
         ],
-        chain: 3,
-        migrations: 5,
+        chain: 4,
+        migrations: 6,
         budget: Duration::from_secs(240),
         warmup: Duration::ZERO,
         allow_fenced: false,
@@ -643,18 +650,23 @@ pub fn short() -> Plan {
 }
 
 /// `migrate-survival-qemu72` (in `make test`): Debian 12's QEMU 7.2 where
-/// it is safe. The agent refuses pre-copy there and plans post-copy, and
-/// post-copy guests arrive whole.
+/// it is safe. The agent refuses pre-copy and the hybrid there and plans
+/// post-copy, and post-copy guests arrive whole.
 pub fn qemu72() -> Plan {
     Plan {
         groups: vec![Group {
             module: true,
             cpus: 2,
             workload: HALF_LINK,
-            modes: vec![Mode::Postcopy, Mode::Precopy, Mode::Auto],
+            modes: vec![
+                Mode::Postcopy,
+                Mode::Precopy,
+                Mode::PrecopyThenPostcopy,
+                Mode::Auto,
+            ],
         }],
-        chain: 3,
-        // The pre-copy in between is refused: it moves nothing.
+        chain: 4,
+        // The pre-copy and the hybrid in between are refused: they move nothing.
         migrations: 2,
         budget: Duration::from_secs(180),
         warmup: Duration::ZERO,

@@ -365,6 +365,11 @@ impl Vm {
 
     /// Asks QEMU to quit and waits for it (killing it after 10 s).
     pub fn quit(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    /// `quit`, leaving the `Vm` to be replaced.
+    pub fn stop(&mut self) -> Result<()> {
         let _ = self.qmp.execute("quit", None);
         let deadline = Instant::now() + Duration::from_secs(10);
         // QEMU closes the serial socket as it exits: wait for that, not a timer.

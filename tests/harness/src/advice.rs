@@ -390,7 +390,7 @@ fn tick_after(vm: &mut crate::vm::Vm, t: Instant, deadline: Instant) -> Result<(
 }
 
 /// `bench-plan`'s guests and the schemes each is migrated with.
-const PLAN_GUESTS: [(&str, &str, &str, &[Scheme]); 3] = [
+const PLAN_GUESTS: [(&str, &str, &str, &[Scheme]); 4] = [
     (
         "write_heavy",
         "write-heavy",
@@ -418,6 +418,18 @@ const PLAN_GUESTS: [(&str, &str, &str, &[Scheme]); 3] = [
             // What auto would run with [planner] precopy_then_postcopy.
             Scheme::new("hybrid", "precopy then postcopy", &["--mode", "hybrid"]),
         ],
+    ),
+    (
+        // The same workload, deferring its work while a migration is
+        // announced: the guest's notice shaping pre-copy.
+        "write_heavy_calm",
+        "write-calmed",
+        "plan-writeheavy-calm",
+        &[Scheme::new(
+            "precopy",
+            "precopy (QEMU default)",
+            &["--timeout", PRECOPY_BOUND],
+        )],
     ),
     (
         "idle",
@@ -473,8 +485,26 @@ const PLAN_FIGURES: [&str; 5] = [
 /// post-copy (the agent would otherwise run the hybrid's post-copy phase
 /// uncapped on QEMU 10). Times what the workload lost during the migration
 /// by its own ticks ([`lost_work`]). Writes `result.json` with the
-/// median, min and max of each figure per scheme.
+/// median, min and max of each figure per scheme. `MIGLOCK_PLAN_GUESTS`
+/// (their keys, comma-separated) runs only those guests.
 fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let only = std::env::var("MIGLOCK_PLAN_GUESTS").ok();
+    let wanted = |key: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|k| k == key))
+    };
+    if let Some(o) = &only {
+        if !PLAN_GUESTS.iter().any(|g| wanted(g.0)) {
+            let keys: Vec<&str> = PLAN_GUESTS.iter().map(|g| g.0).collect();
+            return Err(Failure::new(
+                FailKind::Harness,
+                format!(
+                    "MIGLOCK_PLAN_GUESTS={o}: no such guest (have {})",
+                    keys.join(", ")
+                ),
+            ));
+        }
+    }
     let mut runs: Vec<Vec<Vec<[f64; 5]>>> = PLAN_GUESTS
         .iter()
         .map(|g| vec![Vec::new(); g.3.len()])
@@ -488,7 +518,10 @@ fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fai
     let mut qemu = String::new();
     let mut dirty_limit = String::new();
     for run in 0..RUNS_PLAN {
-        for (g, &(_, workload, guest, schemes)) in PLAN_GUESTS.iter().enumerate() {
+        for (g, &(key, workload, guest, schemes)) in PLAN_GUESTS.iter().enumerate() {
+            if !wanted(key) {
+                continue;
+            }
             for (k, scheme) in schemes.iter().enumerate() {
                 let (mode, args) = (scheme.label, scheme.args);
                 let (sc2, mut h) = fresh(sc, env, guest)?;
@@ -599,6 +632,9 @@ fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fai
     let mut result = serde_json::json!({"runs": RUNS_PLAN, "qemu": qemu,
         "link_bytes_per_s": 32u64 << 20, "dirty_limit": dirty_limit});
     for (g, &(key, workload, _, schemes)) in PLAN_GUESTS.iter().enumerate() {
+        if !wanted(key) {
+            continue;
+        }
         let mut by = serde_json::Map::new();
         for (
             k,

@@ -22,6 +22,12 @@
 //! memory. With `--stalls` (and `--mld`) it times every page rewrite and,
 //! at the end, says how long its rewrites were blocked before, during and
 //! after a migration (`stalls.rs`).
+//!
+//! With `--calm-when-pending N` (and `--mld`) it is an application that
+//! defers its work when the host announces a migration: from the pending
+//! notice until post-copy starts, the migration is called off or the VM
+//! arrives, it ticks N times slower, so that pre-copy can converge. Its
+//! ticks count the work it did, so the work it gave up shows.
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -64,6 +70,11 @@ struct Args {
     /// phase (needs `--mld`, which says when a migration is announced).
     #[arg(long, requires = "mld")]
     stalls: bool,
+    /// While a migration is announced and not yet in post-copy, tick this
+    /// many times slower (needs `--mld`; 1: never).
+    #[arg(long, default_value_t = 1, requires = "mld",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    calm_when_pending: u32,
 }
 
 /// What `--mld` follows: the pages written while a checkpoint runs.
@@ -75,8 +86,11 @@ struct Checkpoints {
     phase: Phase,
     /// The post-copy notice count when we started.
     postcopy_gen: u32,
-    /// Follow the migration's phases (`--stalls`).
+    /// Follow the migration's phases (`--stalls`, `--calm-when-pending`).
     timed: bool,
+    /// A migration is announced and not in post-copy (called off or
+    /// arrived: no longer).
+    pending: bool,
 }
 
 impl Checkpoints {
@@ -94,6 +108,11 @@ impl Checkpoints {
             self.phase = Phase::Pending;
             writeln!(out, "workload: migration pending at tick {tick}")?;
         }
+        let pending = st.migration_pending() && self.phase != Phase::Postcopy;
+        if self.pending && !pending {
+            writeln!(out, "workload: no migration pending at tick {tick}")?;
+        }
+        self.pending = pending;
         if self.timed && self.phase != Phase::Postcopy && st.postcopy_gen() != self.postcopy_gen {
             self.phase = Phase::Postcopy;
             writeln!(out, "workload: post-copy notice at tick {tick}")?;
@@ -227,7 +246,8 @@ fn main() -> Result<()> {
                 written: None,
                 phase: Phase::Before,
                 postcopy_gen,
-                timed: args.stalls,
+                timed: args.stalls || args.calm_when_pending > 1,
+                pending: false,
             })
         }
         false => None,
@@ -272,13 +292,18 @@ fn main() -> Result<()> {
         }
         // Timed phases follow the host's notices even if the device's
         // poll wakes us for none of them.
-        if stalls.is_some() {
+        if stalls.is_some() || args.calm_when_pending > 1 {
             if let Some(m) = mld.as_mut() {
                 m.news(&mut out, &arena, tick, gen)?;
             }
         }
         // The rest of the tick: news from the host does not shorten it.
-        let until = Instant::now() + Duration::from_millis(args.tick_ms);
+        let calm = mld.as_ref().is_some_and(|m| m.pending);
+        let period = match calm {
+            true => args.tick_ms * u64::from(args.calm_when_pending),
+            false => args.tick_ms,
+        };
+        let until = Instant::now() + Duration::from_millis(period);
         loop {
             let left = until.saturating_duration_since(Instant::now());
             match stdin_line(left, mld.as_ref().map(|m| &m.dev))? {
@@ -335,5 +360,15 @@ mod tests {
         assert_eq!(a.bad_pages(), 0);
         a.mem[3 * WORDS + 5] ^= 1;
         assert_eq!(a.bad_pages(), 1);
+    }
+
+    #[test]
+    fn calming_needs_the_device_and_a_sane_factor() {
+        let parse = |a: &[&str]| Args::try_parse_from([&["mlworkload"], a].concat());
+        assert!(parse(&["--calm-when-pending", "64"]).is_err());
+        assert!(parse(&["--mld", "--calm-when-pending", "0"]).is_err());
+        let a = parse(&["--mld", "--calm-when-pending", "64"]).unwrap();
+        assert_eq!(a.calm_when_pending, 64);
+        assert_eq!(parse(&[]).unwrap().calm_when_pending, 1);
     }
 }

@@ -106,7 +106,7 @@ soak: kernel tools
 # long again). Where the agent fences pre-copy, scenarios migrate as an
 # operator there must: in post-copy. Logs: out/qemu72/scenarios/.
 test-qemu72: kernel tools
-	$(HARNESS) --qemu "$$($(TOP)/scripts/qemu.sh 7.2)" --out $(TOP)/out/qemu72 run
+	q=$$($(TOP)/scripts/qemu.sh 7.2) && $(HARNESS) --qemu "$$q" --out $(TOP)/out/qemu72 run
 
 demo: kernel tools
 	$(HARNESS) demo

@@ -108,6 +108,12 @@ enum Cmd {
         /// QEMU 7.2 under TCG): to reproduce what the fence prevents.
         #[arg(long)]
         allow_fenced: bool,
+        /// Cap every post-copy phase at this many bytes/s (K/M/G suffix),
+        /// 0 for none (`miglockctl migrate --postcopy-bandwidth`; default:
+        /// the agent's choice, which on QEMU before 10.0 caps the hybrid's
+        /// at the link).
+        #[arg(long)]
+        postcopy_bandwidth: Option<String>,
     },
 }
 
@@ -322,10 +328,12 @@ fn main() -> ExitCode {
             chain,
             warmup,
             allow_fenced,
+            postcopy_bandwidth,
         } => survival::Filter::new(workload, *module, *cpus, modes).and_then(|f| {
             let mut plan = survival::soak(*migrations, *budget, *chain, &f);
             plan.warmup = *warmup;
             plan.allow_fenced = *allow_fenced;
+            plan.postcopy_bandwidth = postcopy_bandwidth.clone();
             soak(&cli, plan)
         }),
         Cmd::Demo => run(

@@ -192,7 +192,13 @@ pub struct Record {
 
 /// Migrates `p`'s guest (of `group`) once in `mode`, as an operator does
 /// with `miglockctl`, and checks it survived.
-fn migrate(p: &mut Pair, env: &Env<'_>, group: &Group, mode: Mode) -> Result<Record, Failure> {
+fn migrate(
+    p: &mut Pair,
+    env: &Env<'_>,
+    plan: &Plan,
+    group: &Group,
+    mode: Mode,
+) -> Result<Record, Failure> {
     let src = p.on;
     let dst = 1 - src;
     let since_src = p.vm().seen.len();
@@ -200,7 +206,7 @@ fn migrate(p: &mut Pair, env: &Env<'_>, group: &Group, mode: Mode) -> Result<Rec
     let mut rx = p.hosts[dst].agent.receive(&["--postcopy"])?;
     let uri = rx.uri.clone();
     let t = Instant::now();
-    let out = p.hosts[src].agent.ctl(&[
+    let mut args = vec![
         "--json",
         "migrate",
         "guest",
@@ -212,7 +218,11 @@ fn migrate(p: &mut Pair, env: &Env<'_>, group: &Group, mode: Mode) -> Result<Rec
         LINK,
         "--timeout",
         PRECOPY_BOUND,
-    ])?;
+    ];
+    if let Some(cap) = &plan.postcopy_bandwidth {
+        args.extend(["--postcopy-bandwidth", cap]);
+    }
+    let out = p.hosts[src].agent.ctl(&args)?;
     let wall = t.elapsed();
     if !out.status.success() {
         // Nothing will arrive: the destination's agent stops listening.
@@ -344,6 +354,10 @@ pub struct Plan {
     /// Let the agents run modes fenced on this QEMU (to reproduce what the
     /// fence prevents).
     pub allow_fenced: bool,
+    /// The post-copy phase's cap (`miglockctl migrate --postcopy-bandwidth`,
+    /// 0 for none); by default the agent's (the link, except the hybrid's
+    /// on QEMU 10.0 and later: none).
+    pub postcopy_bandwidth: Option<String>,
     /// Run on this Debian QEMU release kept beside the system's
     /// (`scripts/qemu.sh`), where the agent must fence every mode that
     /// relies on the dirty log: such a migration must be refused, and
@@ -431,7 +445,7 @@ pub fn run(plan: &Plan, env: &Env<'_>, out: &Path) -> Result<(), Failure> {
                 }
                 // Chains of the same group start at different modes.
                 let mode = group.modes[(i + round + gi) % group.modes.len()];
-                let rec = migrate(&mut pair, env, group, mode)?;
+                let rec = migrate(&mut pair, env, plan, group, mode)?;
                 eprintln!(
                     "  [{:>3}] {:<24} {:<22} {:<13} {:>6} ms{}{}",
                     records.len() + 1,
@@ -573,6 +587,8 @@ fn write(
         "qemu": qemu,
         "accel": format!("{:?}", env.accel).to_lowercase(),
         "link_bytes_per_s": 32u64 << 20,
+        "postcopy_bandwidth": plan.postcopy_bandwidth,
+        "allow_fenced": plan.allow_fenced,
         "migrations": total.migrations,
         "survived": total.survived,
         "not_converged": total.not_converged,
@@ -645,6 +661,7 @@ pub fn short() -> Plan {
         budget: Duration::from_secs(240),
         warmup: Duration::ZERO,
         allow_fenced: false,
+        postcopy_bandwidth: None,
         fenced_qemu: None,
     }
 }
@@ -671,6 +688,7 @@ pub fn qemu72() -> Plan {
         budget: Duration::from_secs(180),
         warmup: Duration::ZERO,
         allow_fenced: false,
+        postcopy_bandwidth: None,
         fenced_qemu: Some("7.2"),
     }
 }
@@ -777,6 +795,7 @@ pub fn soak(migrations: usize, budget: Duration, chain: usize, filter: &Filter) 
         budget,
         warmup: Duration::ZERO,
         allow_fenced: false,
+        postcopy_bandwidth: None,
         fenced_qemu: None,
     }
 }

@@ -100,10 +100,10 @@ pub enum CtlCmd {
         /// Bandwidth cap, bytes/s with an optional K/M/G suffix (binary).
         #[arg(long, value_parser = bytes)]
         bandwidth: Option<u64>,
-        /// Bandwidth cap for the post-copy phase (default: the --bandwidth
-        /// cap, else none; pre-copy then post-copy on QEMU 10.0 or later:
-        /// none).
-        #[arg(long, value_parser = bytes)]
+        /// Bandwidth cap for the post-copy phase, 0 for none (default: the
+        /// --bandwidth cap, else none; pre-copy then post-copy on QEMU 10.0
+        /// or later: none).
+        #[arg(long, value_parser = bytes_or_none)]
         postcopy_bandwidth: Option<u64>,
         /// Longest pause allowed at the switchover.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -308,6 +308,15 @@ fn bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a bandwidth (e.g. 100M)"))
 }
 
+/// A bandwidth as [`bytes`] takes it, or 0: QEMU's "no limit" (for
+/// `max-postcopy-bandwidth`, where 0 means that).
+fn bytes_or_none(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    bytes(s)
+}
+
 /// The libvirt hook's command line, for its man page only: the hook
 /// parses its arguments by hand, since a parse error there would make
 /// libvirt refuse to start any domain.
@@ -380,6 +389,9 @@ mod tests {
         assert_eq!(bytes("4KiB"), Ok(4 << 10));
         assert_eq!(bytes("7"), Ok(7));
         assert!(bytes("0").is_err());
+        assert_eq!(bytes_or_none("0"), Ok(0));
+        assert_eq!(bytes_or_none("32M"), Ok(32 << 20));
+        assert!(bytes_or_none("0M").is_err());
         assert!(bytes("5T").is_err());
         assert_eq!(mode("hybrid"), Ok(Mode::PrecopyThenPostcopy));
         assert!(mode("fast").is_err());

@@ -581,7 +581,9 @@ fn postcopy_cap(
     let Some(cap) = fence::postcopy_cap(qemu, choice, req.postcopy_bandwidth, req.bandwidth) else {
         return Ok(());
     };
-    if cap == 0 && req.bandwidth.is_some() {
+    if cap == 0 && req.postcopy_bandwidth.is_some() {
+        say(p, "post-copy phase uncapped, as asked".into());
+    } else if cap == 0 && req.bandwidth.is_some() {
         say(
             p,
             "post-copy phase uncapped: proven correct on this QEMU after a pre-copy pass".into(),

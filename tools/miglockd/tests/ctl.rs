@@ -258,9 +258,12 @@ fn hybrid_post_copy_phase_is_uncapped_only_where_proven() {
     migrate("new", &["--mode", "precopy"]);
     assert_eq!(postcopy_caps(&new).len(), 3);
 
-    // QEMU 7.2: capped at the link, where it verified.
+    // QEMU 7.2: capped at the link, where it verified; uncapped only when
+    // asked (0, to reproduce the corruption).
     migrate("old", &["--mode", "hybrid"]);
     assert_eq!(postcopy_caps(&old), [link]);
+    migrate("old", &["--mode", "hybrid", "--postcopy-bandwidth", "0"]);
+    assert_eq!(postcopy_caps(&old)[1..], [serde_json::json!(0)]);
 
     // postcopy-preempt only when asked, and where QEMU supports it; a
     // QEMU that does not is refused, not run without it.

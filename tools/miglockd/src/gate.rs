@@ -410,7 +410,24 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
                 }
                 continued = true;
             }
-            "postcopy-active" | "postcopy-paused" | "device" => {}
+            "postcopy-paused" => {
+                // The stream broke after the switchover: the VM's memory is
+                // split between the hosts and QEMU waits to be recovered.
+                // Waiting here would hang the caller for as long.
+                agent.audit.record(
+                    name,
+                    "migrate-postcopy-paused",
+                    json!({"error": q["error-desc"]}),
+                );
+                return err(format!(
+                    "post-copy paused after the switchover: the link to the destination broke \
+                     or the destination failed ({}). The VM runs nowhere until it is recovered: \
+                     QMP migrate-recover on the destination, then migrate with \"resume\": true \
+                     here",
+                    q["error-desc"].as_str().unwrap_or("QEMU gave no reason")
+                ));
+            }
+            "postcopy-active" | "device" => {}
             s => {
                 // Still copying: a new lock cancels now rather than at the switchover.
                 let relock = agent.update(vm, |l, now| (!req.force && l.locked(now), false));

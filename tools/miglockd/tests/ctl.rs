@@ -43,6 +43,7 @@ fn setup() -> PathBuf {
         vm(&dir, "old", "completed", (7, 2)),
         vm(&dir, "slow", "active", (10, 0)),
         vm(&dir, "nowp", "completed", (10, 0)),
+        vm(&dir, "split", "postcopy-paused", (10, 0)),
     ]
     .concat();
     std::fs::write(
@@ -114,6 +115,13 @@ fn every_outcome_has_its_exit_status() {
     let cancelled = ctl(&dir, &[&["migrate", "gone"][..], &to].concat());
     assert_eq!(code(&cancelled), 4, "{cancelled:?}");
     assert!(stderr(&cancelled).contains("cancelled"), "{cancelled:?}");
+    // Post-copy that paused (the destination died) fails, not hangs.
+    let split = ctl(
+        &dir,
+        &[&["migrate", "split", "--mode", "postcopy"][..], &to].concat(),
+    );
+    assert_eq!(code(&split), 3, "{split:?}");
+    assert!(stderr(&split).contains("migrate-recover"), "{split:?}");
     assert_eq!(
         code(&ctl(&dir, &[&["migrate", "nosuch"][..], &to].concat())),
         2

@@ -630,13 +630,16 @@ fn relock(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Res
         let bins = h.bins.clone();
         h.src_agent =
             Agent::start_with(&bins, &env.dir, "src", "[planner]\nallow_fenced = true\n")?;
-        while h
-            .src_events()
-            .iter()
-            .filter(|r| r["event"] == "qmp-link" && r["state"] == "connected")
-            .count()
-            < 2
-        {
+        // Until the new agent (the second to start) has reached QEMU.
+        let reached = |ev: &[Value]| {
+            ev.iter().filter(|r| r["event"] == "agent-start").count() >= 2
+                && ev
+                    .iter()
+                    .rev()
+                    .take_while(|r| r["event"] != "agent-start")
+                    .any(|r| r["event"] == "qmp-link" && r["state"] == "connected")
+        };
+        while !reached(&h.src_events()) {
             if Instant::now() >= deadline {
                 return Err(host_fail("the restarted agent never reached QEMU".into()));
             }

@@ -122,6 +122,22 @@ fn every_outcome_has_its_exit_status() {
     );
     assert_eq!(code(&split), 3, "{split:?}");
     assert!(stderr(&split).contains("migrate-recover"), "{split:?}");
+    // So does the destination's side of it.
+    let split_rx = ctl(
+        &dir,
+        &[
+            "incoming",
+            "split",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--postcopy",
+        ],
+    );
+    assert_eq!(code(&split_rx), 3, "{split_rx:?}");
+    assert!(
+        stderr(&split_rx).contains("migrate-recover"),
+        "{split_rx:?}"
+    );
     assert_eq!(
         code(&ctl(&dir, &[&["migrate", "nosuch"][..], &to].concat())),
         2

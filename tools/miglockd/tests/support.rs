@@ -338,7 +338,7 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
                         }
                         json!({"return": {}})
                     }
-                    "migrate" => {
+                    "migrate" | "migrate-incoming" => {
                         state = "active";
                         json!({"return": {}})
                     }

@@ -232,6 +232,9 @@ pub enum Story {
     /// The same, `postcopy-preempt` on both ends, and the destination
     /// reading the guest's hinted pages ahead in QEMU's memory.
     PostcopyRunahead,
+    /// Post-copy paused mid-way (the link "broke"): both agents fail at
+    /// once saying how to recover; recovered so, the guest arrives whole.
+    PostcopyRecover,
     /// `--mode auto` on a write-heavy guest, after default pre-copy gives up.
     PlanWriteHeavy,
     /// `--mode auto` keeps pre-copy on a read-mostly guest.
@@ -247,6 +250,7 @@ impl Story {
             self,
             Story::Postcopy
                 | Story::PostcopyRunahead
+                | Story::PostcopyRecover
                 | Story::PlanWriteHeavy
                 | Story::PlanReadMostly
         )
@@ -461,6 +465,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Hints => hints(&mut h, sc, deadline),
         Story::Postcopy => postcopy(&mut h, sc, deadline, false),
         Story::PostcopyRunahead => postcopy(&mut h, sc, deadline, true),
+        Story::PostcopyRecover => postcopy_recover(&mut h, sc, deadline),
         Story::PlanWriteHeavy => crate::advice::plan_write_heavy(&mut h, sc, env, deadline),
         Story::PlanReadMostly => crate::advice::plan_read_mostly(&mut h, sc, deadline),
         Story::Notices => notices(&mut h, sc, deadline),
@@ -819,6 +824,101 @@ fn postcopy(
         }),
         "destination audit lacks incoming-postcopy",
     )
+}
+
+/// Post-copy on a slow link, paused once the guest runs on the destination
+/// (QMP `migrate-pause`: what a broken link does): `migrate` and `incoming`
+/// must fail at once naming the recovery, not wait with QEMU. Recovered as
+/// they say (`migrate-recover` here, `migrate` with `resume` there), the
+/// guest must arrive whole.
+fn postcopy_recover(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(), Failure> {
+    if let Wait::Timeout | Wait::Closed = h.src.wait_line(deadline, |l| tick_of(l).is_some()) {
+        return Err(Failure::new(FailKind::Guest, "the workload never ticked"));
+    }
+    let mut rx = h.receive(&["--postcopy"])?;
+    let slow = [
+        "--mode",
+        "postcopy",
+        "--bandwidth",
+        "4M",
+        "--postcopy-bandwidth",
+        "4M",
+    ];
+    let tx = Command::new(h.bins.join("miglockctl"))
+        .arg("--socket")
+        .arg(h.src_agent.socket())
+        .args(["migrate", "guest", "--to", &h.uri])
+        .args(slow)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running miglockctl")?;
+    wait_for(&mut h.dst, deadline, "@@MIGLOCK postcopy-notice gen=1@@")?;
+    let paused_at = Instant::now();
+    h.src
+        .qmp
+        .execute("migrate-pause", None)
+        .context("migrate-pause")?;
+    let out = tx.wait_with_output().context("miglockctl migrate")?;
+    show("migrate guest (paused mid-way)", &out);
+    let waited = paused_at.elapsed();
+    require(
+        out.status.code() == Some(3)
+            && String::from_utf8_lossy(&out.stderr).contains("migrate-recover"),
+        "migrate did not fail naming the recovery when post-copy paused",
+    )?;
+    let status = rx.wait().context("miglockctl incoming")?;
+    let said = h.incoming_output();
+    for l in &said {
+        eprintln!("    incoming: {l}");
+    }
+    require(
+        status.code() == Some(3) && said.iter().any(|l| l.contains("migrate-recover")),
+        "incoming did not fail naming the recovery when post-copy paused",
+    )?;
+    eprintln!(
+        "  both agents gave up {} ms after the pause",
+        waited.as_millis()
+    );
+    // Recover as they say, without the slow link.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("a free port")?
+        .port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    h.dst
+        .qmp
+        .execute("migrate-recover", Some(json!({ "uri": uri })))
+        .context("migrate-recover")?;
+    h.src
+        .qmp
+        .execute(
+            "migrate-set-parameters",
+            Some(json!({"max-postcopy-bandwidth": 0})),
+        )
+        .context("migrate-set-parameters")?;
+    h.src
+        .qmp
+        .execute("migrate", Some(json!({ "uri": uri, "resume": true })))
+        .context("migrate resume")?;
+    loop {
+        let q = h
+            .src
+            .qmp
+            .execute("query-migrate", None)
+            .context("query-migrate")?;
+        match q["status"].as_str() {
+            Some("completed") => break,
+            Some(s @ ("failed" | "cancelled")) => {
+                return Err(host_fail(format!("the resumed migration {s}: {q}")))
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(host_fail("the resumed migration never completed".into()))
+            }
+            _ => std::thread::yield_now(),
+        }
+    }
+    h.arrive(sc, deadline)
 }
 
 /// FNV-1a over hint ranges in wire layout (as `mldtest hints` prints it).

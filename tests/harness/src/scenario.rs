@@ -317,6 +317,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Agents(Story::PostcopyRecover),
+        timeout: secs(240),
+        ..guest(
+            "agent-postcopy-recover",
+            "agent-postcopy",
+            "post-copy paused mid-way (a broken link): migrate and incoming fail at once naming the recovery; recovered so, the guest arrives whole",
+        )
+    },
+    Scenario {
         kind: Kind::Agents(Story::PostcopyRunahead),
         timeout: secs(240),
         ..guest(

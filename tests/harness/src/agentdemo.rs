@@ -383,6 +383,20 @@ impl Hosts {
         Ok(out)
     }
 
+    /// `miglockctl migrate` to the destination with `extra`, left running
+    /// (its output piped) while the caller acts on the migration.
+    fn migrate_in_background(&self, extra: &[&str]) -> Result<Child, Failure> {
+        Ok(Command::new(self.src_agent.bin())
+            .arg("--socket")
+            .arg(self.src_agent.socket())
+            .args(["migrate", "guest", "--to", &self.uri])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running miglockctl")?)
+    }
+
     /// Waits until the source agent says the VM is (un)locked.
     fn wait_locked(&self, locked: bool, deadline: Instant) -> Result<(), Failure> {
         loop {
@@ -659,14 +673,7 @@ fn relock(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Res
             Some(json!({"max-bandwidth": 4u64 << 20})),
         )
         .context("migrate-set-parameters")?;
-    let mut ctl = Command::new(h.bins.join("miglockctl"))
-        .arg("--socket")
-        .arg(h.src_agent.dir.join("control.sock"))
-        .args(["migrate", "guest", "--to", &h.uri])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running miglockctl")?;
+    let mut ctl = h.migrate_in_background(&[])?;
     loop {
         let q = h
             .src
@@ -836,23 +843,14 @@ fn postcopy_recover(h: &mut Hosts, sc: &Scenario, deadline: Instant) -> Result<(
         return Err(Failure::new(FailKind::Guest, "the workload never ticked"));
     }
     let mut rx = h.receive(&["--postcopy"])?;
-    let slow = [
+    let tx = h.migrate_in_background(&[
         "--mode",
         "postcopy",
         "--bandwidth",
         "4M",
         "--postcopy-bandwidth",
         "4M",
-    ];
-    let tx = Command::new(h.bins.join("miglockctl"))
-        .arg("--socket")
-        .arg(h.src_agent.socket())
-        .args(["migrate", "guest", "--to", &h.uri])
-        .args(slow)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running miglockctl")?;
+    ])?;
     wait_for(&mut h.dst, deadline, "@@MIGLOCK postcopy-notice gen=1@@")?;
     let paused_at = Instant::now();
     h.src

@@ -50,6 +50,41 @@ pub(crate) fn ended_badly(what: &str, status: &str, q: &Value) -> Reply {
     Reply::error(class, format!("{what} {status}: {why}"))
 }
 
+/// Which end of a migration an agent follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    Source,
+    Destination,
+}
+
+/// The answer when QEMU reports `postcopy-paused` (query-migrate `q`) at
+/// `end`: the stream broke after the switchover, the VM's memory is split
+/// between the hosts and QEMU waits to be recovered, which waiting with it
+/// would only hang the caller for. Audited for the VM `name`.
+pub(crate) fn postcopy_paused(agent: &Agent, name: &str, q: &Value, end: End) -> Reply {
+    let (event, broke, waits, recover) = match end {
+        End::Source => (
+            "migrate-postcopy-paused",
+            "the link to the destination broke or the destination failed",
+            "The VM runs nowhere until it is recovered",
+            "QMP migrate-recover on the destination, then migrate with \"resume\": true here",
+        ),
+        End::Destination => (
+            "incoming-postcopy-paused",
+            "the link to the source broke or the source failed",
+            "The guest waits here for its missing pages until it is recovered",
+            "QMP migrate-recover here, then migrate with \"resume\": true on the source",
+        ),
+    };
+    agent
+        .audit
+        .record(name, event, json!({"error": q["error-desc"]}));
+    err(format!(
+        "post-copy paused after the switchover: {broke} ({}). {waits}: {recover}",
+        q["error-desc"].as_str().unwrap_or("QEMU gave no reason")
+    ))
+}
+
 /// A migration refused because the VM is locked: audited with `why` and
 /// the locks, answered with `state` ("is locked", ...) and the locks.
 fn refused_locked(agent: &Agent, name: &str, why: &str, state: &str, locks: &[String]) -> Reply {
@@ -410,23 +445,7 @@ fn run(agent: &Agent, vm: &Vm, req: &MigrateRequest, qmp: &Monitor, p: Progress<
                 }
                 continued = true;
             }
-            "postcopy-paused" => {
-                // The stream broke after the switchover: the VM's memory is
-                // split between the hosts and QEMU waits to be recovered.
-                // Waiting here would hang the caller for as long.
-                agent.audit.record(
-                    name,
-                    "migrate-postcopy-paused",
-                    json!({"error": q["error-desc"]}),
-                );
-                return err(format!(
-                    "post-copy paused after the switchover: the link to the destination broke \
-                     or the destination failed ({}). The VM runs nowhere until it is recovered: \
-                     QMP migrate-recover on the destination, then migrate with \"resume\": true \
-                     here",
-                    q["error-desc"].as_str().unwrap_or("QEMU gave no reason")
-                ));
-            }
+            "postcopy-paused" => return postcopy_paused(agent, name, &q, End::Source),
             "postcopy-active" | "device" => {}
             s => {
                 // Still copying: a new lock cancels now rather than at the switchover.

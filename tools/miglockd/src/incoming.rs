@@ -117,24 +117,16 @@ pub fn incoming(agent: &Agent, req: &IncomingRequest, p: Progress<'_>) -> Reply 
                 return Reply::Ok { data };
             }
             "postcopy-paused" => {
-                // The source or the link is gone after the switchover: the
-                // guest waits here for pages nobody sends until someone
-                // recovers it. Readers blocked on them are left behind.
+                // Readers blocked on pages nobody sends are left behind.
                 if let Some(r) = reading.take() {
                     r.finish(false);
                 }
-                agent.audit.record(
+                return crate::gate::postcopy_paused(
+                    agent,
                     name,
-                    "incoming-postcopy-paused",
-                    json!({"error": q["error-desc"]}),
+                    &q,
+                    crate::gate::End::Destination,
                 );
-                return err(format!(
-                    "post-copy paused after the switchover: the link to the source broke or \
-                     the source failed ({}). The guest waits here for its missing pages until \
-                     it is recovered: QMP migrate-recover here, then migrate with \"resume\": \
-                     true on the source",
-                    q["error-desc"].as_str().unwrap_or("QEMU gave no reason")
-                ));
             }
             s @ ("failed" | "cancelled") => {
                 if let Some(r) = reading.take() {

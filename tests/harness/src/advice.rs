@@ -526,7 +526,7 @@ fn bench_plan(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fai
                 let (mode, args) = (scheme.label, scheme.args);
                 let (sc2, mut h) = fresh(sc, env, guest)?;
                 if qemu.is_empty() {
-                    qemu = qemu_version(&mut h)?;
+                    qemu = qemu_version(&h);
                     dirty_limit = dirty_limit_here(&mut h);
                     eprintln!("  QEMU {qemu}: dirty-limit: {dirty_limit}");
                 }
@@ -706,15 +706,10 @@ fn dirty_limit_here(h: &mut Hosts) -> String {
     }
 }
 
-/// The QEMU a host runs, `major.minor.micro`.
-fn qemu_version(h: &mut Hosts) -> Result<String, Failure> {
-    let v = h
-        .src
-        .qmp
-        .execute("query-version", None)
-        .map_err(|e| Failure::new(FailKind::Host, format!("query-version: {e}")))?;
-    let q = &v["qemu"];
-    Ok(format!("{}.{}.{}", q["major"], q["minor"], q["micro"]))
+/// The QEMU the hosts run, `major.minor.micro` (as `Hosts::start` asked it).
+fn qemu_version(h: &Hosts) -> String {
+    let (a, b, c) = h.qemu;
+    format!("{a}.{b}.{c}")
 }
 
 /// Mean and spread of a figure over runs.
@@ -883,7 +878,7 @@ fn bench_hints(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Fa
         for (k, &(label, mode, runahead, preempt)) in schemes.iter().enumerate() {
             let (sc2, mut h) = fresh(sc, env, "hints")?;
             if qemu.is_empty() {
-                qemu = qemu_version(&mut h)?;
+                qemu = qemu_version(&h);
             }
             wait_hints(&mut h, deadline)?;
             // The workload has calibrated its usual page rewrite (4096
@@ -1127,6 +1122,18 @@ fn validate_runs() -> Vec<ValidateRun> {
     v
 }
 
+/// Writes one recorded run of `bench-validate` into `dir`: the guest's
+/// trace as `NAME.mltrace` and what happened as `NAME.real.json`.
+fn save_run(dir: &std::path::Path, name: &str, trace: &[u8], real: &Value) -> Result<(), Failure> {
+    std::fs::write(dir.join(format!("{name}.mltrace")), trace).context("trace")?;
+    std::fs::write(
+        dir.join(format!("{name}.real.json")),
+        serde_json::to_string_pretty(real).map_err(anyhow::Error::from)?,
+    )
+    .context("real.json")?;
+    Ok(())
+}
+
 /// The workload's stall from the migration's notice on (the `workload:
 /// stalls` line, as bench-hints reads it): ms, slow rewrites, the usual
 /// rewrite in us; `None` if the workload never calibrated (fewer than its
@@ -1202,7 +1209,6 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
         };
         let trace = collect_trace(&lines)?;
         let name = run.name();
-        std::fs::write(dir.join(format!("{name}.mltrace")), &trace).context("trace")?;
         // A cancelled run's figures are in the source agent's audit log.
         let cancelled = h
             .src_agent
@@ -1235,11 +1241,7 @@ fn bench_validate(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(),
             "postcopy_blocktime_ms": dst["postcopy_blocktime_ms"],
             "postcopy_vcpu_blocktime_ms": dst["postcopy_vcpu_blocktime_ms"],
         });
-        std::fs::write(
-            dir.join(format!("{name}.real.json")),
-            serde_json::to_string_pretty(&real).map_err(anyhow::Error::from)?,
-        )
-        .context("real.json")?;
+        save_run(&dir, &name, &trace, &real)?;
         println!(
             "bench validate: {name}: {} trace bytes, start at {start_at_s} s; {}; requests {}, workload stall {}",
             trace.len(),
@@ -1328,7 +1330,6 @@ fn validate_checkpoint(
     crate::scenario::finish_guest(sc, &mut h.src, deadline)?;
     let trace = collect_trace(&h.src.seen)?;
     let name = format!("{workload}-checkpoint");
-    std::fs::write(dir.join(format!("{name}.mltrace")), &trace).context("trace")?;
     let real = serde_json::json!({
         "workload": workload, "mode": "checkpoint",
         "bandwidth_bytes_per_s": LINK_BYTES,
@@ -1345,11 +1346,7 @@ fn validate_checkpoint(
         "cow_wait_mean_ms": cow.and_then(|c| c.wait_mean_s).map(|s| s * 1e3),
         "cow_written_pages": written, "latency_s": 0.0001,
     });
-    std::fs::write(
-        dir.join(format!("{name}.real.json")),
-        serde_json::to_string_pretty(&real).map_err(anyhow::Error::from)?,
-    )
-    .context("real.json")?;
+    save_run(dir, &name, &trace, &real)?;
     println!(
         "bench validate: {name}: {} trace bytes, start at {start_at_s} s; {workload:<12} checkpoint on the link {} ms (agent {} ms)  downtime {} ms  RAM {:.1} MiB, image {:.1} MiB  copy-on-write: {}  pages the workload wrote meanwhile {}",
         trace.len(),

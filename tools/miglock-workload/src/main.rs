@@ -292,10 +292,8 @@ fn main() -> Result<()> {
         }
         // Timed phases follow the host's notices even if the device's
         // poll wakes us for none of them.
-        if stalls.is_some() || args.calm_when_pending > 1 {
-            if let Some(m) = mld.as_mut() {
-                m.news(&mut out, &arena, tick, gen)?;
-            }
+        if let Some(m) = mld.as_mut().filter(|m| m.timed) {
+            m.news(&mut out, &arena, tick, gen)?;
         }
         // The rest of the tick: news from the host does not shorten it.
         let calm = mld.as_ref().is_some_and(|m| m.pending);

@@ -60,6 +60,7 @@ harness_counts() { closing_counts "$@"; }
 
 cargo_in_tools() { (cd tools && cargo "$@"); }
 
+phase deps-check       closing_counts tests/deps-check.sh
 phase workspace-fmt      single        cargo_in_tools fmt --all -- --check
 phase workspace-clippy   single        cargo_in_tools clippy --release --locked --workspace --all-targets -- -D warnings
 phase workspace-tests    cargo_counts  cargo_in_tools test --release --locked --workspace --no-fail-fast

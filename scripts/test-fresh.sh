@@ -115,7 +115,14 @@ bind() { # bind SOURCE TARGET [ro]
 
 say "unpacking the bare root into $root"
 tar -xf "$base" -C "$root"
+# The machine's network as a new machine has it: its resolver, and the
+# certificate authorities it added locally (ca-certificates, which deps.sh
+# installs, takes them in), without which its TLS to crates.io fails.
 cp /etc/resolv.conf /etc/hosts "$root/etc/"
+if [ -d /usr/local/share/ca-certificates ]; then
+	mkdir -p "$root/usr/local/share/ca-certificates"
+	cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 say "cloning $rev into it"
 git clone -q --no-hardlinks "$top" "$root/root/miglock"
 git -C "$root/root/miglock" checkout -q "$rev"
@@ -155,8 +162,18 @@ fi
 say "test kernel: $kernel"
 
 # --- 3. the README's commands -------------------------------------------------
+# The environment: a new login's, plus the machine's own network settings
+# (proxies, certificate bundles, registry settings) as CI has them.
+passenv=()
+while IFS='=' read -r name _; do
+	case "$name" in
+	http_proxy | https_proxy | no_proxy | HTTP_PROXY | HTTPS_PROXY | NO_PROXY | SSL_CERT_FILE | SSL_CERT_DIR | \
+		CURL_CA_BUNDLE | GIT_SSL_CAINFO | CARGO_HTTP_* | CARGO_NET_* | CARGO_REGISTRIES_* | CARGO_REGISTRY_*)
+		passenv+=("$name=${!name}") ;;
+	esac
+done < <(env)
 in_root() {
-	chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 RUSTUP_AUTO_INSTALL=0 \
+	chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 RUSTUP_AUTO_INSTALL=0 "${passenv[@]}" \
 		PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		DEPS_CHECK_MISSING=/root/miglock/out/deps-missing.txt \
 		/bin/bash -c "cd /root/miglock && $1"

@@ -485,13 +485,41 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::Notices => notices(&mut h, sc, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
-        eprintln!("  source agent's audit log:");
-        for rec in h.src_agent.audit() {
-            eprintln!("    {rec}");
-        }
-        eprintln!("  destination agent's audit log:");
-        for rec in h.dst_agent.audit() {
-            eprintln!("    {rec}");
+        // The story shows the decisions; -v and the files have everything.
+        const DECISIONS: &[&str] = &[
+            "lock",
+            "unlock",
+            "migrate-refused",
+            "migrate-start",
+            "migrate-done",
+            "guest-migrated",
+            "forced-release",
+        ];
+        for (side, agent) in [("source", &h.src_agent), ("destination", &h.dst_agent)] {
+            let all = agent.audit();
+            let shown: Vec<_> = all
+                .iter()
+                .filter(|r| {
+                    env.echo == crate::vm::Echo::All
+                        || r["event"].as_str().is_some_and(|e| DECISIONS.contains(&e))
+                })
+                .collect();
+            eprintln!(
+                "  {side} agent's audit log ({} of {} records{}):",
+                shown.len(),
+                all.len(),
+                if shown.len() < all.len() {
+                    format!(
+                        ", the decisions; all in {}",
+                        agent.dir.join("audit.jsonl").display()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            for rec in shown {
+                eprintln!("    {rec}");
+            }
         }
     }
     h.quit()?;

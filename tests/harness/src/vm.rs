@@ -86,8 +86,10 @@ pub enum Doorbell {
 pub enum Echo {
     /// None (they are in the log).
     Off,
-    /// Only the scenario's own output: from `/init`'s start line on.
-    Scenario,
+    /// The demo's story: the scenario's own steps and results, from
+    /// `/init`'s start line on, without KTAP, kernel messages, markers and
+    /// ticks (all of which stay in the log; `-v` shows them).
+    Story,
     /// Everything, boot messages included.
     All,
 }
@@ -407,6 +409,32 @@ impl Drop for Vm {
 /// Least time between two tick lines echoed to the terminal.
 const TICK_ECHO_GAP: Duration = Duration::from_millis(200);
 
+/// What the demo's story shows of a guest console line: `None` for what
+/// only a tester reads (KTAP case lines, kernel messages, the harness's
+/// markers, self-checks, workload ticks), the KUnit totals as one line.
+pub fn story_line(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    if let Some(totals) = t.strip_prefix("# miglock: ") {
+        return Some(format!("KUnit suite miglock: {totals}"));
+    }
+    const HIDDEN: &[&str] = &[
+        "@@MIGLOCK",
+        "KTAP version",
+        "1..",
+        "ok ",
+        "# ",
+        "tsc: ",
+        "clocksource: ",
+        "random: ",
+        "mldtest: ",
+        "miglock: loading out-of-tree",
+    ];
+    if HIDDEN.iter().any(|h| t.starts_with(h)) || crate::pair::tick_of(line).is_some() {
+        return None;
+    }
+    Some(line.to_string())
+}
+
 /// Copies the serial stream to `log` and hands each line to the returned channel.
 fn spawn_reader(
     mut stream: UnixStream,
@@ -436,18 +464,27 @@ fn spawn_reader(
                     .trim_end_matches(['\r', '\n'])
                     .to_string();
                 started |= line.contains(START);
-                // A fast workload ticks 50 times a second: the scenario view
-                // shows at most one tick line in 200 ms, the log keeps all.
-                let mut show = echo == Echo::All || (echo == Echo::Scenario && started);
-                if show && crate::pair::tick_of(&line).is_some() {
-                    let now = std::time::Instant::now();
-                    show = last_tick.is_none_or(|t| now - t >= TICK_ECHO_GAP);
-                    if show {
-                        last_tick = Some(now);
+                match echo {
+                    Echo::Off => {}
+                    Echo::Story if !started => {}
+                    Echo::Story => {
+                        if let Some(shown) = story_line(&line) {
+                            eprintln!("  [{name}] {shown}");
+                        }
                     }
-                }
-                if show {
-                    eprintln!("  [{name}] {line}");
+                    Echo::All => {
+                        // A fast workload ticks 50 times a second: at most
+                        // one tick line in 200 ms, the log keeps all.
+                        let now = std::time::Instant::now();
+                        if crate::pair::tick_of(&line).is_none()
+                            || last_tick.is_none_or(|t| now - t >= TICK_ECHO_GAP)
+                        {
+                            if crate::pair::tick_of(&line).is_some() {
+                                last_tick = Some(now);
+                            }
+                            eprintln!("  [{name}] {line}");
+                        }
+                    }
                 }
                 if tx.send((std::time::Instant::now(), line)).is_err() {
                     return;
@@ -462,4 +499,42 @@ fn spawn_reader(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::story_line;
+
+    #[test]
+    fn the_story_hides_what_only_a_tester_reads() {
+        for hidden in [
+            "KTAP version 1",
+            "    1..17",
+            "    ok 3 lock_table_holders",
+            "# Totals: pass:17 fail:0 skip:0 total:17",
+            "ok 1 miglock",
+            "clocksource: Switched to clocksource tsc",
+            "tsc: Refined TSC clocksource calibration: 2445.438 MHz",
+            "@@MIGLOCK locked@@",
+            "ok - the host channel connected",
+            "mldtest: 1 passed, 0 failed",
+            "miglock: loading out-of-tree module taints kernel.",
+            "tick 7",
+        ] {
+            assert_eq!(story_line(hidden), None, "{hidden}");
+        }
+        assert_eq!(
+            story_line("    # miglock: pass:17 fail:0 skip:0 total:17").as_deref(),
+            Some("KUnit suite miglock: pass:17 fail:0 skip:0 total:17")
+        );
+        // A failing case, the steps and the evidence stay.
+        for shown in [
+            "    not ok 4 lock_table_leases",
+            "== an application locks: a payment batch must not be interrupted",
+            "workload: verified 4096 pages after 2 ticks gen 3",
+            "state:             LOCKED (1 holder; static lock: no; detached hold: yes)",
+        ] {
+            assert_eq!(story_line(shown).as_deref(), Some(shown));
+        }
+    }
 }

@@ -25,6 +25,8 @@ DEB_PKGS=(
 	clang-$LLVM_MAJOR lld-$LLVM_MAJOR llvm-$LLVM_MAJOR libclang-$LLVM_MAJOR-dev
 	busybox-static
 	bc flex bison libelf-dev libssl-dev cpio xz-utils lz4 make gcc libc6-dev patch
+	# dpkg-buildpackage's build-essential; g++ for libfuzzer-sys (make fuzz).
+	build-essential g++
 	libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients
 	debhelper dh-dkms dpkg-dev systemd man-db procps kmod git
 	# cargo reaches crates.io over TLS; deps-check parses the scripts.

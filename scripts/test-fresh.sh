@@ -114,6 +114,11 @@ bind() { # bind SOURCE TARGET [ro]
 }
 
 say "unpacking the bare root into $root"
+# A mount point of its own: inside the chroot, / must be one for
+# 'unshare --propagation private' (libvirtd's namespaces, deps-check).
+mount --bind "$root" "$root"
+mount --make-private "$root"
+mounts+=("$root")
 tar -xf "$base" -C "$root"
 # The machine's network as a new machine has it: its resolver, and the
 # certificate authorities it added locally (ca-certificates, which deps.sh

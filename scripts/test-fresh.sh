@@ -188,10 +188,12 @@ in_root() {
 run() {
 	local name=$1 t0=$SECONDS rc
 	say "running '$2' in the clean root (log: $out/$name.log)"
-	set +e
-	in_root "$2" 2>&1 | tee "$out/$name.log" | sed -u "s/^/  $name| /" >&2
-	rc=${PIPESTATUS[0]}
-	set -e
+	# In the background with a wait: a TERM or INT then runs the cleanup at
+	# once (bash defers traps until a foreground pipeline ends).
+	rm -f "$out/$name.rc"
+	{ in_root "$2"; echo $? >"$out/$name.rc"; } 2>&1 | tee "$out/$name.log" | sed -u "s/^/  $name| /" >&2 &
+	wait $! || true
+	rc=$(cat "$out/$name.rc" 2>/dev/null || echo 1)
 	printf -v "${name}_rc" %d "$rc"
 	printf -v "${name}_s" %d $((SECONDS - t0))
 	say "'$2' ended with rc $rc after $((SECONDS - t0)) s"

@@ -17,21 +17,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 deps=${DEPS_SH:-$top/scripts/deps.sh}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-check() {
-	local name=$1 out
-	shift
-	if out=$("$@" 2>&1); then
-		passed=$((passed + 1))
-		echo "ok - $name"
-	else
-		failed=$((failed + 1))
-		echo "not ok - $name"
-		printf '%s\n' "$out" | tail -n 25 | sed 's/^/    /'
-	fi
-}
+. "$top/tests/checks.sh"
 
 # --- 1. deps.sh on an empty machine ------------------------------------
 
@@ -183,11 +169,14 @@ indirect=(cc cargo)
 probes=(clang)
 
 shell_commands() {
-	local f
+	local f funcs
+	# Functions count wherever defined: tests/checks.sh is sourced.
+	funcs=$(for f in "${shell_files[@]}"; do
+		[ -f "$f" ] && shfmt --to-json <"$f" | jq -c '[.. | objects | select(.Type == "FuncDecl") | .Name.Value]'
+	done | jq -sc 'add')
 	for f in "${shell_files[@]}"; do
 		[ -f "$f" ] || continue
-		shfmt --to-json <"$f" | jq -r '
-			[.. | objects | select(.Type == "FuncDecl") | .Name.Value] as $funcs |
+		shfmt --to-json <"$f" | jq -r --argjson funcs "$funcs" '
 			.. | objects | select(.Type == "CallExpr") | .Args[0].Parts? // empty |
 			select(all(.Type == "Lit")) | map(.Value) | join("") |
 			select(. as $c | $funcs | index($c) | not)'
@@ -320,5 +309,4 @@ check "every command the scripts and tests call comes from a package make deps i
 # For 'make test-fresh': the commands found missing, one a line.
 [ -z "${DEPS_CHECK_MISSING:-}" ] || cp "$work/missing" "$DEPS_CHECK_MISSING" 2>/dev/null
 
-echo "deps-check: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish deps-check

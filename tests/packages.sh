@@ -13,23 +13,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 debs=$top/out/deb
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-passed=0
-failed=0
-
-# check NAME COMMAND...: one counted check; the command's output is shown
-# when it fails.
-check() {
-	local name=$1 out
-	shift
-	if out=$("$@" 2>&1); then
-		passed=$((passed + 1))
-		echo "ok - $name"
-	else
-		failed=$((failed + 1))
-		echo "not ok - $name"
-		printf '%s\n' "$out" | tail -n 20 | sed 's/^/    /'
-	fi
-}
+. "$top/tests/checks.sh"
 
 deb() { ls "$debs/$1"_*.deb 2>/dev/null | head -n1; }
 
@@ -204,5 +188,4 @@ builds() {
 }
 check "DKMS tree: miglock.ko builds against the test kernel" builds
 
-echo "packages: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish packages

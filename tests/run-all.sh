@@ -52,7 +52,7 @@ cargo_counts() {
 # check's); none counts as a failure.
 closing_counts() {
 	local line
-	line=$(grep -E '^[a-z]+: [0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
+	line=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed' "$1" | tail -n1)
 	if [ -z "$line" ]; then echo "0 1"; return; fi
 	echo "$line" | awk '{ print $2, $4 }'
 }

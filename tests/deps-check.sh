@@ -169,18 +169,16 @@ indirect=(cc cargo)
 probes=(clang)
 
 shell_commands() {
-	local f funcs
-	# Functions count wherever defined: tests/checks.sh is sourced.
-	funcs=$(for f in "${shell_files[@]}"; do
-		[ -f "$f" ] && shfmt --to-json <"$f" | jq -c '[.. | objects | select(.Type == "FuncDecl") | .Name.Value]'
-	done | jq -sc 'add')
+	local f
 	for f in "${shell_files[@]}"; do
 		[ -f "$f" ] || continue
-		shfmt --to-json <"$f" | jq -r --argjson funcs "$funcs" '
-			.. | objects | select(.Type == "CallExpr") | .Args[0].Parts? // empty |
-			select(all(.Type == "Lit")) | map(.Value) | join("") |
-			select(. as $c | $funcs | index($c) | not)'
-	done
+		shfmt --to-json <"$f"
+	done | jq -rs '
+		# Functions count wherever defined: tests/checks.sh is sourced.
+		[.[] | .. | objects | select(.Type == "FuncDecl") | .Name.Value] as $funcs |
+		.[] | .. | objects | select(.Type == "CallExpr") | .Args[0].Parts? // empty |
+		select(all(.Type == "Lit")) | map(.Value) | join("") |
+		select(. as $c | $funcs | index($c) | not)'
 }
 # Makefile recipes: make's variables become shell variables (not literal
 # commands), and the tab-indented lines are shell.

@@ -476,10 +476,9 @@ fn spawn_reader(
                         // A fast workload ticks 50 times a second: at most
                         // one tick line in 200 ms, the log keeps all.
                         let now = std::time::Instant::now();
-                        if crate::pair::tick_of(&line).is_none()
-                            || last_tick.is_none_or(|t| now - t >= TICK_ECHO_GAP)
-                        {
-                            if crate::pair::tick_of(&line).is_some() {
+                        let tick = crate::pair::tick_of(&line).is_some();
+                        if !tick || last_tick.is_none_or(|t| now - t >= TICK_ECHO_GAP) {
+                            if tick {
                                 last_tick = Some(now);
                             }
                             eprintln!("  [{name}] {line}");

@@ -556,17 +556,35 @@ impl Env<'_> {
 }
 
 /// The result line the guest's /init prints last.
-const RESULT: &str = "@@MIGLOCK result rc=";
+const RESULT_HEAD: &str = "@@MIGLOCK result";
+
+/// The exit code in a whole result line.
+fn result_rc(line: &str) -> Option<i32> {
+    line.split(RESULT_HEAD).nth(1).and_then(result_tail)
+}
+
+/// The exit code in `" rc=N@@"`, the end of a result line.
+fn result_tail(s: &str) -> Option<i32> {
+    s.trim_start()
+        .strip_prefix("rc=")?
+        .trim_end()
+        .strip_suffix("@@")?
+        .parse()
+        .ok()
+}
 
 /// Waits for the guest's result line and judges the whole serial log.
 pub fn finish_guest(sc: &Scenario, vm: &mut Vm, deadline: Instant) -> Result<(), Failure> {
     let log = vm.serial_log.display().to_string();
-    let rc = match vm.wait_line(deadline, |l| l.contains(RESULT)) {
-        Wait::Line(l) => l
-            .split(RESULT)
-            .nth(1)
-            .and_then(|r| r.trim_end_matches("@@").parse::<i32>().ok())
-            .unwrap_or(-1),
+    let rc = match vm.wait_line(deadline, |l| l.contains(RESULT_HEAD)) {
+        Wait::Line(l) => match result_rc(&l) {
+            Some(rc) => rc,
+            // A kernel line printed into the middle of ours: its tail follows.
+            None => match vm.wait_line(deadline, |l| result_tail(l).is_some()) {
+                Wait::Line(t) => result_tail(&t).unwrap_or(-1),
+                _ => -1,
+            },
+        },
         Wait::Timeout => {
             return Err(Failure::new(
                 FailKind::Timeout,
@@ -716,5 +734,22 @@ fn run_stub_host(
             FailKind::Host,
             format!("{}; log: {}", wrong.join(", "), log.display()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{result_rc, result_tail};
+
+    #[test]
+    fn result_line_whole_and_split_by_a_kernel_line() {
+        assert_eq!(result_rc("@@MIGLOCK result rc=0@@"), Some(0));
+        assert_eq!(result_rc("@@MIGLOCK result rc=127@@\r"), Some(127));
+        // Seen on a loaded host: a device probe's printk inside our line.
+        let glued = "@@MIGLOCK resultinput: ImExPS/2 Generic Explorer Mouse as /devices/platform/i8042/serio1/input/input2";
+        assert_eq!(result_rc(glued), None);
+        assert_eq!(result_tail(" rc=0@@"), Some(0));
+        assert_eq!(result_tail("rc=0"), None);
+        assert_eq!(result_tail("input: rc=1@@"), None);
     }
 }

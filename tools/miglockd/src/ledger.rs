@@ -12,6 +12,13 @@ use std::collections::BTreeMap;
 /// Most holds the host keeps for one VM (as many as the guest can have).
 pub const MAX_HOLDS: usize = miglock_lockstate::table::MAX_HOLDERS;
 
+/// The hold that stands for holds a guest reports (`State`) beyond those
+/// this host granted: decided like a lock, never taken on the guest's word.
+pub const REPORTED_HOLD: u32 = u32::MAX;
+
+/// [`REPORTED_HOLD`]'s label.
+pub const REPORTED_LABEL: &str = "reported by the guest";
+
 /// A VM's policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -68,7 +75,8 @@ pub struct Reported {
     pub holders: u32,
     /// The guest's static lock (module parameter).
     pub static_lock: bool,
-    /// Until when the report keeps the VM locked (capped by the policy).
+    /// When the report's lease would end (capped by the policy). The report
+    /// itself locks nothing: only [`REPORTED_HOLD`], once granted, does.
     pub until_ms: u64,
 }
 
@@ -152,13 +160,26 @@ impl Ledger {
         self.holds.iter().filter(move |(_, h)| h.until_ms > now)
     }
 
-    /// Whether the VM must not be migrated (unless forced).
+    /// Whether the VM must not be migrated (unless forced). Only holds this
+    /// host granted count, never what the guest merely reports.
     pub fn locked(&self, now: u64) -> bool {
-        !self.policy.migration || self.live_holds(now).next().is_some() || self.reported_locked(now)
+        !self.policy.migration || self.live_holds(now).next().is_some()
     }
 
-    fn reported_locked(&self, now: u64) -> bool {
-        (self.reported.holders > 0 || self.reported.static_lock) && self.reported.until_ms > now
+    /// The lease to ask for [`REPORTED_HOLD`] if the guest's last report
+    /// describes holds this host did not grant (more holders than granted
+    /// holds, or its static lock); `None` if the grants cover it.
+    pub fn unbacked(&self, now: u64) -> Option<u32> {
+        let granted = self
+            .live_holds(now)
+            .filter(|(&id, _)| id != REPORTED_HOLD)
+            .count();
+        let r = self.reported;
+        if r.static_lock {
+            return Some(self.policy.max_lease_ms);
+        }
+        let left = r.until_ms.saturating_sub(now).min(u64::from(u32::MAX)) as u32;
+        (r.holders as usize > granted && left > 0).then_some(left)
     }
 
     /// Why it is locked, one line per reason (empty if it is not).
@@ -174,17 +195,6 @@ impl Ledger {
                 "guest hold {id}: {reason} \"{}\", {} s left",
                 h.label,
                 (h.until_ms - now).div_ceil(1000)
-            ));
-        }
-        if self.reported_locked(now) && self.live_holds(now).next().is_none() {
-            out.push(format!(
-                "guest reports {} hold(s){} taken while the host was away",
-                self.reported.holders,
-                if self.reported.static_lock {
-                    " and its static lock"
-                } else {
-                    ""
-                }
             ));
         }
         out
@@ -327,8 +337,9 @@ impl Ledger {
         }
     }
 
-    /// Records the guest's own report; the host's lease cap bounds it.
-    /// Returns the holds it ended (when the guest says it holds nothing).
+    /// Records the guest's own report (it locks nothing by itself: see
+    /// [`Ledger::unbacked`]). Returns the holds it ended (when the guest
+    /// says it holds nothing).
     pub fn report(
         &mut self,
         holders: u32,
@@ -462,15 +473,24 @@ mod tests {
         .locked(0));
     }
 
+    /// A report locks nothing by itself (it once did, for every lease, with
+    /// no policy or quota asked): it says what to ask for.
     #[test]
-    fn report_locks_until_capped_expiry() {
+    fn a_report_locks_nothing_it_was_not_granted() {
         let mut l = Ledger::new(small_quota());
         l.report(2, false, 60_000, 0);
-        assert!(l.locked(799));
-        assert!(!l.locked(800));
-        assert_eq!(l.reasons(0).len(), 1);
-        l.report(0, false, 0, 10);
-        assert!(!l.locked(10));
+        assert!(!l.locked(0));
+        assert!(l.reasons(0).is_empty());
+        assert_eq!(l.unbacked(0), Some(800), "capped by max_lease_ms");
+        // Granted holds cover as many holders as they are.
+        assert!(matches!(l.lock(1, 1, "a", 500, 0), Verdict::Granted(_)));
+        assert!(matches!(l.lock(2, 1, "b", 500, 0), Verdict::Granted(_)));
+        assert_eq!(l.unbacked(10), None);
+        assert_eq!(l.report(1, true, 0, 20), Vec::<u32>::new());
+        assert_eq!(l.unbacked(20), Some(800), "a static lock is never backed");
+        l.report(0, false, 0, 30);
+        assert!(!l.locked(30));
+        assert!(l.holds.is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use crate::agent::{Agent, Vm};
 use crate::bucket::Bucket;
 use crate::dial::Dial;
-use crate::ledger::Verdict;
+use crate::ledger::{Verdict, REPORTED_HOLD, REPORTED_LABEL};
 use miglock_abi::types::{check_label, Reason};
 use miglock_abi::wire::{self, Decoder, Event, Message, Notice};
 use serde_json::json;
@@ -239,7 +239,7 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             // Each decision is in the audit log before anyone can see it,
             // and a grant only once QEMU enforces it.
             let verdict = match (Reason::from_u32(reason), text) {
-                (Some(_), Some(text)) => {
+                (Some(_), Some(text)) if hold != REPORTED_HOLD => {
                     let v = lock_enforced(agent, vm, hold, reason, text, lease_ms);
                     decide(agent, vm, "lock", hold, reason, text, lease_ms, v);
                     v
@@ -264,6 +264,9 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             let (Some(_), Some(text)) = (Reason::from_u32(reason), text) else {
                 return false;
             };
+            if hold == REPORTED_HOLD {
+                return false;
+            }
             held(agent, vm, hold, reason, text, lease_ms);
         }
         Message::Renew { hold, lease_ms } => {
@@ -300,9 +303,18 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                 &mut vm.link.lock().unwrap_or_else(|e| e.into_inner()).synced,
                 true,
             );
-            agent.update(vm, |l, now| {
+            let ask = agent.update(vm, |l, now| {
                 let before = (l.reported.holders, l.reported.static_lock, l.locked(now));
+                let regrant = l.live_holds(now).all(|(&id, _)| id != REPORTED_HOLD)
+                    || resync
+                    || before.0 != holders
+                    || before.1 != static_lock;
                 let ended = l.report(holders, static_lock, earliest_expiry_ms, now);
+                let ask = l.unbacked(now);
+                if ask.is_none() {
+                    // What it holds is what this host granted: nothing stands in.
+                    l.unlock(REPORTED_HOLD, now);
+                }
                 for &hold in &ended {
                     agent
                         .audit
@@ -318,10 +330,14 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                         json!({"holders": holders, "static_lock": static_lock, "locked": locked});
                     agent.audit.record(name, "guest-state", rec);
                 }
-                ((), changed)
+                (ask.filter(|_| regrant), changed)
             });
-            // Holds the guest took while the host was away, or on another
-            // host, are enforced here too.
+            // Holds the guest took while the host was away (or on another
+            // host) are decided here as one lock, through the policy, the
+            // quota and the install pacing; a report is never a grant.
+            if let Some(lease_ms) = ask {
+                reported(agent, vm, lease_ms);
+            }
             crate::enforce::reconcile(agent, vm);
         }
         Message::Workload {
@@ -394,6 +410,32 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
             },
         );
         agent.update(vm, |l, now| (l.force_release(now), true));
+    }
+}
+
+/// Decides the holds a guest reported but was not granted as a lock of
+/// [`REPORTED_HOLD`]. Refused, the attempt is audited (`guest-state-lock`,
+/// granted false) and the guest told its holds are void.
+fn reported(agent: &Agent, vm: &Vm, lease_ms: u32) {
+    let reason = Reason::Other as u32;
+    let v = lock_enforced(agent, vm, REPORTED_HOLD, reason, REPORTED_LABEL, lease_ms);
+    decide(
+        agent,
+        vm,
+        "guest-state-lock",
+        REPORTED_HOLD,
+        reason,
+        REPORTED_LABEL,
+        lease_ms,
+        v,
+    );
+    if let Verdict::Refused(why) = v {
+        let reason = if why == wire::REFUSE_QUOTA {
+            wire::FORCED_BY_QUOTA
+        } else {
+            wire::FORCED_UNCOVERED
+        };
+        agent.notify(vm, Notice::ForcedRelease { reason });
     }
 }
 

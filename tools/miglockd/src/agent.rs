@@ -390,9 +390,13 @@ impl Agent {
         let now = now_ms();
         let (r, changed) = {
             let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded (holds and usage spans are): the change is found by
+            // comparing, so no caller has to say what it changed.
+            let before = l.clone();
             let (r, changed) = f(&mut l, now);
-            if changed {
-                self.journal.append(&vm.config.name, &l);
+            let change = crate::change::Change::between(&before, &l);
+            if changed && !change.is_empty() {
+                self.journal.append(&vm.config.name, &change);
             }
             (r, changed)
         };

@@ -3,14 +3,16 @@
 //! The agent's state on disk: a snapshot (`state.json`, written atomically
 //! by `store.rs`) and a journal beside it (`state.json.journal`).
 //!
-//! Every change appends the changed VM's whole ledger as one line, in one
-//! `write(2)`, before the decision is answered, so an agent kill loses no
-//! lock (the committer puts it on disk in batches, `commit.rs`). Rewriting
-//! every VM's state per decision made every decision wait for the disk.
-//! Loading replays the journal over the snapshot (the last line of a VM
-//! wins; a torn last line is cut). When the journal grows, it is moved
+//! Every change appends what it changed (`change.rs`: a change record, not
+//! the whole ledger, so a line stays small) as one line, in one `write(2)`,
+//! before the decision is answered, so an agent kill loses no lock (the
+//! committer puts it on disk in batches, `commit.rs`). Rewriting every
+//! VM's state per decision made every decision wait for the disk. Loading
+//! replays the journal over the snapshot (a torn last line is cut; lines
+//! of an older agent, each a whole ledger, are read too). When the journal grows, it is moved
 //! aside, the current state becomes the snapshot, and the old journal goes.
 
+use crate::change::Change;
 use crate::commit::Committer;
 use crate::ledger::Ledger;
 use crate::store::{self, Ledgers};
@@ -25,10 +27,20 @@ use std::sync::{Arc, Mutex};
 /// Lines after which the journal is folded into the snapshot.
 pub const COMPACT_AFTER: usize = 4096;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Entry {
     vm: String,
-    ledger: Ledger,
+    #[serde(default)]
+    change: Option<Change>,
+    /// An older agent's line: the VM's whole ledger.
+    #[serde(default)]
+    ledger: Option<Ledger>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    vm: &'a str,
+    change: &'a Change,
 }
 
 /// The journal of ledger changes.
@@ -65,7 +77,13 @@ fn replay(path: &Path, ledgers: &mut Ledgers) -> Result<()> {
         }
         let e: Entry = serde_json::from_str(&line)
             .with_context(|| format!("{}: a journal line does not parse", path.display()))?;
-        ledgers.insert(e.vm, e.ledger);
+        match (e.change, e.ledger) {
+            (Some(c), _) => c.apply(ledgers.entry(e.vm).or_default()),
+            (None, Some(l)) => {
+                ledgers.insert(e.vm, l);
+            }
+            (None, None) => {}
+        }
         whole += n as u64;
     }
     let f = OpenOptions::new().write(true).open(path)?;
@@ -86,6 +104,7 @@ impl Journal {
         // A compaction cut short left the old journal: it is older.
         replay(&old, &mut ledgers)?;
         replay(&path, &mut ledgers)?;
+        ledgers.values_mut().for_each(Ledger::normalize);
         store::save(snapshot, &ledgers)?;
         let _ = fs::remove_file(&old);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -102,13 +121,10 @@ impl Journal {
         ))
     }
 
-    /// Records `vm`'s ledger as it is now. Called with that ledger locked,
+    /// Records a change of `vm`'s ledger. Called with that ledger locked,
     /// so lines of one VM are in the order of its changes.
-    pub fn append(&self, vm: &str, ledger: &Ledger) {
-        let mut line = match serde_json::to_string(&Entry {
-            vm: vm.to_string(),
-            ledger: ledger.clone(),
-        }) {
+    pub fn append(&self, vm: &str, change: &Change) {
+        let mut line = match serde_json::to_string(&Line { vm, change }) {
             Ok(l) => l,
             Err(e) => return tracing::error!("cannot encode the state of {vm}: {e}"),
         };
@@ -184,12 +200,15 @@ mod tests {
         let snap = d.join("state.json");
         let (j, l) = Journal::open(&snap, committer()).unwrap();
         assert!(l.is_empty());
-        let mut a = Ledger::new(Policy::default());
+        let mut a = Ledger::default();
+        let before = a.clone();
         a.lock(1, 1, "a", 1000, 5);
-        j.append("vm1", &a);
+        j.append("vm1", &Change::between(&before, &a));
+        let before = a.clone();
         a.lock(2, 1, "b", 1000, 6);
-        j.append("vm1", &a);
-        j.append("vm2", &Ledger::new(Policy::default()));
+        a.unlock(1, 7);
+        j.append("vm1", &Change::between(&before, &a));
+        j.append("vm2", &Change::default());
         // Killed: nothing synced, nothing folded; a last write torn.
         drop(j);
         let mut f = OpenOptions::new()
@@ -214,15 +233,15 @@ mod tests {
         let d = dir("compact");
         let snap = d.join("state.json");
         let (j, _) = Journal::open(&snap, committer()).unwrap();
-        let mut a = Ledger::new(Policy::default());
+        let mut a = Ledger::default();
         a.lock(1, 1, "a", 1000, 5);
-        j.append("vm1", &a);
+        j.append("vm1", &Change::between(&Ledger::default(), &a));
         let mut b = a.clone();
         b.lock(2, 1, "b", 1000, 6);
         // A change lands while the snapshot is being taken: it is in the
         // new journal, and so in the state after a reload.
         j.compact(|| {
-            j.append("vm1", &b);
+            j.append("vm1", &Change::between(&a, &b));
             Ledgers::from([("vm1".to_string(), a.clone())])
         })
         .unwrap();
@@ -243,14 +262,7 @@ mod tests {
         // The old journal was moved aside, the snapshot never written.
         fs::write(
             journal_path(&snap, ".journal.old"),
-            format!(
-                "{}\n",
-                serde_json::to_string(&Entry {
-                    vm: "vm1".into(),
-                    ledger: a.clone()
-                })
-                .unwrap()
-            ),
+            format!("{}\n", serde_json::json!({"vm": "vm1", "ledger": a})),
         )
         .unwrap();
         let (_, back) = Journal::open(&snap, committer()).unwrap();

@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 /// Most holds the host keeps for one VM (as many as the guest can have).
 pub const MAX_HOLDS: usize = miglock_lockstate::table::MAX_HOLDERS;
 
+/// Most usage spans kept (past the cap the two closest merge, the gap
+/// between them counted as locked): the ledger, and so each decision's
+/// cost, stays bounded however often a guest locks.
+pub const MAX_SPANS: usize = 128;
+
 /// The hold that stands for holds a guest reports (`State`) beyond those
 /// this host granted: decided like a lock, never taken on the guest's word.
 pub const REPORTED_HOLD: u32 = u32::MAX;
@@ -108,10 +113,16 @@ pub struct Ledger {
     pub holds: BTreeMap<u32, Hold>,
     /// The guest's last report.
     pub reported: Reported,
-    /// Locked intervals `[start, end)` in the quota window, for accounting.
+    /// Locked spans `[start, end)` in the quota window, for accounting:
+    /// sorted, disjoint, not touching, at most [`MAX_SPANS`].
     pub usage: Vec<(u64, u64)>,
     /// The guest's boot id, once it said hello.
     pub boot_id: Option<u64>,
+    /// The configuration file's policy as the agent last started with it:
+    /// a restart finding the file unchanged keeps `policy` (runtime
+    /// changes win), one finding it edited takes the file's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_policy: Option<Policy>,
     /// Where QEMU's outgoing migration is, if one runs (not persisted
     /// across restarts: QEMU tells a new agent).
     #[serde(skip)]
@@ -232,6 +243,42 @@ impl Ledger {
         covered(self.usage.iter().copied().chain(open), from, now)
     }
 
+    /// Adds `[a, b)` to the usage spans, merged with those it overlaps or
+    /// touches; past [`MAX_SPANS`], the two spans with the smallest gap
+    /// between them become one (the quota then counts that gap: it errs
+    /// on the side of the host).
+    pub fn add_usage(&mut self, a: u64, b: u64) {
+        if a >= b {
+            return;
+        }
+        let u = &mut self.usage;
+        // Spans are sorted and apart: those touching [a, b] are a run.
+        let first = u.partition_point(|&(_, e)| e < a);
+        let end = first + u[first..].partition_point(|&(s, _)| s <= b);
+        let (mut a, mut b) = (a, b);
+        if first < end {
+            a = a.min(u[first].0);
+            b = b.max(u[end - 1].1);
+        }
+        u.splice(first..end, [(a, b)]);
+        if u.len() > MAX_SPANS {
+            let i = (0..u.len() - 1)
+                .min_by_key(|&i| u[i + 1].0 - u[i].1)
+                .unwrap_or(0);
+            u[i].1 = u[i + 1].1;
+            u.remove(i + 1);
+        }
+    }
+
+    /// Brings usage kept by an older agent (one interval per lock, in
+    /// any order) into spans.
+    pub fn normalize(&mut self) {
+        let old = std::mem::take(&mut self.usage);
+        for (a, b) in old {
+            self.add_usage(a, b);
+        }
+    }
+
     /// Drops what ended before `now`, keeping its time for the quota.
     pub fn expire(&mut self, now: u64) {
         let ended: Vec<u32> = self
@@ -242,11 +289,12 @@ impl Ledger {
             .collect();
         for id in ended {
             if let Some(h) = self.holds.remove(&id) {
-                self.usage.push((h.since_ms, h.until_ms));
+                self.add_usage(h.since_ms, h.until_ms);
             }
         }
         let from = now.saturating_sub(self.policy.window_ms);
-        self.usage.retain(|&(_, end)| end > from);
+        let gone = self.usage.partition_point(|&(_, end)| end <= from);
+        self.usage.drain(..gone);
     }
 
     /// Decides a lock (or renew) of `hold` for `lease_ms`, and records it.
@@ -288,7 +336,8 @@ impl Ledger {
     /// same hold is closed at `now` (the renewed hold goes on from here).
     fn put(&mut self, hold: u32, reason: u32, label: &str, now: u64, until_ms: u64) {
         if let Some(old) = self.holds.get(&hold) {
-            self.usage.push((old.since_ms, now));
+            let since = old.since_ms;
+            self.add_usage(since, now);
         }
         self.holds.insert(
             hold,
@@ -330,7 +379,7 @@ impl Ledger {
     pub fn unlock(&mut self, hold: u32, now: u64) -> bool {
         match self.holds.remove(&hold) {
             Some(h) => {
-                self.usage.push((h.since_ms, h.until_ms.min(now)));
+                self.add_usage(h.since_ms, h.until_ms.min(now));
                 true
             }
             None => false,
@@ -491,6 +540,32 @@ mod tests {
         l.report(0, false, 0, 30);
         assert!(!l.locked(30));
         assert!(l.holds.is_empty());
+    }
+
+    #[test]
+    fn usage_spans_merge_and_stay_bounded() {
+        let mut l = Ledger::new(Policy::default());
+        l.add_usage(10, 20);
+        l.add_usage(30, 40);
+        l.add_usage(20, 30); // touches both: one span
+        assert_eq!(l.usage, [(10, 40)]);
+        l.add_usage(0, 5);
+        l.add_usage(50, 60);
+        l.add_usage(35, 55);
+        assert_eq!(l.usage, [(0, 5), (10, 60)]);
+        // A guest locking a million times keeps at most MAX_SPANS spans,
+        // never less locked time than it used.
+        let mut l = Ledger::new(Policy {
+            quota_ms: u64::MAX,
+            window_ms: u64::MAX / 2,
+            ..Policy::default()
+        });
+        for i in 0..1_000_000u64 {
+            l.add_usage(i * 10, i * 10 + 3);
+        }
+        assert_eq!(l.usage.len(), MAX_SPANS);
+        assert!(l.usage.windows(2).all(|w| w[0].1 < w[1].0));
+        assert!(l.used_ms(10_000_000) >= 3_000_000);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod agent;
 mod audit;
 mod blocker;
 mod bucket;
+mod change;
 mod checkpoint;
 mod commit;
 mod control;

@@ -314,6 +314,14 @@ impl Agent {
         ));
         let (journal, mut saved) = crate::journal::Journal::open(&config.state, commit.clone())?;
         let audit = Audit::open(&config.audit, commit.clone())?;
+        for problem in &journal.problems {
+            tracing::error!("state journal: {problem}");
+            audit.record(
+                "-",
+                "journal-repaired",
+                serde_json::json!({ "problem": problem }),
+            );
+        }
         let mut vms = BTreeMap::new();
         for vc in &config.vms {
             // A restored ledger keeps its holds; the configured policy wins.

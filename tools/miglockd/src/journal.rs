@@ -45,6 +45,9 @@ struct Line<'a> {
 
 /// The journal of ledger changes.
 pub struct Journal {
+    /// What replaying it on open found wrong (torn or skipped lines), for
+    /// the audit log.
+    pub problems: Vec<String>,
     snapshot: PathBuf,
     path: PathBuf,
     file: Mutex<File>,
@@ -59,24 +62,45 @@ fn journal_path(snapshot: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Applies the whole lines of `path` (if it exists) to `ledgers`; a torn
-/// last line (a kill mid-write) is cut off the file.
-fn replay(path: &Path, ledgers: &mut Ledgers) -> Result<()> {
+/// last line (a kill mid-write) is cut off the file. A whole line that
+/// does not parse (a disk error, a hand edit) is skipped, kept in
+/// `<journal>.rejected` and returned as a problem: one bad record must not
+/// keep the agent, and every VM's lock state with it, from starting.
+fn replay(path: &Path, ledgers: &mut Ledgers) -> Result<Vec<String>> {
     let f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let mut problems = Vec::new();
+    let mut rejected = Vec::new();
     let mut whole = 0u64;
     let mut reader = BufReader::new(f);
-    let mut line = String::new();
-    loop {
+    let mut line = Vec::new();
+    for number in 1.. {
         line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            if n > 0 {
+                problems.push(format!(
+                    "{}: a torn last line ({n} bytes) cut",
+                    path.display()
+                ));
+            }
             break;
         }
-        let e: Entry = serde_json::from_str(&line)
-            .with_context(|| format!("{}: a journal line does not parse", path.display()))?;
+        whole += n as u64;
+        let e: Entry = match serde_json::from_slice(&line) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!(
+                    "{}: line {number} does not parse ({e}): skipped, kept in .rejected",
+                    path.display()
+                ));
+                rejected.extend_from_slice(&line);
+                continue;
+            }
+        };
         match (e.change, e.ledger) {
             (Some(c), _) => c.apply(ledgers.entry(e.vm).or_default()),
             (None, Some(l)) => {
@@ -84,14 +108,21 @@ fn replay(path: &Path, ledgers: &mut Ledgers) -> Result<()> {
             }
             (None, None) => {}
         }
-        whole += n as u64;
+    }
+    if !rejected.is_empty() {
+        let mut keep = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(journal_path(path, ".rejected"))?;
+        keep.write_all(&rejected)?;
+        keep.sync_data()?;
     }
     let f = OpenOptions::new().write(true).open(path)?;
     if f.metadata()?.len() != whole {
         f.set_len(whole)?;
         f.sync_data()?;
     }
-    Ok(())
+    Ok(problems)
 }
 
 impl Journal {
@@ -102,8 +133,8 @@ impl Journal {
         let path = journal_path(snapshot, ".journal");
         let old = journal_path(snapshot, ".journal.old");
         // A compaction cut short left the old journal: it is older.
-        replay(&old, &mut ledgers)?;
-        replay(&path, &mut ledgers)?;
+        let mut problems = replay(&old, &mut ledgers)?;
+        problems.extend(replay(&path, &mut ledgers)?);
         ledgers.values_mut().for_each(Ledger::normalize);
         store::save(snapshot, &ledgers)?;
         let _ = fs::remove_file(&old);
@@ -111,6 +142,7 @@ impl Journal {
         file.sync_all()?;
         Ok((
             Journal {
+                problems,
                 snapshot: snapshot.to_path_buf(),
                 path,
                 file: Mutex::new(file),
@@ -225,6 +257,39 @@ mod tests {
             fs::metadata(journal_path(&snap, ".journal")).unwrap().len(),
             0
         );
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    /// A line that does not parse in the middle is skipped, kept aside and
+    /// reported; the lines around it count and the agent starts (it once
+    /// refused to).
+    #[test]
+    fn a_corrupt_line_is_skipped_and_reported() {
+        let d = dir("corrupt");
+        let snap = d.join("state.json");
+        let mut a = Ledger::default();
+        a.lock(1, 1, "a", 1000, 5);
+        let first = Change::between(&Ledger::default(), &a);
+        let mut b = a.clone();
+        b.lock(2, 1, "b", 1000, 6);
+        let second = Change::between(&a, &b);
+        let line = |c: &Change| format!("{}\n", serde_json::json!({"vm": "vm1", "change": c}));
+        let mut text = line(&first).into_bytes();
+        text.extend_from_slice(b"{\"vm\":\"vm1\",\"chan\xff\xfe garbage\n");
+        text.extend_from_slice(line(&second).as_bytes());
+        text.extend_from_slice(b"{\"vm\":\"vm1\",\"cha");
+        fs::write(journal_path(&snap, ".journal"), &text).unwrap();
+        let (j, back) = Journal::open(&snap, committer()).unwrap();
+        assert_eq!(back["vm1"], b);
+        assert_eq!(j.problems.len(), 2, "{:?}", j.problems);
+        assert!(
+            j.problems[0].contains("line 2 does not parse"),
+            "{:?}",
+            j.problems
+        );
+        assert!(j.problems[1].contains("torn"), "{:?}", j.problems);
+        let kept = fs::read(journal_path(&snap, ".journal.rejected")).unwrap();
+        assert!(kept.ends_with(b"garbage\n"));
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -297,6 +297,28 @@ pub struct Agent {
     pub journal: crate::journal::Journal,
     /// Syncs the audit log and the journal in batches.
     pub commit: Arc<crate::commit::Committer>,
+    /// The state directory, locked (`flock`) for as long as the agent runs.
+    _instance: std::fs::File,
+}
+
+/// Takes the exclusive lock on the directory of `state`, or says which
+/// agent holds it. The kernel drops it when the process ends, however.
+fn lock_instance(state: &Path) -> Result<std::fs::File> {
+    let dir = state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
+            "another miglockd is running on the state directory {}: not starting \
+             (its control socket and journal are left alone)",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("locking {}", dir.display())),
+    }
 }
 
 fn epoch() -> u64 {
@@ -312,6 +334,9 @@ impl Agent {
         let commit = Arc::new(crate::commit::Committer::new(
             std::time::Duration::from_millis(config.storage.commit_ms),
         ));
+        // Before anything is touched: a second agent must neither truncate
+        // the first one's journal nor unlink its control socket.
+        let instance = lock_instance(&config.state)?;
         let (journal, mut saved) = crate::journal::Journal::open(&config.state, commit.clone())?;
         let audit = Audit::open(&config.audit, commit.clone())?;
         for problem in &journal.problems {
@@ -353,6 +378,7 @@ impl Agent {
             blocker: config.blocker,
             journal,
             commit,
+            _instance: instance,
         })
     }
 

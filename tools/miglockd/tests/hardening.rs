@@ -208,3 +208,35 @@ fn granted_holds_survive_a_restart_without_a_new_decision() {
     assert_eq!(tried.len(), 1, "{tried:?}");
     assert_eq!(tried[0]["granted"], true);
 }
+
+/// A second agent on the same state directory refuses to start, saying
+/// why, and leaves the first one's control socket and journal alone (it
+/// once unlinked the one and truncated the other).
+#[test]
+fn a_second_instance_refuses_and_touches_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = setup("second", "", "");
+    let door = listen(&dir.join("vm.sock"));
+    let _first = Agent::start(&dir);
+    let mut g = Guest::accept(&door);
+    assert!(g.lock(1, "db", 60_000).0);
+    let journal = dir.join("state/state.json.journal");
+    let socket = std::fs::metadata(dir.join("control.sock")).unwrap().ino();
+    let before = std::fs::read(&journal).unwrap();
+    assert!(!before.is_empty());
+    // Its own stderr file: the first agent's is still open.
+    let second_dir = dir.join("second");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let mut cmd = Agent::command(&second_dir);
+    cmd.arg("--config").arg(dir.join("agent.toml"));
+    let mut second = Agent::spawn(&second_dir, cmd);
+    assert!(!second.exit_status(Duration::from_secs(10)).success());
+    let log = second.log();
+    assert!(log.contains("another miglockd is running"), "{log}");
+    assert_eq!(std::fs::read(&journal).unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(dir.join("control.sock")).unwrap().ino(),
+        socket
+    );
+    assert_eq!(status(&dir)["locked"], true);
+}

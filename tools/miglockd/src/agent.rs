@@ -299,6 +299,8 @@ pub struct Agent {
     pub commit: Arc<crate::commit::Committer>,
     /// The state directory, locked (`flock`) for as long as the agent runs.
     _instance: std::fs::File,
+    /// Records (audit or journal) that could not be written.
+    pub unrecorded: std::sync::atomic::AtomicU64,
 }
 
 /// Takes the exclusive lock on the directory of `state`, or says which
@@ -379,6 +381,7 @@ impl Agent {
             journal,
             commit,
             _instance: instance,
+            unrecorded: Default::default(),
         })
     }
 
@@ -419,8 +422,31 @@ impl Agent {
     }
 
     /// Runs `f` on `vm`'s ledger and journals it if `f` says it changed
-    /// (before anyone can act on the change).
+    /// (before anyone can act on the change). A change the journal cannot
+    /// take stands all the same (releases, the admin's orders): it is
+    /// logged and counted; decisions use [`Agent::try_update`].
     pub fn update<R>(&self, vm: &Vm, f: impl FnOnce(&mut Ledger, u64) -> (R, bool)) -> R {
+        match self.changes(vm, f, false) {
+            Ok(r) | Err((r, _)) => r,
+        }
+    }
+
+    /// [`Agent::update`], undone if the journal cannot record it: a grant
+    /// that is not on record must not stand.
+    pub fn try_update<R>(
+        &self,
+        vm: &Vm,
+        f: impl FnOnce(&mut Ledger, u64) -> (R, bool),
+    ) -> Result<R, std::io::Error> {
+        self.changes(vm, f, true).map_err(|(_, e)| e)
+    }
+
+    fn changes<R>(
+        &self,
+        vm: &Vm,
+        f: impl FnOnce(&mut Ledger, u64) -> (R, bool),
+        undo: bool,
+    ) -> Result<R, (R, std::io::Error)> {
         let now = now_ms();
         let (r, changed) = {
             let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
@@ -430,14 +456,26 @@ impl Agent {
             let (r, changed) = f(&mut l, now);
             let change = crate::change::Change::between(&before, &l);
             if changed && !change.is_empty() {
-                self.journal.append(&vm.config.name, &change);
+                if let Err(e) = self.journal.append(&vm.config.name, &change) {
+                    self.unrecorded();
+                    if undo {
+                        *l = before;
+                        return Err((r, e));
+                    }
+                }
             }
             (r, changed)
         };
         if changed {
             vm.changed.notify_all();
         }
-        r
+        Ok(r)
+    }
+
+    /// Counts a record that could not be written (status shows it).
+    pub fn unrecorded(&self) {
+        self.unrecorded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every VM's ledger as it is now.
@@ -536,6 +574,37 @@ mod tests {
         let c: Config = toml::from_str(text)?;
         c.check()?;
         Ok(c)
+    }
+
+    /// The journal on a full disk: a decision (`try_update`) is undone and
+    /// fails; a release (`update`) stands, counted.
+    #[test]
+    fn a_change_the_journal_cannot_take_is_undone_for_decisions() {
+        let dir = std::env::temp_dir().join(format!("miglockd-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.display();
+        let config = parse(&format!(
+            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
+             [[vm]]\nname = \"vm\"\ndoorbell = \"{d}/vm.sock\"\n"
+        ))
+        .unwrap();
+        let agent = Agent::new(&config).unwrap();
+        let vm = agent.vm("vm").unwrap().clone();
+        agent
+            .try_update(&vm, |l, now| (l.lock(1, 1, "a", 1000, now), true))
+            .unwrap();
+        agent.journal.fill_disk();
+        let r = agent.try_update(&vm, |l, now| (l.lock(2, 1, "b", 1000, now), true));
+        assert!(r.is_err());
+        let holds: Vec<u32> = vm.ledger.lock().unwrap().holds.keys().copied().collect();
+        assert_eq!(holds, [1], "the unrecorded grant stood");
+        agent.update(&vm, |l, now| (l.unlock(1, now), true));
+        assert!(vm.ledger.lock().unwrap().holds.is_empty());
+        assert_eq!(
+            agent.unrecorded.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -80,16 +80,18 @@ fn line(vm: &str, event: &str, fields: Value) -> Value {
 
 /// Appends `rec` to `f` in one write(2) (the kernel has it: a kill loses
 /// nothing), synced at once when `sync`. A failing disk must not take the
-/// agent down; it is reported.
-fn write(f: &mut File, rec: &Value, sync: bool) {
+/// agent down: it is logged, and the caller decides (a decision that is
+/// not recorded is refused).
+fn write(f: &mut File, rec: &Value, sync: bool) -> std::io::Result<()> {
     let mut line = rec.to_string();
     line.push('\n');
     let r = f
         .write_all(line.as_bytes())
         .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
-    if let Err(e) = r {
-        tracing::error!(error = %e, "cannot write the audit log");
+    if let Err(e) = &r {
+        tracing::error!(error = %e, event = %rec["event"], "cannot write the audit log");
     }
+    r
 }
 
 impl Audit {
@@ -132,7 +134,7 @@ impl Audit {
     /// exited, so its decision is neither torn nor answered unrecorded.
     pub fn close(&self, event: &str, fields: Value) {
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        write(&mut f, &line("-", event, fields), true);
+        let _ = write(&mut f, &line("-", event, fields), true);
         std::mem::forget(f);
     }
 
@@ -143,20 +145,36 @@ impl Audit {
         }
     }
 
-    /// Records `event` for `vm` with `fields`; returns the record.
+    /// Records `event` for `vm` with `fields`; returns the record. A write
+    /// that fails is logged: see [`Audit::try_record`] for decisions.
     pub fn record(&self, vm: &str, event: &str, fields: Value) -> Value {
+        let (rec, _) = self.write(vm, event, fields);
+        rec
+    }
+
+    /// [`Audit::record`], failing if the record is not written: a decision
+    /// must not take effect unrecorded.
+    pub fn try_record(&self, vm: &str, event: &str, fields: Value) -> std::io::Result<Value> {
+        let (rec, written) = self.write(vm, event, fields);
+        written.map(|()| rec)
+    }
+
+    fn write(&self, vm: &str, event: &str, fields: Value) -> (Value, std::io::Result<()>) {
         let rec = line(vm, event, fields);
-        write(
+        let written = write(
             &mut self.file.lock().unwrap_or_else(|e| e.into_inner()),
             &rec,
             self.commit.inline(),
         );
+        if written.is_err() {
+            return (rec, written);
+        }
         self.commit.wrote();
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|w| w.send(rec.clone()).is_ok());
-        rec
+        (rec, Ok(()))
     }
 
     /// Sends every later record to `w`.

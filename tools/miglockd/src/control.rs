@@ -160,7 +160,8 @@ fn status(agent: &Agent) -> Value {
         .iter()
         .map(|(n, vm)| (n.clone(), vm_status(vm)))
         .collect();
-    json!({ "epoch": agent.epoch, "vms": vms })
+    let unrecorded = agent.unrecorded.load(std::sync::atomic::Ordering::Relaxed);
+    json!({ "epoch": agent.epoch, "vms": vms, "unrecorded": unrecorded })
 }
 
 fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {

@@ -154,12 +154,10 @@ impl Journal {
     }
 
     /// Records a change of `vm`'s ledger. Called with that ledger locked,
-    /// so lines of one VM are in the order of its changes.
-    pub fn append(&self, vm: &str, change: &Change) {
-        let mut line = match serde_json::to_string(&Line { vm, change }) {
-            Ok(l) => l,
-            Err(e) => return tracing::error!("cannot encode the state of {vm}: {e}"),
-        };
+    /// so lines of one VM are in the order of its changes. An error means
+    /// the change is not recorded (and logged as such).
+    pub fn append(&self, vm: &str, change: &Change) -> std::io::Result<()> {
+        let mut line = serde_json::to_string(&Line { vm, change })?;
         line.push('\n');
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let written = f.write_all(line.as_bytes()).and_then(|()| {
@@ -169,12 +167,21 @@ impl Journal {
                 Ok(())
             }
         });
-        if let Err(e) = written {
-            tracing::error!(path = %self.path.display(), "cannot write the state journal: {e}");
-        }
         drop(f);
+        if let Err(e) = written {
+            tracing::error!(path = %self.path.display(), vm, "cannot write the state journal: {e}");
+            return Err(e);
+        }
         self.lines.fetch_add(1, Ordering::Relaxed);
         self.commit.wrote();
+        Ok(())
+    }
+
+    /// Sends every later line to a full disk (`/dev/full`), for tests of
+    /// what the agent does when it cannot record.
+    #[cfg(test)]
+    pub fn fill_disk(&self) {
+        *self.file.lock().unwrap() = OpenOptions::new().write(true).open("/dev/full").unwrap();
     }
 
     /// Puts what was appended on disk.
@@ -235,12 +242,12 @@ mod tests {
         let mut a = Ledger::default();
         let before = a.clone();
         a.lock(1, 1, "a", 1000, 5);
-        j.append("vm1", &Change::between(&before, &a));
+        j.append("vm1", &Change::between(&before, &a)).unwrap();
         let before = a.clone();
         a.lock(2, 1, "b", 1000, 6);
         a.unlock(1, 7);
-        j.append("vm1", &Change::between(&before, &a));
-        j.append("vm2", &Change::default());
+        j.append("vm1", &Change::between(&before, &a)).unwrap();
+        j.append("vm2", &Change::default()).unwrap();
         // Killed: nothing synced, nothing folded; a last write torn.
         drop(j);
         let mut f = OpenOptions::new()
@@ -300,13 +307,14 @@ mod tests {
         let (j, _) = Journal::open(&snap, committer()).unwrap();
         let mut a = Ledger::default();
         a.lock(1, 1, "a", 1000, 5);
-        j.append("vm1", &Change::between(&Ledger::default(), &a));
+        j.append("vm1", &Change::between(&Ledger::default(), &a))
+            .unwrap();
         let mut b = a.clone();
         b.lock(2, 1, "b", 1000, 6);
         // A change lands while the snapshot is being taken: it is in the
         // new journal, and so in the state after a reload.
         j.compact(|| {
-            j.append("vm1", &Change::between(&a, &b));
+            j.append("vm1", &Change::between(&a, &b)).unwrap();
             Ledgers::from([("vm1".to_string(), a.clone())])
         })
         .unwrap();

@@ -240,14 +240,13 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             // and a grant only once QEMU enforces it.
             let verdict = match (Reason::from_u32(reason), text) {
                 (Some(_), Some(text)) if hold != REPORTED_HOLD => {
+                    let prev = prior(vm, hold);
                     let v = lock_enforced(agent, vm, hold, reason, text, lease_ms);
-                    decide(agent, vm, "lock", hold, reason, text, lease_ms, v);
-                    v
+                    decide(agent, vm, "lock", hold, reason, text, lease_ms, v, prev)
                 }
                 _ => {
                     let v = Verdict::Refused(wire::REFUSE_INVALID);
-                    decide(agent, vm, "lock", hold, reason, "?", lease_ms, v);
-                    v
+                    decide(agent, vm, "lock", hold, reason, "?", lease_ms, v, None)
                 }
             };
             reply(answer(msg, verdict));
@@ -270,18 +269,20 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             held(agent, vm, hold, reason, text, lease_ms);
         }
         Message::Renew { hold, lease_ms } => {
-            let (v, why) = agent.update(vm, |l, now| {
+            let prev = prior(vm, hold);
+            let decided = agent.try_update(vm, |l, now| {
                 let v = match l.holds.get(&hold).filter(|h| h.until_ms > now).cloned() {
                     Some(h) => l.lock(hold, h.reason, &h.label, lease_ms, now),
                     None => Verdict::Refused(wire::REFUSE_INVALID),
                 };
                 ((v, l.blocker_reason(now)), true)
             });
-            let v = match v {
-                Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
-                refused => refused,
+            let v = match decided {
+                Ok((v @ Verdict::Granted(_), why)) => enforced(agent, vm, hold, why, v),
+                Ok((refused, _)) => refused,
+                Err(_) => Verdict::Refused(wire::REFUSE_UNENFORCEABLE),
             };
-            decide(agent, vm, "renew", hold, 0, "", lease_ms, v);
+            let v = decide(agent, vm, "renew", hold, 0, "", lease_ms, v, prev);
             reply(decision(v));
         }
         Message::Unlock { hold } => {
@@ -388,11 +389,17 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
     if covered {
         let rec = json!({"hold": hold, "reason": reason, "label": label, "asked_ms": lease_ms,
             "until_ms": until_ms});
-        agent.audit.record(name, "held", rec);
-        return;
+        if agent.audit.try_record(name, "held", rec).is_ok() {
+            return;
+        }
+        // Not on record: it does not stand, and is decided (and refused,
+        // the log being full) like an uncovered one.
+        agent.unrecorded();
+        agent.update(vm, |l, _| (l.revoke(hold), true));
     }
+    let prev = prior(vm, hold);
     let v = lock_enforced(agent, vm, hold, reason, label, lease_ms);
-    decide(
+    let v = decide(
         agent,
         vm,
         "held-uncovered",
@@ -401,6 +408,7 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
         label,
         lease_ms,
         v,
+        prev,
     );
     if let Verdict::Refused(_) = v {
         agent.notify(
@@ -418,8 +426,9 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
 /// granted false) and the guest told its holds are void.
 fn reported(agent: &Agent, vm: &Vm, lease_ms: u32) {
     let reason = Reason::Other as u32;
+    let prev = prior(vm, REPORTED_HOLD);
     let v = lock_enforced(agent, vm, REPORTED_HOLD, reason, REPORTED_LABEL, lease_ms);
-    decide(
+    let v = decide(
         agent,
         vm,
         "guest-state-lock",
@@ -428,6 +437,7 @@ fn reported(agent: &Agent, vm: &Vm, lease_ms: u32) {
         REPORTED_LABEL,
         lease_ms,
         v,
+        prev,
     );
     if let Verdict::Refused(why) = v {
         let reason = if why == wire::REFUSE_QUOTA {
@@ -473,14 +483,26 @@ fn lock_enforced(
     label: &str,
     lease_ms: u32,
 ) -> Verdict {
-    let (v, why) = agent.update(vm, |l, now| {
+    let decided = agent.try_update(vm, |l, now| {
         let v = l.lock(hold, reason, label, lease_ms, now);
         ((v, l.blocker_reason(now)), matches!(v, Verdict::Granted(_)))
     });
-    match v {
-        Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
-        refused => refused,
+    match decided {
+        Ok((v @ Verdict::Granted(_), why)) => enforced(agent, vm, hold, why, v),
+        Ok((refused, _)) => refused,
+        // Not in the journal, so not granted (and already undone).
+        Err(_) => Verdict::Refused(wire::REFUSE_UNENFORCEABLE),
     }
+}
+
+/// `hold` as the ledger has it now (what a failed record puts back).
+fn prior(vm: &Vm, hold: u32) -> Option<crate::ledger::Hold> {
+    vm.ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .holds
+        .get(&hold)
+        .cloned()
 }
 
 /// A grant stands once QEMU carries the blocker; otherwise it is taken
@@ -538,7 +560,8 @@ fn decide(
     label: &str,
     lease_ms: u32,
     v: Verdict,
-) {
+    prev: Option<crate::ledger::Hold>,
+) -> Verdict {
     let (granted, lease, refusal) = match v {
         Verdict::Granted(l) => (true, l, 0),
         Verdict::Refused(r) => (false, 0, r),
@@ -555,7 +578,7 @@ fn decide(
                 .map(|h| h.until_ms)
         })
         .flatten();
-    agent.audit.record(
+    let recorded = agent.audit.try_record(
         &vm.config.name,
         what,
         json!({
@@ -563,4 +586,29 @@ fn decide(
             "granted": granted, "lease_ms": lease, "until_ms": until_ms, "refusal": refusal,
         }),
     );
+    if recorded.is_ok() {
+        return v;
+    }
+    agent.unrecorded();
+    if !granted {
+        return v;
+    }
+    // A grant the audit log does not have must not stand: the hold is put
+    // back as it was and the guest refused.
+    tracing::error!(
+        vm = vm.config.name,
+        hold,
+        "the audit log cannot take a grant: refused"
+    );
+    agent.update(vm, |l, _| {
+        match prev {
+            Some(h) => {
+                l.holds.insert(hold, h);
+            }
+            None => l.revoke(hold),
+        }
+        ((), true)
+    });
+    crate::enforce::reconcile(agent, vm);
+    Verdict::Refused(wire::REFUSE_UNENFORCEABLE)
 }

@@ -240,3 +240,32 @@ fn a_second_instance_refuses_and_touches_nothing() {
     );
     assert_eq!(status(&dir)["locked"], true);
 }
+
+/// A full disk under the audit log: a lock that cannot be recorded is
+/// refused (not granted unrecorded), and the failure shows in the status
+/// and the log.
+#[test]
+fn a_decision_that_cannot_be_recorded_is_refused() {
+    let dir = setup("full", "", "");
+    let config = std::fs::read_to_string(dir.join("agent.toml")).unwrap();
+    let audit_line = config.lines().find(|l| l.starts_with("audit =")).unwrap();
+    std::fs::write(
+        dir.join("agent.toml"),
+        config.replace(audit_line, "audit = \"/dev/full\""),
+    )
+    .unwrap();
+    let door = listen(&dir.join("vm.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&door);
+    assert_eq!(
+        g.lock(1, "db", 60_000),
+        (false, 0, wire::REFUSE_UNENFORCEABLE)
+    );
+    let st = control(&dir, json!({"cmd": "status"}));
+    assert_eq!(st["data"]["vms"]["vm"]["locked"], false, "{st}");
+    assert!(st["data"]["unrecorded"].as_u64().unwrap() > 0, "{st}");
+    assert!(agent.log().contains("cannot write the audit log"));
+    // Nor does a report get in by the side door.
+    state(&mut g, 1, false);
+    assert_eq!(status(&dir)["locked"], false);
+}

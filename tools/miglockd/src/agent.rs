@@ -351,11 +351,32 @@ impl Agent {
         }
         let mut vms = BTreeMap::new();
         for vc in &config.vms {
-            // A restored ledger keeps its holds; the configured policy wins.
-            let mut ledger = saved
-                .remove(&vc.name)
-                .unwrap_or_else(|| Ledger::new(vc.policy.clone()));
-            ledger.policy = vc.policy.clone();
+            // A restored ledger keeps its holds, and its policy (changes
+            // made with `miglockctl policy`) while the file says what it
+            // said when the agent last started; edited since, the file wins.
+            let mut ledger = match saved.remove(&vc.name) {
+                Some(mut l) => {
+                    if l.config_policy.as_ref() != Some(&vc.policy) && l.policy != vc.policy {
+                        audit.record(
+                            &vc.name,
+                            "policy-restored",
+                            serde_json::json!({"source": "config", "policy": vc.policy,
+                                "replaced": l.policy}),
+                        );
+                        l.policy = vc.policy.clone();
+                    } else if l.policy != vc.policy {
+                        audit.record(
+                            &vc.name,
+                            "policy-restored",
+                            serde_json::json!({"source": "runtime", "policy": l.policy,
+                                "config": vc.policy}),
+                        );
+                    }
+                    l
+                }
+                None => Ledger::new(vc.policy.clone()),
+            };
+            ledger.config_policy = Some(vc.policy.clone());
             let vm = Vm {
                 config: vc.clone(),
                 ledger: Mutex::new(ledger),
@@ -371,6 +392,16 @@ impl Agent {
             };
             vms.insert(vc.name.clone(), Arc::new(vm));
         }
+        // The policies as resolved are the state the next start compares
+        // with (VMs no longer configured keep theirs, in case they return).
+        journal.compact(|| {
+            let mut all = std::mem::take(&mut saved);
+            all.extend(vms.iter().map(|(n, vm): (&String, &Arc<Vm>)| {
+                let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+                (n.clone(), l.clone())
+            }));
+            all
+        })?;
         Ok(Agent {
             vms,
             audit,

@@ -269,3 +269,32 @@ fn a_decision_that_cannot_be_recorded_is_refused() {
     state(&mut g, 1, false);
     assert_eq!(status(&dir)["locked"], false);
 }
+
+/// `miglockctl policy` outlives a restart (the file once won every time);
+/// once the file is edited, the file's policy wins.
+#[test]
+fn runtime_policy_survives_a_restart_until_the_file_changes() {
+    let dir = setup("policy", "max_lease_ms = 20000", "");
+    let door = listen(&dir.join("vm.sock"));
+    let agent = Agent::start(&dir);
+    let _g = Guest::accept(&door);
+    let r = control(
+        &dir,
+        json!({"cmd": "policy", "vm": "vm", "set": {"guest_locks": false}}),
+    );
+    assert_eq!(r["kind"], "ok", "{r}");
+    drop(agent);
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&door);
+    assert_eq!(g.lock(1, "db", 1000), (false, 0, wire::REFUSE_POLICY));
+    assert_eq!(status(&dir)["policy"]["guest_locks"], false);
+    assert_eq!(events(&dir, "policy-restored")[0]["source"], "runtime");
+    drop(agent);
+    write_config(&dir, "max_lease_ms = 1234", "");
+    let _agent = Agent::start(&dir);
+    let mut g = Guest::accept(&door);
+    assert_eq!(g.lock(1, "db", 60_000), (true, 1234, 0));
+    let p = &status(&dir)["policy"];
+    assert_eq!(p["guest_locks"], true, "{p}");
+    assert_eq!(events(&dir, "policy-restored")[1]["source"], "config");
+}

@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,11 +28,15 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Records a `miglockctl watch` client may fall behind by before it is
+/// dropped: a stalled client must not grow the agent's memory.
+pub const WATCH_QUEUE: usize = 1024;
+
 /// The audit log and its live watchers.
 pub struct Audit {
     path: PathBuf,
     file: Mutex<File>,
-    watchers: Mutex<Vec<Sender<Value>>>,
+    watchers: Mutex<Vec<SyncSender<Value>>>,
     commit: Arc<Committer>,
 }
 
@@ -173,16 +177,33 @@ impl Audit {
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| w.send(rec.clone()).is_ok());
+            .retain(|w| match w.try_send(rec.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!("a watch client fell {WATCH_QUEUE} records behind: dropped");
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
         (rec, Ok(()))
     }
 
-    /// Sends every later record to `w`.
-    pub fn watch(&self, w: Sender<Value>) {
+    /// Every later record, until the reader falls [`WATCH_QUEUE`] behind.
+    pub fn watch(&self) -> Receiver<Value> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(WATCH_QUEUE);
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(w);
+            .push(tx);
+        rx
+    }
+
+    /// Live watchers.
+    pub fn watchers(&self) -> usize {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -214,6 +235,28 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         drop(Audit::open(&path, Arc::new(Committer::new(std::time::Duration::ZERO))).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A watcher that stops reading is dropped once [`WATCH_QUEUE`] behind
+    /// (its queue once grew without limit): it gets what was queued, then
+    /// the end.
+    #[test]
+    fn a_stalled_watcher_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("miglockd-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = Audit::open(
+            &dir.join("audit.jsonl"),
+            Arc::new(Committer::new(std::time::Duration::from_secs(60))),
+        )
+        .unwrap();
+        let stalled = a.watch();
+        for i in 0..WATCH_QUEUE + 100 {
+            a.record("vm", "tick", json!({ "i": i }));
+        }
+        assert_eq!(a.watchers(), 0);
+        assert_eq!(stalled.iter().count(), WATCH_QUEUE);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -161,7 +161,8 @@ fn status(agent: &Agent) -> Value {
         .map(|(n, vm)| (n.clone(), vm_status(vm)))
         .collect();
     let unrecorded = agent.unrecorded.load(std::sync::atomic::Ordering::Relaxed);
-    json!({ "epoch": agent.epoch, "vms": vms, "unrecorded": unrecorded })
+    json!({ "epoch": agent.epoch, "vms": vms, "unrecorded": unrecorded,
+        "watchers": agent.audit.watchers() })
 }
 
 fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
@@ -206,9 +207,13 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
     Reply::Ok { data: json!(p) }
 }
 
+/// How long a watch client may leave a line unread before it is dropped
+/// (its thread would otherwise wait in write(2) for ever).
+const WATCH_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn watch(agent: &Agent, w: &mut UnixStream) -> std::io::Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    agent.audit.watch(tx);
+    let rx = agent.audit.watch();
+    w.set_write_timeout(Some(WATCH_STALL))?;
     send(w, &Reply::progress("watching; one line per event"))?;
     for event in rx {
         send(w, &Reply::Event { event })?;

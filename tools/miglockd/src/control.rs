@@ -56,7 +56,19 @@ pub fn send(w: &mut impl Write, r: &Reply) -> std::io::Result<()> {
     w.flush()
 }
 
+/// Who is at the other end of a control connection (`SO_PEERCRED`: the
+/// kernel's word, not the client's), for the audit log.
+fn peer(conn: &UnixStream) -> Value {
+    match rustix::net::sockopt::socket_peercred(conn) {
+        Ok(c) => {
+            json!({"uid": c.uid.as_raw(), "gid": c.gid.as_raw(), "pid": c.pid.as_raw_nonzero()})
+        }
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
 fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
+    let who = peer(&conn);
     let mut w = conn.try_clone()?;
     for line in BufReader::new(conn).lines() {
         let line = line?;
@@ -65,10 +77,19 @@ fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
             Ok(Request::Status) => Reply::Ok {
                 data: status(agent),
             },
-            Ok(Request::Policy { vm, set }) => policy(agent, &vm, set),
+            Ok(Request::Policy { vm, set }) => policy(agent, &vm, set, &who),
             Ok(Request::Watch) => return watch(agent, &mut w),
             Ok(Request::Hints { vm, all }) => hints(agent, &vm, all),
-            Ok(Request::Migrate(req)) => gate::migrate(agent, &req, &mut |p| send(&mut w, p)),
+            Ok(Request::Migrate(req)) => {
+                if req.force {
+                    agent.audit.record(
+                        &req.vm,
+                        "migrate-force-requested",
+                        json!({"reason": req.reason, "to": req.to, "peer": who}),
+                    );
+                }
+                gate::migrate(agent, &req, &mut |p| send(&mut w, p))
+            }
             Ok(Request::Checkpoint(req)) => {
                 crate::checkpoint::checkpoint(agent, &req, &mut |p| send(&mut w, p))
             }
@@ -165,7 +186,7 @@ fn status(agent: &Agent) -> Value {
         "watchers": agent.audit.watchers() })
 }
 
-fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
+fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>, who: &Value) -> Reply {
     let Some(vm) = agent.vm(name) else {
         return Reply::error(ErrorClass::UnknownVm, format!("no VM '{name}'"));
     };
@@ -195,7 +216,9 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
         p.checkpoint_locked = u.checkpoint_locked.unwrap_or(p.checkpoint_locked);
         (p.clone(), true)
     });
-    agent.audit.record(name, "policy", json!({ "policy": p }));
+    agent
+        .audit
+        .record(name, "policy", json!({ "policy": p, "peer": who }));
     // A static lock is enforced in QEMU at once; lifting one frees it.
     crate::enforce::reconcile(agent, vm);
     agent.notify(

@@ -298,3 +298,24 @@ fn runtime_policy_survives_a_restart_until_the_file_changes() {
     assert_eq!(p["guest_locks"], true, "{p}");
     assert_eq!(events(&dir, "policy-restored")[1]["source"], "config");
 }
+
+/// Policy changes and forced migrations name their caller (uid and pid,
+/// from the kernel) in the audit log.
+#[test]
+fn the_callers_credentials_are_audited() {
+    let dir = setup("peer", "", "");
+    let _door = listen(&dir.join("vm.sock"));
+    let _agent = Agent::start(&dir);
+    let r = control(
+        &dir,
+        json!({"cmd": "policy", "vm": "vm", "set": {"migration": false}}),
+    );
+    assert_eq!(r["kind"], "ok", "{r}");
+    assert_eq!(migrate(&dir, true)["kind"], "ok");
+    let uid = u64::from(rustix::process::getuid().as_raw());
+    for event in ["policy", "migrate-force-requested"] {
+        let rec = &events(&dir, event)[0];
+        assert_eq!(rec["peer"]["pid"], u64::from(std::process::id()), "{rec}");
+        assert_eq!(rec["peer"]["uid"], uid, "{rec}");
+    }
+}

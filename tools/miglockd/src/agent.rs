@@ -4,7 +4,8 @@
 //! log and the state file. Each VM has its own lock on its own entry, so one
 //! VM's traffic never waits for another's.
 
-use crate::audit::{now_ms, Audit};
+use crate::audit::Audit;
+use crate::clock::now_ms;
 use crate::ledger::{Ledger, Policy};
 use crate::store;
 use anyhow::{Context, Result};
@@ -262,7 +263,7 @@ impl Vm {
         self.ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .reasons(crate::audit::now_ms())
+            .reasons(now_ms())
     }
 
     /// Says whether the VM is blocked to whoever follows it (the libvirt
@@ -323,10 +324,38 @@ fn lock_instance(state: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Brings a saved ledger onto this boot's lease clock: an older agent's
+/// wall-clock times are moved onto it, another boot's holds forgotten.
+fn on_this_boot(audit: &Audit, vm: &str, l: &mut Ledger) {
+    let boot = crate::clock::boot();
+    match l.host_boot.clone().as_deref() {
+        Some(b) if b == boot => {}
+        None => {
+            let by = crate::audit::wall_ms().saturating_sub(now_ms());
+            l.shift_back(by);
+            audit.record(
+                vm,
+                "state-clock",
+                serde_json::json!({"from": "wall clock", "shifted_ms": by}),
+            );
+        }
+        Some(other) => {
+            let holds = l.holds.len();
+            l.forget_boot();
+            audit.record(
+                vm,
+                "state-clock",
+                serde_json::json!({"from": "another host boot", "boot": other, "holds_forgotten": holds}),
+            );
+        }
+    }
+    l.host_boot = Some(boot.to_string());
+}
+
 fn epoch() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms());
+    h.write_u64(crate::audit::wall_ms());
     h.finish()
 }
 
@@ -356,6 +385,7 @@ impl Agent {
             // said when the agent last started; edited since, the file wins.
             let mut ledger = match saved.remove(&vc.name) {
                 Some(mut l) => {
+                    on_this_boot(&audit, &vc.name, &mut l);
                     if l.config_policy.as_ref() != Some(&vc.policy) && l.policy != vc.policy {
                         audit.record(
                             &vc.name,
@@ -377,6 +407,7 @@ impl Agent {
                 None => Ledger::new(vc.policy.clone()),
             };
             ledger.config_policy = Some(vc.policy.clone());
+            ledger.host_boot = Some(crate::clock::boot().to_string());
             let vm = Vm {
                 config: vc.clone(),
                 ledger: Mutex::new(ledger),

@@ -21,8 +21,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch (the records' time; leases
+/// run on `clock::now_ms`).
+pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -73,7 +74,7 @@ fn open(path: &Path) -> Result<File> {
 /// One record: time, VM, event and `fields`.
 fn line(vm: &str, event: &str, fields: Value) -> Value {
     let mut rec = Map::new();
-    rec.insert("ts_ms".into(), json!(now_ms()));
+    rec.insert("ts_ms".into(), json!(wall_ms()));
     rec.insert("vm".into(), json!(vm));
     rec.insert("event".into(), json!(event));
     if let Value::Object(f) = fields {

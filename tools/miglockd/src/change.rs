@@ -24,6 +24,9 @@ pub struct Change {
     /// The config file's policy the agent last started with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_policy: Option<Policy>,
+    /// The host boot the times count on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_boot: Option<String>,
     /// Holds granted or changed.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub put: BTreeMap<u32, Hold>,
@@ -73,6 +76,9 @@ impl Change {
             config_policy: (before.config_policy != after.config_policy)
                 .then(|| after.config_policy.clone())
                 .flatten(),
+            host_boot: (before.host_boot != after.host_boot)
+                .then(|| after.host_boot.clone())
+                .flatten(),
             put: after
                 .holds
                 .iter()
@@ -105,6 +111,9 @@ impl Change {
         }
         if let Some(p) = &self.config_policy {
             l.config_policy = Some(p.clone());
+        }
+        if let Some(b) = &self.host_boot {
+            l.host_boot = Some(b.clone());
         }
         for id in &self.ended {
             l.holds.remove(id);

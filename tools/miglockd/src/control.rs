@@ -6,7 +6,7 @@
 //! wider, not even for a moment.
 
 use crate::agent::{Agent, Vm};
-use crate::audit::now_ms;
+use crate::clock::now_ms;
 use crate::gate;
 use miglock_abi::wire::Notice;
 use miglock_control::{ErrorClass, PolicyUpdate, Reply, Request};
@@ -163,7 +163,7 @@ fn hints(agent: &Agent, name: &str, all: bool) -> Reply {
             .collect();
         json!({
             "batch": b.batch,
-            "age_ms": now_ms().saturating_sub(b.received_ms),
+            "age_ms": crate::audit::wall_ms().saturating_sub(b.received_ms),
             "workload": b.workload,
             "ranges": b.ranges.len(),
             "pages": b.pages(),

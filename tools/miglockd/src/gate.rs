@@ -12,7 +12,7 @@
 //! (`REFUSE_MIGRATING`), since the guest is already on its way.
 
 use crate::agent::{Agent, Vm};
-use crate::audit::now_ms;
+use crate::clock::now_ms;
 use crate::enforce;
 use crate::fence;
 use crate::ledger::Migration;

@@ -2,8 +2,9 @@
 
 //! One VM's lock state as the host sees it, and the policy decisions on it.
 //!
-//! Pure: time (wall-clock milliseconds, so state survives an agent restart)
-//! is passed in, and nothing here does I/O.
+//! Pure: time (lease-clock milliseconds, `clock.rs`: the boot clock, so
+//! state survives an agent restart and no clock step moves a lease) is
+//! passed in, and nothing here does I/O.
 
 use miglock_abi::wire;
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,10 @@ pub struct Ledger {
     /// changes win), one finding it edited takes the file's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_policy: Option<Policy>,
+    /// The host boot whose lease clock the times here count on; `None`:
+    /// an older agent's state, on the wall clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_boot: Option<String>,
     /// Where QEMU's outgoing migration is, if one runs (not persisted
     /// across restarts: QEMU tells a new agent).
     #[serde(skip)]
@@ -415,6 +420,29 @@ impl Ledger {
             self.unlock(id, now);
         }
         ended
+    }
+
+    /// Moves every saved time `by` ms earlier (a state an older agent kept
+    /// on the wall clock, onto the lease clock).
+    pub fn shift_back(&mut self, by: u64) {
+        for h in self.holds.values_mut() {
+            h.since_ms = h.since_ms.saturating_sub(by);
+            h.until_ms = h.until_ms.saturating_sub(by);
+        }
+        for s in &mut self.usage {
+            *s = (s.0.saturating_sub(by), s.1.saturating_sub(by));
+        }
+        self.usage.retain(|s| s.0 < s.1);
+        self.reported.until_ms = self.reported.until_ms.saturating_sub(by);
+    }
+
+    /// Forgets what a state saved in another host boot says about the
+    /// guest: its times are on that boot's clock, and its QEMU is gone.
+    pub fn forget_boot(&mut self) {
+        self.holds.clear();
+        self.usage.clear();
+        self.reported = Reported::default();
+        self.boot_id = None;
     }
 
     /// Drops every hold (forced migration) and the guest's report.

@@ -12,6 +12,7 @@ mod blocker;
 mod bucket;
 mod change;
 mod checkpoint;
+mod clock;
 mod commit;
 mod control;
 mod dial;

@@ -355,12 +355,12 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                 pfn_limit,
             };
             let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
-            return link.hints.workload(batch, w, crate::audit::now_ms());
+            return link.hints.workload(batch, w, crate::audit::wall_ms());
         }
         Message::Hints { batch, ranges } => {
             let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
             let v: Vec<_> = ranges.iter().collect();
-            return link.hints.hints(batch, &v, crate::audit::now_ms());
+            return link.hints.hints(batch, &v, crate::audit::wall_ms());
         }
         Message::Ping => {
             reply(Message::Pong);

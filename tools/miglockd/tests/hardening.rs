@@ -319,3 +319,40 @@ fn the_callers_credentials_are_audited() {
         assert_eq!(rec["peer"]["uid"], uid, "{rec}");
     }
 }
+
+/// A state saved by an older agent (wall-clock times) is moved onto the
+/// lease clock: its hold keeps what was left of it. One saved in another
+/// host boot (another clock, and its QEMU gone) keeps no hold.
+#[test]
+fn saved_leases_are_read_on_the_lease_clock() {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let save = |dir: &Path, boot: Option<&str>, until: u64| {
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let mut l = json!({"holds": {"1": {"reason": 2, "label": "db",
+            "since_ms": until - 60_000, "until_ms": until}}});
+        if let Some(b) = boot {
+            l["host_boot"] = json!(b);
+        }
+        std::fs::write(dir.join("state/state.json"), json!({ "vm": l }).to_string()).unwrap();
+    };
+    let dir = setup("clock-wall", "", "");
+    let _door = listen(&dir.join("vm.sock"));
+    save(&dir, None, wall + 60_000);
+    let agent = Agent::start(&dir);
+    let st = status(&dir);
+    let left = st["holds"]["1"]["left_ms"].as_u64().expect("the hold kept");
+    assert!((50_000..=60_000).contains(&left), "{st}");
+    drop(agent);
+
+    let dir = setup("clock-boot", "", "");
+    let _door = listen(&dir.join("vm.sock"));
+    save(&dir, Some("00000000-0000-0000-0000-000000000000"), 1 << 50);
+    let _agent = Agent::start(&dir);
+    let st = status(&dir);
+    assert_eq!(st["locked"], false, "{st}");
+    let rec = &events(&dir, "state-clock")[0];
+    assert_eq!(rec["holds_forgotten"], 1, "{rec}");
+}

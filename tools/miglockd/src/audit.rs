@@ -75,6 +75,8 @@ fn open(path: &Path) -> Result<File> {
 fn line(vm: &str, event: &str, fields: Value) -> Value {
     let mut rec = Map::new();
     rec.insert("ts_ms".into(), json!(wall_ms()));
+    // The lease clock too: a record's `until_ms` is on it.
+    rec.insert("mono_ms".into(), json!(crate::clock::now_ms()));
     rec.insert("vm".into(), json!(vm));
     rec.insert("event".into(), json!(event));
     if let Value::Object(f) = fields {

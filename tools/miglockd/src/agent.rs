@@ -203,6 +203,10 @@ pub struct Link {
     /// The guest has reported its state since the agent last asked for it
     /// (connect or announce); the first report after that is always recorded.
     pub synced: bool,
+    /// The last decision on holds the guest reported beyond its grants
+    /// granted them: once that grant ends, the same report is decided
+    /// again (a refused one is not, until it changes or a resync).
+    pub reported_granted: bool,
     /// Notices for the guest that found no connection, sent when it comes
     /// (after the announce). At most [`OWED`].
     pub owed: Vec<Notice>,

@@ -300,16 +300,19 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             earliest_expiry_ms,
         } => {
             // The answer to our announce (a resync) is always worth a record.
-            let resync = !std::mem::replace(
-                &mut vm.link.lock().unwrap_or_else(|e| e.into_inner()).synced,
-                true,
-            );
+            let (resync, was_granted) = {
+                let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    !std::mem::replace(&mut link.synced, true),
+                    link.reported_granted,
+                )
+            };
             let ask = agent.update(vm, |l, now| {
                 let before = (l.reported.holders, l.reported.static_lock, l.locked(now));
-                let regrant = l.live_holds(now).all(|(&id, _)| id != REPORTED_HOLD)
-                    || resync
-                    || before.0 != holders
-                    || before.1 != static_lock;
+                // Decided again only when there is something new to decide:
+                // a guest repeating a refused report costs no record.
+                let lapsed = was_granted && l.live_holds(now).all(|(&id, _)| id != REPORTED_HOLD);
+                let regrant = resync || lapsed || before.0 != holders || before.1 != static_lock;
                 let ended = l.report(holders, static_lock, earliest_expiry_ms, now);
                 let ask = l.unbacked(now);
                 if ask.is_none() {
@@ -439,6 +442,10 @@ fn reported(agent: &Agent, vm: &Vm, lease_ms: u32) {
         v,
         prev,
     );
+    vm.link
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .reported_granted = matches!(v, Verdict::Granted(_));
     if let Verdict::Refused(why) = v {
         let reason = if why == wire::REFUSE_QUOTA {
             wire::FORCED_BY_QUOTA

@@ -147,6 +147,10 @@ fn a_report_of_holds_is_no_bypass_of_the_policy() {
         }
     ));
     state(&mut g, 2, true);
+    // Repeated, a refused report is not decided (nor recorded) again.
+    for _ in 0..50 {
+        state(&mut g, 2, true);
+    }
     let st = status(&dir);
     assert_eq!(st["locked"], false, "{st}");
     assert_eq!(blocker_adds(&dir), 0);

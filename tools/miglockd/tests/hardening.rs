@@ -360,3 +360,25 @@ fn saved_leases_are_read_on_the_lease_clock() {
     let rec = &events(&dir, "state-clock")[0];
     assert_eq!(rec["holds_forgotten"], 1, "{rec}");
 }
+
+/// Each journal line is what one decision changed: after thousands of
+/// lock/unlock pairs it is as short as the first (each line once held the
+/// whole ledger, with one usage interval per lock ever made in the window).
+#[test]
+fn journal_lines_stay_short_however_many_decisions() {
+    let dir = setup("lines", "", "[limits]\nrate = 1e9\nburst = 1e9\n");
+    let door = listen(&dir.join("vm.sock"));
+    let _agent = Agent::start(&dir);
+    let mut g = Guest::accept(&door);
+    for i in 0..3000 {
+        let hold = i % 8 + 1;
+        assert!(g.lock(hold, "pair", 60_000).0, "lock {i}");
+        g.send(Message::Unlock { hold });
+    }
+    g.sync();
+    let journal = std::fs::read_to_string(dir.join("state/state.json.journal")).unwrap();
+    let longest = journal.lines().map(str::len).max().unwrap();
+    assert!(longest < 400, "a journal line of {longest} bytes");
+    let st = status(&dir);
+    assert_eq!(st["locked"], false, "{st}");
+}

@@ -15,6 +15,11 @@
 //! decisions, how many a second host-wide, and each lock's time to its
 //! decision (p50, p99) under the offered load, with the saturated figures
 //! beside them. Figures, not pass/fail: `make bench` runs it.
+//!
+//! Then a *long run*: one guest makes [`LONG`] lock/unlock pairs back to
+//! back, and the cost per decision of the first thousand is set beside
+//! that of the thousand after [`LONG`] (the ledger and its journal lines
+//! must not grow with the history: within 20 %).
 
 #[path = "../tests/support.rs"]
 mod support;
@@ -30,6 +35,70 @@ const PAIRS: u32 = 100;
 
 /// Locks a second each guest makes under the offered load.
 const PER_VM_PER_S: f64 = 25.0;
+
+/// Decisions in the long run.
+const LONG: u32 = 100_000;
+
+/// Decisions in each measured stretch of the long run.
+const STRETCH: u32 = 1000;
+
+/// The long run: [`LONG`] decisions, then [`STRETCH`] more measured.
+fn long_run() -> Value {
+    let dir = std::env::temp_dir().join(format!("miglockd-scale-long-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    // No QMP: the ledger and the journal are what is measured; no rate
+    // limit gets in the way of a guest going as fast as it can.
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
+             control = \"{d}/control.sock\"\n[limits]\nrate = 1e9\nburst = 1e9\n\
+             [[vm]]\nname = \"vm0\"\ndoorbell = \"{d}/vm0.sock\"\n"
+        ),
+    )
+    .unwrap();
+    let door = listen(&dir.join("vm0.sock"));
+    let agent = Agent::start(&dir);
+    let mut g = Guest::accept(&door);
+    let mut stretch = |n: u32| {
+        let t = Instant::now();
+        let mut lat = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let l = Instant::now();
+            let (granted, _, reason) = g.lock(i % 8 + 1, "long", 60_000);
+            lat.push(l.elapsed().as_secs_f64() * 1e6);
+            assert!(granted, "refused (reason {reason})");
+            g.send(miglock_abi::wire::Message::Unlock { hold: i % 8 + 1 });
+        }
+        lat.sort_by(f64::total_cmp);
+        (
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n),
+            pct(&lat, 0.5),
+        )
+    };
+    let (first, first_p50) = stretch(STRETCH);
+    stretch(LONG - STRETCH);
+    let (last, last_p50) = stretch(STRETCH);
+    let journal = std::fs::read_to_string(dir.join("state.json.journal")).unwrap_or_default();
+    let longest_line = journal.lines().map(str::len).max().unwrap_or(0);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r2 = |v: f64| (v * 100.0).round() / 100.0;
+    json!({
+        "vms": 1,
+        "long_run": true,
+        "decisions": LONG + STRETCH,
+        "first_us_per_decision": r2(first),
+        "after_us_per_decision": r2(last),
+        "first_p50_us": r2(first_p50),
+        "after_p50_us": r2(last_p50),
+        "after_over_first": r2(last / first),
+        "within_20_percent": last <= first * 1.2,
+        "longest_journal_line_bytes": longest_line,
+    })
+}
 
 fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
@@ -116,9 +185,10 @@ fn run(vms: usize, paced: bool) -> Value {
 fn main() {
     // `cargo bench` passes its own flags; a name filter is all we heed.
     let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let long_only = std::env::args().any(|a| a == "long");
     let mut rows = Vec::new();
     for vms in [1, 10, 100] {
-        if only.is_some_and(|o| o != vms) {
+        if long_only || only.is_some_and(|o| o != vms) {
             continue;
         }
         let mut r = run(vms, true);
@@ -133,6 +203,18 @@ fn main() {
             );
         }
         r["saturated"] = sat;
+        rows.push(r);
+    }
+    if only.is_none() {
+        let r = long_run();
+        println!(
+            "bench agent-scale: long run, {} decisions: first {STRETCH} {} us/decision (p50 {} us), \
+             {STRETCH} after {LONG} {} us/decision (p50 {} us): x{} ({}), longest journal line {} bytes",
+            r["decisions"], r["first_us_per_decision"], r["first_p50_us"],
+            r["after_us_per_decision"], r["after_p50_us"], r["after_over_first"],
+            if r["within_20_percent"] == true { "within 20 %" } else { "NOT within 20 %" },
+            r["longest_journal_line_bytes"]
+        );
         rows.push(r);
     }
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../out/bench");

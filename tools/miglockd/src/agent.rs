@@ -4,7 +4,8 @@
 //! log and the state file. Each VM has its own lock on its own entry, so one
 //! VM's traffic never waits for another's.
 
-use crate::audit::{now_ms, Audit};
+use crate::audit::Audit;
+use crate::clock::now_ms;
 use crate::ledger::{Ledger, Policy};
 use crate::store;
 use anyhow::{Context, Result};
@@ -202,6 +203,10 @@ pub struct Link {
     /// The guest has reported its state since the agent last asked for it
     /// (connect or announce); the first report after that is always recorded.
     pub synced: bool,
+    /// The last decision on holds the guest reported beyond its grants
+    /// granted them: once that grant ends, the same report is decided
+    /// again (a refused one is not, until it changes or a resync).
+    pub reported_granted: bool,
     /// Notices for the guest that found no connection, sent when it comes
     /// (after the announce). At most [`OWED`].
     pub owed: Vec<Notice>,
@@ -262,7 +267,7 @@ impl Vm {
         self.ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .reasons(crate::audit::now_ms())
+            .reasons(now_ms())
     }
 
     /// Says whether the VM is blocked to whoever follows it (the libvirt
@@ -297,12 +302,64 @@ pub struct Agent {
     pub journal: crate::journal::Journal,
     /// Syncs the audit log and the journal in batches.
     pub commit: Arc<crate::commit::Committer>,
+    /// The state directory, locked (`flock`) for as long as the agent runs.
+    _instance: std::fs::File,
+    /// Records (audit or journal) that could not be written.
+    pub unrecorded: std::sync::atomic::AtomicU64,
+}
+
+/// Takes the exclusive lock on the directory of `state`, or says which
+/// agent holds it. The kernel drops it when the process ends, however.
+fn lock_instance(state: &Path) -> Result<std::fs::File> {
+    let dir = state
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
+            "another miglockd is running on the state directory {}: not starting \
+             (its control socket and journal are left alone)",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("locking {}", dir.display())),
+    }
+}
+
+/// Brings a saved ledger onto this boot's lease clock: an older agent's
+/// wall-clock times are moved onto it, another boot's holds forgotten.
+fn on_this_boot(audit: &Audit, vm: &str, l: &mut Ledger) {
+    let boot = crate::clock::boot();
+    match l.host_boot.clone().as_deref() {
+        Some(b) if b == boot => {}
+        None => {
+            let by = crate::audit::wall_ms().saturating_sub(now_ms());
+            l.shift_back(by);
+            audit.record(
+                vm,
+                "state-clock",
+                serde_json::json!({"from": "wall clock", "shifted_ms": by}),
+            );
+        }
+        Some(other) => {
+            let holds = l.holds.len();
+            l.forget_boot();
+            audit.record(
+                vm,
+                "state-clock",
+                serde_json::json!({"from": "another host boot", "boot": other, "holds_forgotten": holds}),
+            );
+        }
+    }
+    l.host_boot = Some(boot.to_string());
 }
 
 fn epoch() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms());
+    h.write_u64(crate::audit::wall_ms());
     h.finish()
 }
 
@@ -312,15 +369,49 @@ impl Agent {
         let commit = Arc::new(crate::commit::Committer::new(
             std::time::Duration::from_millis(config.storage.commit_ms),
         ));
+        // Before anything is touched: a second agent must neither truncate
+        // the first one's journal nor unlink its control socket.
+        let instance = lock_instance(&config.state)?;
         let (journal, mut saved) = crate::journal::Journal::open(&config.state, commit.clone())?;
         let audit = Audit::open(&config.audit, commit.clone())?;
+        for problem in &journal.problems {
+            tracing::error!("state journal: {problem}");
+            audit.record(
+                "-",
+                "journal-repaired",
+                serde_json::json!({ "problem": problem }),
+            );
+        }
         let mut vms = BTreeMap::new();
         for vc in &config.vms {
-            // A restored ledger keeps its holds; the configured policy wins.
-            let mut ledger = saved
-                .remove(&vc.name)
-                .unwrap_or_else(|| Ledger::new(vc.policy.clone()));
-            ledger.policy = vc.policy.clone();
+            // A restored ledger keeps its holds, and its policy (changes
+            // made with `miglockctl policy`) while the file says what it
+            // said when the agent last started; edited since, the file wins.
+            let mut ledger = match saved.remove(&vc.name) {
+                Some(mut l) => {
+                    on_this_boot(&audit, &vc.name, &mut l);
+                    if l.config_policy.as_ref() != Some(&vc.policy) && l.policy != vc.policy {
+                        audit.record(
+                            &vc.name,
+                            "policy-restored",
+                            serde_json::json!({"source": "config", "policy": vc.policy,
+                                "replaced": l.policy}),
+                        );
+                        l.policy = vc.policy.clone();
+                    } else if l.policy != vc.policy {
+                        audit.record(
+                            &vc.name,
+                            "policy-restored",
+                            serde_json::json!({"source": "runtime", "policy": l.policy,
+                                "config": vc.policy}),
+                        );
+                    }
+                    l
+                }
+                None => Ledger::new(vc.policy.clone()),
+            };
+            ledger.config_policy = Some(vc.policy.clone());
+            ledger.host_boot = Some(crate::clock::boot().to_string());
             let vm = Vm {
                 config: vc.clone(),
                 ledger: Mutex::new(ledger),
@@ -336,6 +427,16 @@ impl Agent {
             };
             vms.insert(vc.name.clone(), Arc::new(vm));
         }
+        // The policies as resolved are the state the next start compares
+        // with (VMs no longer configured keep theirs, in case they return).
+        journal.compact(|| {
+            let mut all = std::mem::take(&mut saved);
+            all.extend(vms.iter().map(|(n, vm): (&String, &Arc<Vm>)| {
+                let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+                (n.clone(), l.clone())
+            }));
+            all
+        })?;
         Ok(Agent {
             vms,
             audit,
@@ -345,6 +446,8 @@ impl Agent {
             blocker: config.blocker,
             journal,
             commit,
+            _instance: instance,
+            unrecorded: Default::default(),
         })
     }
 
@@ -385,21 +488,60 @@ impl Agent {
     }
 
     /// Runs `f` on `vm`'s ledger and journals it if `f` says it changed
-    /// (before anyone can act on the change).
+    /// (before anyone can act on the change). A change the journal cannot
+    /// take stands all the same (releases, the admin's orders): it is
+    /// logged and counted; decisions use [`Agent::try_update`].
     pub fn update<R>(&self, vm: &Vm, f: impl FnOnce(&mut Ledger, u64) -> (R, bool)) -> R {
+        match self.changes(vm, f, false) {
+            Ok(r) | Err((r, _)) => r,
+        }
+    }
+
+    /// [`Agent::update`], undone if the journal cannot record it: a grant
+    /// that is not on record must not stand.
+    pub fn try_update<R>(
+        &self,
+        vm: &Vm,
+        f: impl FnOnce(&mut Ledger, u64) -> (R, bool),
+    ) -> Result<R, std::io::Error> {
+        self.changes(vm, f, true).map_err(|(_, e)| e)
+    }
+
+    fn changes<R>(
+        &self,
+        vm: &Vm,
+        f: impl FnOnce(&mut Ledger, u64) -> (R, bool),
+        undo: bool,
+    ) -> Result<R, (R, std::io::Error)> {
         let now = now_ms();
         let (r, changed) = {
             let mut l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded (holds and usage spans are): the change is found by
+            // comparing, so no caller has to say what it changed.
+            let before = l.clone();
             let (r, changed) = f(&mut l, now);
-            if changed {
-                self.journal.append(&vm.config.name, &l);
+            let change = crate::change::Change::between(&before, &l);
+            if changed && !change.is_empty() {
+                if let Err(e) = self.journal.append(&vm.config.name, &change) {
+                    self.unrecorded();
+                    if undo {
+                        *l = before;
+                        return Err((r, e));
+                    }
+                }
             }
             (r, changed)
         };
         if changed {
             vm.changed.notify_all();
         }
-        r
+        Ok(r)
+    }
+
+    /// Counts a record that could not be written (status shows it).
+    pub fn unrecorded(&self) {
+        self.unrecorded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every VM's ledger as it is now.
@@ -498,6 +640,37 @@ mod tests {
         let c: Config = toml::from_str(text)?;
         c.check()?;
         Ok(c)
+    }
+
+    /// The journal on a full disk: a decision (`try_update`) is undone and
+    /// fails; a release (`update`) stands, counted.
+    #[test]
+    fn a_change_the_journal_cannot_take_is_undone_for_decisions() {
+        let dir = std::env::temp_dir().join(format!("miglockd-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.display();
+        let config = parse(&format!(
+            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
+             [[vm]]\nname = \"vm\"\ndoorbell = \"{d}/vm.sock\"\n"
+        ))
+        .unwrap();
+        let agent = Agent::new(&config).unwrap();
+        let vm = agent.vm("vm").unwrap().clone();
+        agent
+            .try_update(&vm, |l, now| (l.lock(1, 1, "a", 1000, now), true))
+            .unwrap();
+        agent.journal.fill_disk();
+        let r = agent.try_update(&vm, |l, now| (l.lock(2, 1, "b", 1000, now), true));
+        assert!(r.is_err());
+        let holds: Vec<u32> = vm.ledger.lock().unwrap().holds.keys().copied().collect();
+        assert_eq!(holds, [1], "the unrecorded grant stood");
+        agent.update(&vm, |l, now| (l.unlock(1, now), true));
+        assert!(vm.ledger.lock().unwrap().holds.is_empty());
+        assert_eq!(
+            agent.unrecorded.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

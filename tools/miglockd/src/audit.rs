@@ -17,22 +17,27 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch (the records' time; leases
+/// run on `clock::now_ms`).
+pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Records a `miglockctl watch` client may fall behind by before it is
+/// dropped: a stalled client must not grow the agent's memory.
+pub const WATCH_QUEUE: usize = 1024;
+
 /// The audit log and its live watchers.
 pub struct Audit {
     path: PathBuf,
     file: Mutex<File>,
-    watchers: Mutex<Vec<Sender<Value>>>,
+    watchers: Mutex<Vec<SyncSender<Value>>>,
     commit: Arc<Committer>,
 }
 
@@ -69,7 +74,9 @@ fn open(path: &Path) -> Result<File> {
 /// One record: time, VM, event and `fields`.
 fn line(vm: &str, event: &str, fields: Value) -> Value {
     let mut rec = Map::new();
-    rec.insert("ts_ms".into(), json!(now_ms()));
+    rec.insert("ts_ms".into(), json!(wall_ms()));
+    // The lease clock too: a record's `until_ms` is on it.
+    rec.insert("mono_ms".into(), json!(crate::clock::now_ms()));
     rec.insert("vm".into(), json!(vm));
     rec.insert("event".into(), json!(event));
     if let Value::Object(f) = fields {
@@ -80,16 +87,18 @@ fn line(vm: &str, event: &str, fields: Value) -> Value {
 
 /// Appends `rec` to `f` in one write(2) (the kernel has it: a kill loses
 /// nothing), synced at once when `sync`. A failing disk must not take the
-/// agent down; it is reported.
-fn write(f: &mut File, rec: &Value, sync: bool) {
+/// agent down: it is logged, and the caller decides (a decision that is
+/// not recorded is refused).
+fn write(f: &mut File, rec: &Value, sync: bool) -> std::io::Result<()> {
     let mut line = rec.to_string();
     line.push('\n');
     let r = f
         .write_all(line.as_bytes())
         .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
-    if let Err(e) = r {
-        tracing::error!(error = %e, "cannot write the audit log");
+    if let Err(e) = &r {
+        tracing::error!(error = %e, event = %rec["event"], "cannot write the audit log");
     }
+    r
 }
 
 impl Audit {
@@ -132,7 +141,7 @@ impl Audit {
     /// exited, so its decision is neither torn nor answered unrecorded.
     pub fn close(&self, event: &str, fields: Value) {
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        write(&mut f, &line("-", event, fields), true);
+        let _ = write(&mut f, &line("-", event, fields), true);
         std::mem::forget(f);
     }
 
@@ -143,28 +152,61 @@ impl Audit {
         }
     }
 
-    /// Records `event` for `vm` with `fields`; returns the record.
+    /// Records `event` for `vm` with `fields`; returns the record. A write
+    /// that fails is logged: see [`Audit::try_record`] for decisions.
     pub fn record(&self, vm: &str, event: &str, fields: Value) -> Value {
+        let (rec, _) = self.write(vm, event, fields);
+        rec
+    }
+
+    /// [`Audit::record`], failing if the record is not written: a decision
+    /// must not take effect unrecorded.
+    pub fn try_record(&self, vm: &str, event: &str, fields: Value) -> std::io::Result<Value> {
+        let (rec, written) = self.write(vm, event, fields);
+        written.map(|()| rec)
+    }
+
+    fn write(&self, vm: &str, event: &str, fields: Value) -> (Value, std::io::Result<()>) {
         let rec = line(vm, event, fields);
-        write(
+        let written = write(
             &mut self.file.lock().unwrap_or_else(|e| e.into_inner()),
             &rec,
             self.commit.inline(),
         );
+        if written.is_err() {
+            return (rec, written);
+        }
         self.commit.wrote();
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| w.send(rec.clone()).is_ok());
-        rec
+            .retain(|w| match w.try_send(rec.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!("a watch client fell {WATCH_QUEUE} records behind: dropped");
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
+        (rec, Ok(()))
     }
 
-    /// Sends every later record to `w`.
-    pub fn watch(&self, w: Sender<Value>) {
+    /// Every later record, until the reader falls [`WATCH_QUEUE`] behind.
+    pub fn watch(&self) -> Receiver<Value> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(WATCH_QUEUE);
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(w);
+            .push(tx);
+        rx
+    }
+
+    /// Live watchers.
+    pub fn watchers(&self) -> usize {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -196,6 +238,28 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         drop(Audit::open(&path, Arc::new(Committer::new(std::time::Duration::ZERO))).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A watcher that stops reading is dropped once [`WATCH_QUEUE`] behind
+    /// (its queue once grew without limit): it gets what was queued, then
+    /// the end.
+    #[test]
+    fn a_stalled_watcher_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("miglockd-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = Audit::open(
+            &dir.join("audit.jsonl"),
+            Arc::new(Committer::new(std::time::Duration::from_secs(60))),
+        )
+        .unwrap();
+        let stalled = a.watch();
+        for i in 0..WATCH_QUEUE + 100 {
+            a.record("vm", "tick", json!({ "i": i }));
+        }
+        assert_eq!(a.watchers(), 0);
+        assert_eq!(stalled.iter().count(), WATCH_QUEUE);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -18,7 +18,7 @@
 //! lifted for it and put back before the guest hears that it ended.
 
 use crate::agent::{Agent, Vm};
-use crate::audit::now_ms;
+use crate::clock::now_ms;
 use crate::enforce;
 use miglock_abi::wire::Notice;
 use miglock_control::{CheckpointRequest, ErrorClass, Reply, RestoreRequest};

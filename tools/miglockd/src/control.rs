@@ -6,7 +6,7 @@
 //! wider, not even for a moment.
 
 use crate::agent::{Agent, Vm};
-use crate::audit::now_ms;
+use crate::clock::now_ms;
 use crate::gate;
 use miglock_abi::wire::Notice;
 use miglock_control::{ErrorClass, PolicyUpdate, Reply, Request};
@@ -56,7 +56,19 @@ pub fn send(w: &mut impl Write, r: &Reply) -> std::io::Result<()> {
     w.flush()
 }
 
+/// Who is at the other end of a control connection (`SO_PEERCRED`: the
+/// kernel's word, not the client's), for the audit log.
+fn peer(conn: &UnixStream) -> Value {
+    match rustix::net::sockopt::socket_peercred(conn) {
+        Ok(c) => {
+            json!({"uid": c.uid.as_raw(), "gid": c.gid.as_raw(), "pid": c.pid.as_raw_nonzero()})
+        }
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
 fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
+    let who = peer(&conn);
     let mut w = conn.try_clone()?;
     for line in BufReader::new(conn).lines() {
         let line = line?;
@@ -65,10 +77,19 @@ fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
             Ok(Request::Status) => Reply::Ok {
                 data: status(agent),
             },
-            Ok(Request::Policy { vm, set }) => policy(agent, &vm, set),
+            Ok(Request::Policy { vm, set }) => policy(agent, &vm, set, &who),
             Ok(Request::Watch) => return watch(agent, &mut w),
             Ok(Request::Hints { vm, all }) => hints(agent, &vm, all),
-            Ok(Request::Migrate(req)) => gate::migrate(agent, &req, &mut |p| send(&mut w, p)),
+            Ok(Request::Migrate(req)) => {
+                if req.force {
+                    agent.audit.record(
+                        &req.vm,
+                        "migrate-force-requested",
+                        json!({"reason": req.reason, "to": req.to, "peer": who}),
+                    );
+                }
+                gate::migrate(agent, &req, &mut |p| send(&mut w, p))
+            }
             Ok(Request::Checkpoint(req)) => {
                 crate::checkpoint::checkpoint(agent, &req, &mut |p| send(&mut w, p))
             }
@@ -142,7 +163,7 @@ fn hints(agent: &Agent, name: &str, all: bool) -> Reply {
             .collect();
         json!({
             "batch": b.batch,
-            "age_ms": now_ms().saturating_sub(b.received_ms),
+            "age_ms": crate::audit::wall_ms().saturating_sub(b.received_ms),
             "workload": b.workload,
             "ranges": b.ranges.len(),
             "pages": b.pages(),
@@ -160,10 +181,12 @@ fn status(agent: &Agent) -> Value {
         .iter()
         .map(|(n, vm)| (n.clone(), vm_status(vm)))
         .collect();
-    json!({ "epoch": agent.epoch, "vms": vms })
+    let unrecorded = agent.unrecorded.load(std::sync::atomic::Ordering::Relaxed);
+    json!({ "epoch": agent.epoch, "vms": vms, "unrecorded": unrecorded,
+        "watchers": agent.audit.watchers() })
 }
 
-fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
+fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>, who: &Value) -> Reply {
     let Some(vm) = agent.vm(name) else {
         return Reply::error(ErrorClass::UnknownVm, format!("no VM '{name}'"));
     };
@@ -193,7 +216,9 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
         p.checkpoint_locked = u.checkpoint_locked.unwrap_or(p.checkpoint_locked);
         (p.clone(), true)
     });
-    agent.audit.record(name, "policy", json!({ "policy": p }));
+    agent
+        .audit
+        .record(name, "policy", json!({ "policy": p, "peer": who }));
     // A static lock is enforced in QEMU at once; lifting one frees it.
     crate::enforce::reconcile(agent, vm);
     agent.notify(
@@ -205,9 +230,13 @@ fn policy(agent: &Agent, name: &str, set: Option<PolicyUpdate>) -> Reply {
     Reply::Ok { data: json!(p) }
 }
 
+/// How long a watch client may leave a line unread before it is dropped
+/// (its thread would otherwise wait in write(2) for ever).
+const WATCH_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn watch(agent: &Agent, w: &mut UnixStream) -> std::io::Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    agent.audit.watch(tx);
+    let rx = agent.audit.watch();
+    w.set_write_timeout(Some(WATCH_STALL))?;
     send(w, &Reply::progress("watching; one line per event"))?;
     for event in rx {
         send(w, &Reply::Event { event })?;

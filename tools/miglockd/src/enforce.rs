@@ -11,8 +11,8 @@
 //! a restored or resynced state, the linger after the last unlock.
 
 use crate::agent::{Agent, Vm};
-use crate::audit::now_ms;
 use crate::blocker::{self, Blocker, InstallError, Step};
+use crate::clock::now_ms;
 use miglock_abi::wire;
 use miglock_qmp::{Event, Monitor};
 use serde_json::json;

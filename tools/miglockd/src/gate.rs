@@ -12,7 +12,7 @@
 //! (`REFUSE_MIGRATING`), since the guest is already on its way.
 
 use crate::agent::{Agent, Vm};
-use crate::audit::now_ms;
+use crate::clock::now_ms;
 use crate::enforce;
 use crate::fence;
 use crate::ledger::Migration;
@@ -206,6 +206,7 @@ fn gated(
 ) -> Reply {
     let name = req.vm.as_str();
     let reason = req.reason.clone().unwrap_or_default();
+    let mut static_off = false;
     if locked {
         if req.force {
             agent.audit.record(
@@ -219,11 +220,13 @@ fn gated(
                     reason: FORCED_BY_ADMIN,
                 },
             );
-            agent.update(vm, |l, now| {
+            // The static setting is lifted for this migration only (put
+            // back below, whatever the outcome).
+            static_off = agent.update(vm, |l, now| {
                 l.force_release(now);
-                l.policy.migration = true;
+                let was = std::mem::replace(&mut l.policy.migration, true);
                 l.gate = true;
-                ((), true)
+                (!was, true)
             });
             say(
                 p,
@@ -301,6 +304,9 @@ fn gated(
         }
         l.migration = None;
         l.gate = false;
+        if static_off {
+            l.policy.migration = false;
+        }
         ((), true)
     });
     if req.force {

@@ -2,8 +2,9 @@
 
 //! One VM's lock state as the host sees it, and the policy decisions on it.
 //!
-//! Pure: time (wall-clock milliseconds, so state survives an agent restart)
-//! is passed in, and nothing here does I/O.
+//! Pure: time (lease-clock milliseconds, `clock.rs`: the boot clock, so
+//! state survives an agent restart and no clock step moves a lease) is
+//! passed in, and nothing here does I/O.
 
 use miglock_abi::wire;
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,18 @@ use std::collections::BTreeMap;
 
 /// Most holds the host keeps for one VM (as many as the guest can have).
 pub const MAX_HOLDS: usize = miglock_lockstate::table::MAX_HOLDERS;
+
+/// Most usage spans kept (past the cap the two closest merge, the gap
+/// between them counted as locked): the ledger, and so each decision's
+/// cost, stays bounded however often a guest locks.
+pub const MAX_SPANS: usize = 128;
+
+/// The hold that stands for holds a guest reports (`State`) beyond those
+/// this host granted: decided like a lock, never taken on the guest's word.
+pub const REPORTED_HOLD: u32 = u32::MAX;
+
+/// [`REPORTED_HOLD`]'s label.
+pub const REPORTED_LABEL: &str = "reported by the guest";
 
 /// A VM's policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,7 +81,8 @@ pub struct Reported {
     pub holders: u32,
     /// The guest's static lock (module parameter).
     pub static_lock: bool,
-    /// Until when the report keeps the VM locked (capped by the policy).
+    /// When the report's lease would end (capped by the policy). The report
+    /// itself locks nothing: only [`REPORTED_HOLD`], once granted, does.
     pub until_ms: u64,
 }
 
@@ -100,10 +114,20 @@ pub struct Ledger {
     pub holds: BTreeMap<u32, Hold>,
     /// The guest's last report.
     pub reported: Reported,
-    /// Locked intervals `[start, end)` in the quota window, for accounting.
+    /// Locked spans `[start, end)` in the quota window, for accounting:
+    /// sorted, disjoint, not touching, at most [`MAX_SPANS`].
     pub usage: Vec<(u64, u64)>,
     /// The guest's boot id, once it said hello.
     pub boot_id: Option<u64>,
+    /// The configuration file's policy as the agent last started with it:
+    /// a restart finding the file unchanged keeps `policy` (runtime
+    /// changes win), one finding it edited takes the file's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_policy: Option<Policy>,
+    /// The host boot whose lease clock the times here count on; `None`:
+    /// an older agent's state, on the wall clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_boot: Option<String>,
     /// Where QEMU's outgoing migration is, if one runs (not persisted
     /// across restarts: QEMU tells a new agent).
     #[serde(skip)]
@@ -152,13 +176,26 @@ impl Ledger {
         self.holds.iter().filter(move |(_, h)| h.until_ms > now)
     }
 
-    /// Whether the VM must not be migrated (unless forced).
+    /// Whether the VM must not be migrated (unless forced). Only holds this
+    /// host granted count, never what the guest merely reports.
     pub fn locked(&self, now: u64) -> bool {
-        !self.policy.migration || self.live_holds(now).next().is_some() || self.reported_locked(now)
+        !self.policy.migration || self.live_holds(now).next().is_some()
     }
 
-    fn reported_locked(&self, now: u64) -> bool {
-        (self.reported.holders > 0 || self.reported.static_lock) && self.reported.until_ms > now
+    /// The lease to ask for [`REPORTED_HOLD`] if the guest's last report
+    /// describes holds this host did not grant (more holders than granted
+    /// holds, or its static lock); `None` if the grants cover it.
+    pub fn unbacked(&self, now: u64) -> Option<u32> {
+        let granted = self
+            .live_holds(now)
+            .filter(|(&id, _)| id != REPORTED_HOLD)
+            .count();
+        let r = self.reported;
+        if r.static_lock {
+            return Some(self.policy.max_lease_ms);
+        }
+        let left = r.until_ms.saturating_sub(now).min(u64::from(u32::MAX)) as u32;
+        (r.holders as usize > granted && left > 0).then_some(left)
     }
 
     /// Why it is locked, one line per reason (empty if it is not).
@@ -174,17 +211,6 @@ impl Ledger {
                 "guest hold {id}: {reason} \"{}\", {} s left",
                 h.label,
                 (h.until_ms - now).div_ceil(1000)
-            ));
-        }
-        if self.reported_locked(now) && self.live_holds(now).next().is_none() {
-            out.push(format!(
-                "guest reports {} hold(s){} taken while the host was away",
-                self.reported.holders,
-                if self.reported.static_lock {
-                    " and its static lock"
-                } else {
-                    ""
-                }
             ));
         }
         out
@@ -222,6 +248,42 @@ impl Ledger {
         covered(self.usage.iter().copied().chain(open), from, now)
     }
 
+    /// Adds `[a, b)` to the usage spans, merged with those it overlaps or
+    /// touches; past [`MAX_SPANS`], the two spans with the smallest gap
+    /// between them become one (the quota then counts that gap: it errs
+    /// on the side of the host).
+    pub fn add_usage(&mut self, a: u64, b: u64) {
+        if a >= b {
+            return;
+        }
+        let u = &mut self.usage;
+        // Spans are sorted and apart: those touching [a, b] are a run.
+        let first = u.partition_point(|&(_, e)| e < a);
+        let end = first + u[first..].partition_point(|&(s, _)| s <= b);
+        let (mut a, mut b) = (a, b);
+        if first < end {
+            a = a.min(u[first].0);
+            b = b.max(u[end - 1].1);
+        }
+        u.splice(first..end, [(a, b)]);
+        if u.len() > MAX_SPANS {
+            let i = (0..u.len() - 1)
+                .min_by_key(|&i| u[i + 1].0 - u[i].1)
+                .unwrap_or(0);
+            u[i].1 = u[i + 1].1;
+            u.remove(i + 1);
+        }
+    }
+
+    /// Brings usage kept by an older agent (one interval per lock, in
+    /// any order) into spans.
+    pub fn normalize(&mut self) {
+        let old = std::mem::take(&mut self.usage);
+        for (a, b) in old {
+            self.add_usage(a, b);
+        }
+    }
+
     /// Drops what ended before `now`, keeping its time for the quota.
     pub fn expire(&mut self, now: u64) {
         let ended: Vec<u32> = self
@@ -232,11 +294,12 @@ impl Ledger {
             .collect();
         for id in ended {
             if let Some(h) = self.holds.remove(&id) {
-                self.usage.push((h.since_ms, h.until_ms));
+                self.add_usage(h.since_ms, h.until_ms);
             }
         }
         let from = now.saturating_sub(self.policy.window_ms);
-        self.usage.retain(|&(_, end)| end > from);
+        let gone = self.usage.partition_point(|&(_, end)| end <= from);
+        self.usage.drain(..gone);
     }
 
     /// Decides a lock (or renew) of `hold` for `lease_ms`, and records it.
@@ -278,7 +341,8 @@ impl Ledger {
     /// same hold is closed at `now` (the renewed hold goes on from here).
     fn put(&mut self, hold: u32, reason: u32, label: &str, now: u64, until_ms: u64) {
         if let Some(old) = self.holds.get(&hold) {
-            self.usage.push((old.since_ms, now));
+            let since = old.since_ms;
+            self.add_usage(since, now);
         }
         self.holds.insert(
             hold,
@@ -320,15 +384,16 @@ impl Ledger {
     pub fn unlock(&mut self, hold: u32, now: u64) -> bool {
         match self.holds.remove(&hold) {
             Some(h) => {
-                self.usage.push((h.since_ms, h.until_ms.min(now)));
+                self.add_usage(h.since_ms, h.until_ms.min(now));
                 true
             }
             None => false,
         }
     }
 
-    /// Records the guest's own report; the host's lease cap bounds it.
-    /// Returns the holds it ended (when the guest says it holds nothing).
+    /// Records the guest's own report (it locks nothing by itself: see
+    /// [`Ledger::unbacked`]). Returns the holds it ended (when the guest
+    /// says it holds nothing).
     pub fn report(
         &mut self,
         holders: u32,
@@ -355,6 +420,29 @@ impl Ledger {
             self.unlock(id, now);
         }
         ended
+    }
+
+    /// Moves every saved time `by` ms earlier (a state an older agent kept
+    /// on the wall clock, onto the lease clock).
+    pub fn shift_back(&mut self, by: u64) {
+        for h in self.holds.values_mut() {
+            h.since_ms = h.since_ms.saturating_sub(by);
+            h.until_ms = h.until_ms.saturating_sub(by);
+        }
+        for s in &mut self.usage {
+            *s = (s.0.saturating_sub(by), s.1.saturating_sub(by));
+        }
+        self.usage.retain(|s| s.0 < s.1);
+        self.reported.until_ms = self.reported.until_ms.saturating_sub(by);
+    }
+
+    /// Forgets what a state saved in another host boot says about the
+    /// guest: its times are on that boot's clock, and its QEMU is gone.
+    pub fn forget_boot(&mut self) {
+        self.holds.clear();
+        self.usage.clear();
+        self.reported = Reported::default();
+        self.boot_id = None;
     }
 
     /// Drops every hold (forced migration) and the guest's report.
@@ -462,15 +550,50 @@ mod tests {
         .locked(0));
     }
 
+    /// A report locks nothing by itself (it once did, for every lease, with
+    /// no policy or quota asked): it says what to ask for.
     #[test]
-    fn report_locks_until_capped_expiry() {
+    fn a_report_locks_nothing_it_was_not_granted() {
         let mut l = Ledger::new(small_quota());
         l.report(2, false, 60_000, 0);
-        assert!(l.locked(799));
-        assert!(!l.locked(800));
-        assert_eq!(l.reasons(0).len(), 1);
-        l.report(0, false, 0, 10);
-        assert!(!l.locked(10));
+        assert!(!l.locked(0));
+        assert!(l.reasons(0).is_empty());
+        assert_eq!(l.unbacked(0), Some(800), "capped by max_lease_ms");
+        // Granted holds cover as many holders as they are.
+        assert!(matches!(l.lock(1, 1, "a", 500, 0), Verdict::Granted(_)));
+        assert!(matches!(l.lock(2, 1, "b", 500, 0), Verdict::Granted(_)));
+        assert_eq!(l.unbacked(10), None);
+        assert_eq!(l.report(1, true, 0, 20), Vec::<u32>::new());
+        assert_eq!(l.unbacked(20), Some(800), "a static lock is never backed");
+        l.report(0, false, 0, 30);
+        assert!(!l.locked(30));
+        assert!(l.holds.is_empty());
+    }
+
+    #[test]
+    fn usage_spans_merge_and_stay_bounded() {
+        let mut l = Ledger::new(Policy::default());
+        l.add_usage(10, 20);
+        l.add_usage(30, 40);
+        l.add_usage(20, 30); // touches both: one span
+        assert_eq!(l.usage, [(10, 40)]);
+        l.add_usage(0, 5);
+        l.add_usage(50, 60);
+        l.add_usage(35, 55);
+        assert_eq!(l.usage, [(0, 5), (10, 60)]);
+        // A guest locking a million times keeps at most MAX_SPANS spans,
+        // never less locked time than it used.
+        let mut l = Ledger::new(Policy {
+            quota_ms: u64::MAX,
+            window_ms: u64::MAX / 2,
+            ..Policy::default()
+        });
+        for i in 0..1_000_000u64 {
+            l.add_usage(i * 10, i * 10 + 3);
+        }
+        assert_eq!(l.usage.len(), MAX_SPANS);
+        assert!(l.usage.windows(2).all(|w| w[0].1 < w[1].0));
+        assert!(l.used_ms(10_000_000) >= 3_000_000);
     }
 
     #[test]

@@ -98,8 +98,8 @@ pub fn publisher(
             .ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .reasons(crate::audit::now_ms());
-        let el = element(locked, &reasons, crate::audit::now_ms());
+            .reasons(crate::clock::now_ms());
+        let el = element(locked, &reasons, crate::audit::wall_ms());
         match publish(&d, &name, &el) {
             Ok(()) => {
                 published = Some(locked);

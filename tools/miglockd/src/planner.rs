@@ -82,11 +82,17 @@ pub struct Plan {
     pub why: String,
 }
 
+/// `pages` in bytes. Saturating: the count comes from the guest, and a
+/// wrapped product would look like an idle guest.
+fn bytes(pages: u64) -> u64 {
+    pages.saturating_mul(PAGE)
+}
+
 /// Pre-copy rounds and time until convergence, if it converges.
 fn precopy(i: &Input, w: &Workload) -> Option<(u32, f64)> {
     let bw = i.bandwidth.max(1) as f64;
-    let rate = (w.dirty_pages_per_s * PAGE) as f64;
-    let wss = (w.wss_pages * PAGE) as f64;
+    let rate = bytes(w.dirty_pages_per_s) as f64;
+    let wss = bytes(w.wss_pages) as f64;
     let fits = bw * i.downtime_limit_ms as f64 / 1000.0;
     let mut send = i.ram_bytes as f64;
     let mut total = 0.0;
@@ -120,7 +126,7 @@ pub fn plan(i: &Input) -> Plan {
         };
     };
     let mib_s = |b: u64| b as f64 / 1048576.0;
-    let dirty = w.dirty_pages_per_s * PAGE;
+    let dirty = bytes(w.dirty_pages_per_s);
     if let Some((rounds, t)) = precopy(i, &w) {
         return Plan {
             precopy_rounds: Some(rounds),
@@ -129,7 +135,7 @@ pub fn plan(i: &Input) -> Plan {
                 "pre-copy converges: the guest writes {:.1} MiB/s over a {:.1} MiB working set, \
                  the link sends {:.1} MiB/s; {rounds} round(s) to fit {} ms",
                 mib_s(dirty),
-                mib_s(w.wss_pages * PAGE),
+                mib_s(bytes(w.wss_pages)),
                 mib_s(bw),
                 i.downtime_limit_ms
             ),
@@ -138,7 +144,7 @@ pub fn plan(i: &Input) -> Plan {
     }
     let hot = w.wss_pages as f64 * PAGE as f64 / i.ram_bytes.max(1) as f64;
     let first_pass = i.ram_bytes as f64 / bw as f64;
-    let fetch = (w.wss_pages * PAGE) as f64 / bw as f64;
+    let fetch = bytes(w.wss_pages) as f64 / bw as f64;
     let (choice, total, how) = if hot >= HOT_SHARE_FOR_POSTCOPY {
         (
             Choice::Postcopy,
@@ -245,6 +251,19 @@ mod tests {
         });
         assert_eq!(p.choice, Choice::Postcopy, "{p:?}");
         assert!(p.why.contains("precopy_then_postcopy"), "{p:?}");
+    }
+
+    /// A guest-supplied rate whose byte count overflows u64 is an enormous
+    /// rate, not (wrapped to 0) an idle guest.
+    #[test]
+    fn an_overflowing_dirty_rate_never_looks_idle() {
+        let mut i = input(256, 0);
+        if let Some(w) = i.workload.as_mut() {
+            w.dirty_pages_per_s = 1 << 52;
+        }
+        let p = plan(&i);
+        assert_ne!(p.choice, Choice::Precopy, "{p:?}");
+        assert!(p.why.contains("would not converge"), "{p:?}");
     }
 
     #[test]

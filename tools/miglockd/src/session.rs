@@ -12,7 +12,7 @@
 use crate::agent::{Agent, Vm};
 use crate::bucket::Bucket;
 use crate::dial::Dial;
-use crate::ledger::Verdict;
+use crate::ledger::{Verdict, REPORTED_HOLD, REPORTED_LABEL};
 use miglock_abi::types::{check_label, Reason};
 use miglock_abi::wire::{self, Decoder, Event, Message, Notice};
 use serde_json::json;
@@ -239,15 +239,14 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             // Each decision is in the audit log before anyone can see it,
             // and a grant only once QEMU enforces it.
             let verdict = match (Reason::from_u32(reason), text) {
-                (Some(_), Some(text)) => {
+                (Some(_), Some(text)) if hold != REPORTED_HOLD => {
+                    let prev = prior(vm, hold);
                     let v = lock_enforced(agent, vm, hold, reason, text, lease_ms);
-                    decide(agent, vm, "lock", hold, reason, text, lease_ms, v);
-                    v
+                    decide(agent, vm, "lock", hold, reason, text, lease_ms, v, prev)
                 }
                 _ => {
                     let v = Verdict::Refused(wire::REFUSE_INVALID);
-                    decide(agent, vm, "lock", hold, reason, "?", lease_ms, v);
-                    v
+                    decide(agent, vm, "lock", hold, reason, "?", lease_ms, v, None)
                 }
             };
             reply(answer(msg, verdict));
@@ -264,21 +263,26 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             let (Some(_), Some(text)) = (Reason::from_u32(reason), text) else {
                 return false;
             };
+            if hold == REPORTED_HOLD {
+                return false;
+            }
             held(agent, vm, hold, reason, text, lease_ms);
         }
         Message::Renew { hold, lease_ms } => {
-            let (v, why) = agent.update(vm, |l, now| {
+            let prev = prior(vm, hold);
+            let decided = agent.try_update(vm, |l, now| {
                 let v = match l.holds.get(&hold).filter(|h| h.until_ms > now).cloned() {
                     Some(h) => l.lock(hold, h.reason, &h.label, lease_ms, now),
                     None => Verdict::Refused(wire::REFUSE_INVALID),
                 };
                 ((v, l.blocker_reason(now)), true)
             });
-            let v = match v {
-                Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
-                refused => refused,
+            let v = match decided {
+                Ok((v @ Verdict::Granted(_), why)) => enforced(agent, vm, hold, why, v),
+                Ok((refused, _)) => refused,
+                Err(_) => Verdict::Refused(wire::REFUSE_UNENFORCEABLE),
             };
-            decide(agent, vm, "renew", hold, 0, "", lease_ms, v);
+            let v = decide(agent, vm, "renew", hold, 0, "", lease_ms, v, prev);
             reply(decision(v));
         }
         Message::Unlock { hold } => {
@@ -296,13 +300,25 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             earliest_expiry_ms,
         } => {
             // The answer to our announce (a resync) is always worth a record.
-            let resync = !std::mem::replace(
-                &mut vm.link.lock().unwrap_or_else(|e| e.into_inner()).synced,
-                true,
-            );
-            agent.update(vm, |l, now| {
+            let (resync, was_granted) = {
+                let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    !std::mem::replace(&mut link.synced, true),
+                    link.reported_granted,
+                )
+            };
+            let ask = agent.update(vm, |l, now| {
                 let before = (l.reported.holders, l.reported.static_lock, l.locked(now));
+                // Decided again only when there is something new to decide:
+                // a guest repeating a refused report costs no record.
+                let lapsed = was_granted && l.live_holds(now).all(|(&id, _)| id != REPORTED_HOLD);
+                let regrant = resync || lapsed || before.0 != holders || before.1 != static_lock;
                 let ended = l.report(holders, static_lock, earliest_expiry_ms, now);
+                let ask = l.unbacked(now);
+                if ask.is_none() {
+                    // What it holds is what this host granted: nothing stands in.
+                    l.unlock(REPORTED_HOLD, now);
+                }
                 for &hold in &ended {
                     agent
                         .audit
@@ -318,10 +334,14 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                         json!({"holders": holders, "static_lock": static_lock, "locked": locked});
                     agent.audit.record(name, "guest-state", rec);
                 }
-                ((), changed)
+                (ask.filter(|_| regrant), changed)
             });
-            // Holds the guest took while the host was away, or on another
-            // host, are enforced here too.
+            // Holds the guest took while the host was away (or on another
+            // host) are decided here as one lock, through the policy, the
+            // quota and the install pacing; a report is never a grant.
+            if let Some(lease_ms) = ask {
+                reported(agent, vm, lease_ms);
+            }
             crate::enforce::reconcile(agent, vm);
         }
         Message::Workload {
@@ -338,12 +358,12 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
                 pfn_limit,
             };
             let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
-            return link.hints.workload(batch, w, crate::audit::now_ms());
+            return link.hints.workload(batch, w, crate::audit::wall_ms());
         }
         Message::Hints { batch, ranges } => {
             let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
             let v: Vec<_> = ranges.iter().collect();
-            return link.hints.hints(batch, &v, crate::audit::now_ms());
+            return link.hints.hints(batch, &v, crate::audit::wall_ms());
         }
         Message::Ping => {
             reply(Message::Pong);
@@ -372,11 +392,17 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
     if covered {
         let rec = json!({"hold": hold, "reason": reason, "label": label, "asked_ms": lease_ms,
             "until_ms": until_ms});
-        agent.audit.record(name, "held", rec);
-        return;
+        if agent.audit.try_record(name, "held", rec).is_ok() {
+            return;
+        }
+        // Not on record: it does not stand, and is decided (and refused,
+        // the log being full) like an uncovered one.
+        agent.unrecorded();
+        agent.update(vm, |l, _| (l.revoke(hold), true));
     }
+    let prev = prior(vm, hold);
     let v = lock_enforced(agent, vm, hold, reason, label, lease_ms);
-    decide(
+    let v = decide(
         agent,
         vm,
         "held-uncovered",
@@ -385,6 +411,7 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
         label,
         lease_ms,
         v,
+        prev,
     );
     if let Verdict::Refused(_) = v {
         agent.notify(
@@ -394,6 +421,38 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
             },
         );
         agent.update(vm, |l, now| (l.force_release(now), true));
+    }
+}
+
+/// Decides the holds a guest reported but was not granted as a lock of
+/// [`REPORTED_HOLD`]. Refused, the attempt is audited (`guest-state-lock`,
+/// granted false) and the guest told its holds are void.
+fn reported(agent: &Agent, vm: &Vm, lease_ms: u32) {
+    let reason = Reason::Other as u32;
+    let prev = prior(vm, REPORTED_HOLD);
+    let v = lock_enforced(agent, vm, REPORTED_HOLD, reason, REPORTED_LABEL, lease_ms);
+    let v = decide(
+        agent,
+        vm,
+        "guest-state-lock",
+        REPORTED_HOLD,
+        reason,
+        REPORTED_LABEL,
+        lease_ms,
+        v,
+        prev,
+    );
+    vm.link
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .reported_granted = matches!(v, Verdict::Granted(_));
+    if let Verdict::Refused(why) = v {
+        let reason = if why == wire::REFUSE_QUOTA {
+            wire::FORCED_BY_QUOTA
+        } else {
+            wire::FORCED_UNCOVERED
+        };
+        agent.notify(vm, Notice::ForcedRelease { reason });
     }
 }
 
@@ -431,14 +490,26 @@ fn lock_enforced(
     label: &str,
     lease_ms: u32,
 ) -> Verdict {
-    let (v, why) = agent.update(vm, |l, now| {
+    let decided = agent.try_update(vm, |l, now| {
         let v = l.lock(hold, reason, label, lease_ms, now);
         ((v, l.blocker_reason(now)), matches!(v, Verdict::Granted(_)))
     });
-    match v {
-        Verdict::Granted(_) => enforced(agent, vm, hold, why, v),
-        refused => refused,
+    match decided {
+        Ok((v @ Verdict::Granted(_), why)) => enforced(agent, vm, hold, why, v),
+        Ok((refused, _)) => refused,
+        // Not in the journal, so not granted (and already undone).
+        Err(_) => Verdict::Refused(wire::REFUSE_UNENFORCEABLE),
     }
+}
+
+/// `hold` as the ledger has it now (what a failed record puts back).
+fn prior(vm: &Vm, hold: u32) -> Option<crate::ledger::Hold> {
+    vm.ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .holds
+        .get(&hold)
+        .cloned()
 }
 
 /// A grant stands once QEMU carries the blocker; otherwise it is taken
@@ -496,7 +567,8 @@ fn decide(
     label: &str,
     lease_ms: u32,
     v: Verdict,
-) {
+    prev: Option<crate::ledger::Hold>,
+) -> Verdict {
     let (granted, lease, refusal) = match v {
         Verdict::Granted(l) => (true, l, 0),
         Verdict::Refused(r) => (false, 0, r),
@@ -513,7 +585,7 @@ fn decide(
                 .map(|h| h.until_ms)
         })
         .flatten();
-    agent.audit.record(
+    let recorded = agent.audit.try_record(
         &vm.config.name,
         what,
         json!({
@@ -521,4 +593,29 @@ fn decide(
             "granted": granted, "lease_ms": lease, "until_ms": until_ms, "refusal": refusal,
         }),
     );
+    if recorded.is_ok() {
+        return v;
+    }
+    agent.unrecorded();
+    if !granted {
+        return v;
+    }
+    // A grant the audit log does not have must not stand: the hold is put
+    // back as it was and the guest refused.
+    tracing::error!(
+        vm = vm.config.name,
+        hold,
+        "the audit log cannot take a grant: refused"
+    );
+    agent.update(vm, |l, _| {
+        match prev {
+            Some(h) => {
+                l.holds.insert(hold, h);
+            }
+            None => l.revoke(hold),
+        }
+        ((), true)
+    });
+    crate::enforce::reconcile(agent, vm);
+    Verdict::Refused(wire::REFUSE_UNENFORCEABLE)
 }

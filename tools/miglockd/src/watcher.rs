@@ -10,7 +10,7 @@
 //! in step with the lock ([`crate::enforce::reconcile`]).
 
 use crate::agent::{Agent, Vm};
-use crate::audit::now_ms;
+use crate::clock::now_ms;
 use crate::dial::Dial;
 use crate::enforce;
 use crate::ledger::Migration;

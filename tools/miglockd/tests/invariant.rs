@@ -254,7 +254,8 @@ fn replay(audit: &str) -> Vec<String> {
     let mut bad = Vec::new();
     for line in audit.lines() {
         let r: Value = serde_json::from_str(line).unwrap();
-        let ts = r["ts_ms"].as_u64().unwrap_or(0);
+        // Leases are on the lease clock, which each record also carries.
+        let ts = r["mono_ms"].as_u64().unwrap_or(0);
         match r["event"].as_str().unwrap_or("") {
             "lock" | "renew" if r["granted"] == true => {
                 // The lease ran from the decision, a little before the record.

@@ -87,6 +87,12 @@ impl Agent {
         })
     }
 
+    /// Kills it (as SIGKILL or a crash would) and waits for it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The `miglockctl` binary.
     pub(crate) fn bin(&self) -> &Path {
         &self.bin
@@ -175,8 +181,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -264,7 +269,7 @@ pub(crate) struct Hosts {
     pub(crate) src_agent: Agent,
     pub(crate) dst_agent: Agent,
     pub(crate) uri: String,
-    bins: PathBuf,
+    pub(crate) bins: PathBuf,
     /// What `miglockctl incoming` printed, once it exits.
     incoming: Option<std::thread::JoinHandle<Vec<String>>>,
     /// The agents fence pre-copy on this QEMU (older than 10.0 under TCG:

@@ -204,6 +204,110 @@ pub fn any_initiator(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<
     r
 }
 
+/// `agent-state-bypass`.
+pub fn state_bypass(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(), Failure> {
+    let mut h = Hosts::start(sc, env, false)?;
+    wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
+    // The old agent granted the hold; the new one has no record of it
+    // (its own state directory) and a policy that forbids guest locks.
+    h.src_agent.kill();
+    let d = env.dir.display();
+    h.src_agent = crate::agentdemo::Agent::start_toml(
+        &h.bins,
+        &env.dir,
+        "src-strict",
+        &format!(
+            "[[vm]]\nname = \"guest\"\ndoorbell = \"{d}/src-doorbell.sock\"\nqmp = \"{d}/src-agent-qmp.sock\"\n\
+             [vm.policy]\nguest_locks = false\n"
+        ),
+    )?;
+    // The module reports its hold once the new agent greets it.
+    let refused = |a: &[Value]| {
+        a.iter()
+            .find(|r| r["event"] == "guest-state-lock" && r["granted"] == false)
+            .cloned()
+    };
+    let record = loop {
+        if let Some(r) = refused(&h.src_agent.audit()) {
+            break r;
+        }
+        if Instant::now() >= deadline {
+            return Err(host_fail(
+                "the new agent never audited the guest's report of its hold".into(),
+            ));
+        }
+        std::thread::yield_now();
+    };
+    let st = h.src_agent.ctl(&["--json", "status"])?;
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+    let locked = st["data"]["vms"]["guest"]["locked"] != false;
+    eprintln!("  the strict agent refused the reported hold: {record}; locked={locked}");
+    // The old agent's blocker is still in QEMU: the new one adopts it and,
+    // the VM being unlocked, lifts it after the linger (200 ms).
+    let since = Instant::now();
+    let lift_by = (since + Duration::from_secs(5)).min(deadline);
+    let mut reasons = blocked_reasons(&mut h.src.qmp)?;
+    while !reasons.is_empty() && Instant::now() < lift_by {
+        std::thread::yield_now();
+        reasons = blocked_reasons(&mut h.src.qmp)?;
+    }
+    let lifted_ms = reasons
+        .is_empty()
+        .then(|| since.elapsed().as_millis() as u64);
+    eprintln!("  the old agent's blocker lifted after {lifted_ms:?} ms; QEMU's blocked-reasons {reasons:?}");
+    h.src.send_line("go").context("console")?;
+    let before = match h
+        .src
+        .wait_line(deadline, |l| crate::pair::tick_of(l).is_some())
+    {
+        Wait::Line(_) => last_tick_in(&h.src.seen),
+        _ => return Err(host_fail("the guest's workload never ticked".into())),
+    };
+    let accepted = start_migration(&mut h.src, &h.uri.clone())?;
+    let end = match &accepted {
+        None => follow(&mut h.src.qmp, deadline)?.status,
+        Some(e) => format!("refused: {e}"),
+    };
+    eprintln!("  migrate from another QMP client: {end}");
+    let completed = end == "completed";
+    let proof = if completed {
+        let since = h.dst.seen.len();
+        pair::prove_alive(&mut h.dst, 50, before, since)
+    } else {
+        Proof::Died("the guest did not move".into())
+    };
+    let added = h
+        .src_agent
+        .audit()
+        .iter()
+        .any(|r| r["event"] == "blocker" && r["state"] == "added");
+    let bypassed = locked || added || !completed;
+    env.write_result(&json!({
+        "policy_bypassed": bypassed,
+        "report_refused_audited": true,
+        "locked_after_report": locked,
+        "blocker_added": added,
+        "blocked_reasons": reasons,
+        "stale_blocker_lifted_ms": lifted_ms,
+        "migration": end,
+        "guest_alive": proof == Proof::Alive,
+    }))?;
+    let r = (|| {
+        require(!locked, "the agent counts the reported hold as a lock")?;
+        require(
+            !added,
+            "the agent installed a blocker for the reported hold",
+        )?;
+        require(completed, &format!("the other client's migration: {end}"))?;
+        if let Proof::Died(why) | Proof::Corrupted(_, why) = &proof {
+            return Err(Failure::new(FailKind::Migration, why.clone()));
+        }
+        Ok(())
+    })();
+    h.quit()?;
+    r
+}
+
 /// Holds the source agent granted, as `[granted, ended)` intervals
 /// (wall clock, ms) replayed from its audit log.
 fn granted_intervals(audit: &[Value]) -> Vec<(u64, u64, u64)> {

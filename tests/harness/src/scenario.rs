@@ -48,6 +48,9 @@ pub enum Blocker {
     AnyInitiator,
     /// Random locks against random migrations.
     Race,
+    /// A guest's report of a hold it was never granted, under a policy
+    /// that forbids guest locks.
+    StateBypass,
 }
 
 /// Why a scenario failed; selftests expect a particular one.
@@ -380,6 +383,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Blocker(Blocker::StateBypass),
+        timeout: secs(180),
+        ..guest(
+            "agent-state-bypass",
+            "agent-state-bypass",
+            "guest_locks = false: a guest reporting a hold the agent never granted is refused (audited), and another QMP client's migrate completes",
+        )
+    },
+    Scenario {
         kind: Kind::Blocker(Blocker::Race),
         timeout: secs(420),
         ..guest(
@@ -656,6 +668,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::Survival(plan) => crate::survival::run(&plan(), env, &env.dir),
         Kind::Blocker(Blocker::AnyInitiator) => crate::blocker::any_initiator(sc, env, deadline),
         Kind::Blocker(Blocker::Race) => crate::blocker::race(env, deadline),
+        Kind::Blocker(Blocker::StateBypass) => crate::blocker::state_bypass(sc, env, deadline),
         Kind::Libvirt => crate::libvirt::migrate_locked(env, deadline),
         Kind::Locking(which) => crate::locking::run(sc, env, deadline, which),
         Kind::Checkpoint(which) => crate::checkpoint::run(sc, env, deadline, which),

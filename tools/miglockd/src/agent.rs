@@ -12,7 +12,6 @@ use miglock_abi::wire::{self, Header, Message, Notice};
 use miglock_qmp::{Event, Monitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
@@ -141,6 +140,12 @@ pub struct Limits {
     /// and tell it after (`Held`, audited as "held"); false: every hold is
     /// decided here.
     pub held: bool,
+    /// Frames that may wait for a guest to read them; one more drops the
+    /// link (a guest that does not drain its UART).
+    pub send_queue: usize,
+    /// Longest a guest may take to accept one frame, ms, before its link
+    /// is dropped.
+    pub send_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -155,6 +160,8 @@ impl Default for Limits {
             blocker_rate: 10.0,
             blocker_burst: 20.0,
             held: true,
+            send_queue: 64,
+            send_timeout_ms: 2000,
         }
     }
 }
@@ -187,13 +194,16 @@ pub struct LinkStats {
     pub rate_dropped: u64,
     /// Times the link was cut for misbehaving.
     pub cut: u64,
+    /// Times the link was dropped because the guest did not read it.
+    pub undrained: u64,
 }
 
 /// The live connection to one VM's guest.
 #[derive(Default)]
 pub struct Link {
-    /// Writes to the guest (notices from other threads go here too).
-    pub writer: Option<UnixStream>,
+    /// Writes to the guest (notices from other threads go here too),
+    /// never blocking: see [`crate::outbox`].
+    pub writer: Option<crate::outbox::Outbox>,
     seq: u32,
     /// Counters.
     pub stats: LinkStats,
@@ -211,9 +221,10 @@ pub struct Link {
 pub const OWED: usize = 8;
 
 impl Link {
-    /// Sends `msg` answering `reply_to`; false if there is no connection.
+    /// Queues `msg` answering `reply_to`; false if there is no connection
+    /// (or it was dropped now, its guest not draining). Never blocks.
     pub fn send(&mut self, msg: &Message<'_>, reply_to: u32) -> bool {
-        let Some(w) = self.writer.as_mut() else {
+        let Some(w) = self.writer.as_ref() else {
             return false;
         };
         self.seq = self.seq.wrapping_add(1).max(1);
@@ -228,7 +239,7 @@ impl Link {
         ) else {
             return false;
         };
-        w.write_all(&buf[..n]).is_ok()
+        w.send(&buf[..n])
     }
 }
 

@@ -23,6 +23,7 @@ mod journal;
 mod ledger;
 mod libvirt;
 mod log;
+mod outbox;
 mod planner;
 mod runahead;
 mod session;

@@ -381,3 +381,45 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
     });
     commands
 }
+
+/// One control request and how its answer came: the time to its first line
+/// (a progress line, or the answer itself) and the final answer. Panics if
+/// the first line takes longer than `first_within` (a stuck agent) or the
+/// answer longer than `within`.
+pub fn control_timed(
+    dir: &Path,
+    req: Value,
+    first_within: Duration,
+    within: Duration,
+) -> (Duration, Value) {
+    let t = Instant::now();
+    let mut s = UnixStream::connect(dir.join("control.sock")).expect("control socket");
+    s.set_read_timeout(Some(first_within)).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut first = None;
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(n) if n > 0 => {}
+            other => panic!("{req}: no answer after {:?}: {other:?}", t.elapsed()),
+        }
+        let first = *first.get_or_insert_with(|| {
+            let _ = s.set_read_timeout(Some(within));
+            t.elapsed()
+        });
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["kind"] != "progress" {
+            return (first, v);
+        }
+    }
+}
+
+/// The audit log's records so far.
+pub fn audit_records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

@@ -12,7 +12,6 @@ use miglock_abi::wire::{self, Header, Message, Notice};
 use miglock_qmp::{Event, Monitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
@@ -65,6 +64,9 @@ pub struct Config {
     /// When written records reach the disk.
     #[serde(default)]
     pub storage: crate::commit::Storage,
+    /// The deadlines of every QMP step.
+    #[serde(default)]
+    pub qmp: QmpOptions,
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
@@ -183,6 +185,37 @@ impl Default for BlockerOptions {
     }
 }
 
+/// `[qmp]` in the configuration: no QMP step waits longer than these.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QmpOptions {
+    /// Dialling, the greeting and `qmp_capabilities`, ms. QEMU greets only
+    /// the one client it serves: a socket another client holds (a debugging
+    /// `socat`, a second agent) or a stuck main loop fails the dial here.
+    pub connect_timeout_ms: u64,
+    /// Each command's reply, ms.
+    pub reply_timeout_ms: u64,
+}
+
+impl Default for QmpOptions {
+    fn default() -> Self {
+        QmpOptions {
+            connect_timeout_ms: miglock_qmp::CONNECT_TIMEOUT.as_millis() as u64,
+            reply_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl QmpOptions {
+    /// As the QMP client takes them.
+    pub fn timeouts(&self) -> miglock_qmp::Timeouts {
+        miglock_qmp::Timeouts {
+            connect: std::time::Duration::from_millis(self.connect_timeout_ms),
+            reply: std::time::Duration::from_millis(self.reply_timeout_ms),
+        }
+    }
+}
+
 /// A guest link's counters.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct LinkStats {
@@ -260,6 +293,9 @@ pub struct Vm {
     /// The migration blocker in this VM's QEMU. Held across the QMP calls
     /// that change it, so they never interleave.
     pub blocker: Mutex<crate::blocker::Blocker>,
+    /// The blocker's node as its last change left it, for `status`, which
+    /// must not wait behind a QMP call that holds `blocker`.
+    pub shown_blocker: Mutex<Option<String>>,
     /// Tells the libvirt metadata publisher whether the VM is blocked.
     pub published: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
     /// Paces the blocker installs its guest's locks cause.
@@ -274,6 +310,14 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reasons(crate::audit::now_ms())
+    }
+
+    /// The blocker's node, without waiting for QEMU (see `shown_blocker`).
+    pub fn blocker_node(&self) -> Option<String> {
+        self.shown_blocker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Says whether the VM is blocked to whoever follows it (the libvirt
@@ -304,6 +348,8 @@ pub struct Agent {
     pub planner: crate::planner::Options,
     /// How the lock is enforced in QEMU.
     pub blocker: BlockerOptions,
+    /// The deadlines of QMP steps.
+    pub qmp: QmpOptions,
     /// The state's journal.
     pub journal: crate::journal::Journal,
     /// Syncs the audit log and the journal in batches.
@@ -339,6 +385,7 @@ impl Agent {
                 changed: Condvar::new(),
                 monitor: Mutex::new(None),
                 blocker: Mutex::new(crate::blocker::Blocker::default()),
+                shown_blocker: Mutex::new(None),
                 published: Mutex::new(None),
                 installs: Mutex::new(crate::bucket::Bucket::new(
                     config.limits.blocker_rate,
@@ -354,13 +401,17 @@ impl Agent {
             limits: config.limits,
             planner: config.planner,
             blocker: config.blocker,
+            qmp: config.qmp,
             journal,
             commit,
         })
     }
 
     /// The agent's QMP connection to `vm`'s QEMU, dialled if there is none
-    /// or the last one closed (a new QEMU process).
+    /// or the last one closed (a new QEMU process). A dial takes at most
+    /// `[qmp] connect_timeout_ms`; it holds `vm.monitor` meanwhile (two
+    /// dials at once would be two clients, and QEMU serves one), a lock
+    /// `status` never takes.
     pub fn monitor(&self, vm: &Vm) -> Result<Monitor, String> {
         let Some(path) = vm.config.qmp.as_ref() else {
             return Err(format!(
@@ -372,9 +423,7 @@ impl Agent {
         if let Some((mon, _)) = m.as_ref().filter(|(m, _)| m.closed().is_none()) {
             return Ok(mon.clone());
         }
-        let (mon, events) = UnixStream::connect(path)
-            .map_err(miglock_qmp::Error::from)
-            .and_then(Monitor::connect)
+        let (mon, events) = Monitor::dial(path, self.qmp.timeouts())
             .map_err(|e| format!("QMP {}: {e}", path.display()))?;
         *m = Some((mon.clone(), Some(events)));
         Ok(mon)

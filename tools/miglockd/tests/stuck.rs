@@ -124,3 +124,69 @@ fn a_guest_that_stops_reading_stops_nothing_else() {
     assert_eq!(st["vms"]["other"]["link"]["undrained"], 0, "{st}");
     drop(stuck);
 }
+
+/// A QMP socket that accepts and never greets (what a second client of a
+/// QEMU meets): every dial fails within `[qmp] connect_timeout_ms`, saying
+/// why; a guest's lock there is refused as unenforceable in bounded time;
+/// `status` and the other VMs never wait for it.
+#[test]
+fn a_qmp_socket_that_never_greets_holds_up_nothing() {
+    let dir = scratch("qmp");
+    let silent = dir.join("silent-qmp.sock");
+    let l = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    std::thread::spawn(move || {
+        // Kept open, never written to.
+        let mut held = Vec::new();
+        for c in l.incoming() {
+            held.push(c);
+        }
+    });
+    let vms = format!(
+        "[[vm]]\nname = \"silent\"\ndoorbell = \"{d}/silent.sock\"\nqmp = \"{q}\"\n",
+        d = dir.display(),
+        q = silent.display()
+    ) + &vm(&dir, "other");
+    configure(&dir, "[qmp]\nconnect_timeout_ms = 300\n", &vms);
+    let silent_bell = listen(&dir.join("silent.sock"));
+    let other_bell = listen(&dir.join("other.sock"));
+    let _agent = Agent::start(&dir);
+    let mut g = Guest::accept(&silent_bell);
+    let mut other = Guest::accept(&other_bell);
+
+    let t = std::time::Instant::now();
+    let lock = std::thread::spawn(move || (g.lock(1, "needs qemu", 10_000), g));
+    // While the lock waits for QEMU, status answers (each within 1 s).
+    let mut looks = 0;
+    while !lock.is_finished() || looks == 0 {
+        let st = status(&dir);
+        assert_eq!(st["vms"]["silent"]["blocker"], Value::Null, "{st}");
+        looks += 1;
+        assert!(t.elapsed() < Duration::from_secs(5), "the lock never ended");
+    }
+    let ((granted, _, why), _g) = lock.join().unwrap();
+    let lock_ms = t.elapsed();
+    assert!(!granted, "granted without QEMU's blocker");
+    assert_eq!(why, wire::REFUSE_UNENFORCEABLE);
+    // At most two dials: the watcher's, then the decision's own.
+    assert!(
+        lock_ms < Duration::from_secs(2),
+        "refused after {lock_ms:?}"
+    );
+
+    let t = std::time::Instant::now();
+    assert!(other.lock(2, "fine", 10_000).0);
+    assert!(
+        t.elapsed() < SECOND,
+        "the other VM waited {:?}",
+        t.elapsed()
+    );
+
+    let a = audit_records(&dir.join("audit.jsonl"));
+    let told = a.iter().any(|r| {
+        r["vm"] == "silent"
+            && r["event"] == "qmp-link"
+            && r["state"] == "unreachable"
+            && r["error"].as_str().is_some_and(|e| e.contains("greeting"))
+    });
+    assert!(told, "no qmp-link record naming the greeting: {a:?}");
+}

@@ -2,7 +2,8 @@
 
 //! The agent against peers that stop: a guest that no longer reads its
 //! link, a QMP socket that never greets. The operator's commands and the
-//! other VMs go on meanwhile, and the stuck peer is dropped, audited.
+//! other VMs go on meanwhile, and the stuck peer is dropped, audited. And
+//! a QEMU whose words changed: what it is doing is asked, never parsed.
 
 use miglock_abi::wire::{self, Header, Message};
 use serde_json::{json, Value};
@@ -189,4 +190,52 @@ fn a_qmp_socket_that_never_greets_holds_up_nothing() {
             && r["error"].as_str().is_some_and(|e| e.contains("greeting"))
     });
     assert!(told, "no qmp-link record naming the greeting: {a:?}");
+}
+
+/// QEMU refuses a blocker while a migration runs, in words that changed
+/// between versions: the agent asks `query-migrate` instead, cancels the
+/// migration another client started and grants the lock once the blocker
+/// is in.
+#[test]
+fn a_migration_in_progress_is_known_by_its_status_not_its_wording() {
+    let dir = scratch("busy");
+    let qmp = dir.join("vm-qmp.sock");
+    let sent = fake_qemu(
+        &qmp,
+        FakeQemu {
+            initial: "active",
+            ending: "active",
+            busy_error: Some("Migration is running; try again later"),
+            ..FakeQemu::default()
+        },
+    );
+    let vms = format!(
+        "[[vm]]\nname = \"vm\"\ndoorbell = \"{}/vm.sock\"\nqmp = \"{}\"\n",
+        dir.display(),
+        qmp.display()
+    );
+    configure(&dir, "", &vms);
+    let bell = listen(&dir.join("vm.sock"));
+    let _agent = Agent::start(&dir);
+    let mut g = Guest::accept(&bell);
+    let (granted, _, why) = g.lock(1, "critical", 10_000);
+    assert!(granted, "refused ({why}): the wording was not recognised");
+    let cmds: Vec<String> = sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c["execute"].as_str().unwrap_or("").to_string())
+        .collect();
+    let cancel = cmds.iter().position(|c| c == "migrate_cancel");
+    let added = cmds.iter().rposition(|c| c == "blockdev-add");
+    assert!(
+        cancel.is_some() && added > cancel,
+        "no cancel before the blocker: {cmds:?}"
+    );
+    let a = audit_records(&dir.join("audit.jsonl"));
+    assert!(
+        a.iter()
+            .any(|r| r["event"] == "migrate-cancelled" && r["vm"] == "vm"),
+        "{a:?}"
+    );
 }

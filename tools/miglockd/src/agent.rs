@@ -67,6 +67,9 @@ pub struct Config {
     /// The deadlines of every QMP step.
     #[serde(default)]
     pub qmp: QmpOptions,
+    /// Pauses before a switchover that nobody owns.
+    #[serde(default)]
+    pub switchover: SwitchoverOptions,
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
@@ -216,6 +219,25 @@ impl QmpOptions {
     }
 }
 
+/// `[switchover]` in the configuration.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwitchoverOptions {
+    /// How long a migration may stay paused at "pre-switchover" with no
+    /// gate of this agent owning it before the agent continues it (an
+    /// unlocked VM), ms; a locked VM's is cancelled at once. Clients that
+    /// pause there themselves (libvirt, with storage) continue well within.
+    pub orphan_continue_ms: u64,
+}
+
+impl Default for SwitchoverOptions {
+    fn default() -> Self {
+        SwitchoverOptions {
+            orphan_continue_ms: 5000,
+        }
+    }
+}
+
 /// A guest link's counters.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct LinkStats {
@@ -350,6 +372,8 @@ pub struct Agent {
     pub blocker: BlockerOptions,
     /// The deadlines of QMP steps.
     pub qmp: QmpOptions,
+    /// Pauses before a switchover that nobody owns.
+    pub switchover: SwitchoverOptions,
     /// The state's journal.
     pub journal: crate::journal::Journal,
     /// Syncs the audit log and the journal in batches.
@@ -402,6 +426,7 @@ impl Agent {
             planner: config.planner,
             blocker: config.blocker,
             qmp: config.qmp,
+            switchover: config.switchover,
             journal,
             commit,
         })

@@ -47,14 +47,19 @@ pub fn settle(agent: &Agent, vm: &Vm, mon: &Monitor, why: &str) -> Option<End> {
         return None;
     }
     // Decided and marked under one lock, as the gate does: once continued,
-    // new locks are refused (the guest is on its way).
+    // new locks are refused (the guest is on its way). One the gate (or an
+    // earlier settle) already continued is on its way: QEMU shows
+    // "pre-switchover" a moment after migrate-continue.
     let end = agent.update(vm, |l, now| {
+        if l.migration == Some(Migration::AfterSwitchover) {
+            return (None, false);
+        }
         let end = decide(l.locked(now));
         if end == End::Continue {
             l.migration = Some(Migration::AfterSwitchover);
         }
-        (end, false)
-    });
+        (Some(end), false)
+    })?;
     match end {
         End::Continue => {
             let r = mon.execute("migrate-continue", Some(json!({"state": "pre-switchover"})));

@@ -525,6 +525,34 @@ mod tests {
     }
 
     #[test]
+    fn a_full_backlog_fails_the_dial_within_the_deadline() {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+        let dir = std::env::temp_dir().join(format!("qmp-backlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qmp.sock");
+        let l = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+        rustix::net::bind(&l, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        // A backlog of none: the first client waits unaccepted, the next
+        // cannot even connect (a QEMU whose main loop is stuck).
+        rustix::net::listen(&l, 0).unwrap();
+        let mut first = Vec::new();
+        let mut dialled = 0;
+        let t = Instant::now();
+        let e = loop {
+            match dial(&path, Duration::from_millis(200)) {
+                Ok(s) => first.push(s),
+                Err(e) => break e,
+            }
+            dialled += 1;
+            assert!(dialled < 100, "the backlog never filled");
+        };
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(e.to_string().contains("did not accept"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_late_reply_is_dropped_not_returned_for_the_next_command() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         thread::spawn(move || {

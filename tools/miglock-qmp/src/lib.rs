@@ -10,7 +10,7 @@
 
 mod monitor;
 
-pub use monitor::{Monitor, REPLY_TIMEOUT};
+pub use monitor::{Monitor, Timeouts, CONNECT_TIMEOUT, REPLY_TIMEOUT};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -12,21 +12,47 @@
 
 use crate::{Error, Event, Result};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a command may wait for its reply by default.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the greeting and `qmp_capabilities` may take by default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The deadlines of a connection's steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Dialling, the greeting and `qmp_capabilities`, together. QEMU serves
+    /// one client per socket and leaves the others in its backlog without
+    /// a greeting: without this, a second client waits for ever.
+    pub connect: Duration,
+    /// Each command's reply, and each write of one.
+    pub reply: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: CONNECT_TIMEOUT,
+            reply: REPLY_TIMEOUT,
+        }
+    }
+}
 
 type Reply = std::result::Result<Value, (String, String)>;
 
 #[derive(Default)]
 struct State {
+    /// Commands waiting for their reply: a reply to any other id (one that
+    /// came after its command gave up) is dropped, never kept or returned.
+    waiting: HashSet<u64>,
     replies: HashMap<u64, Reply>,
     subscribers: Vec<Sender<Event>>,
     /// Why the connection ended, once it has.
@@ -35,6 +61,7 @@ struct State {
 
 struct Shared {
     writer: Mutex<(UnixStream, u64)>,
+    timeouts: Timeouts,
     state: Mutex<State>,
     replied: Condvar,
 }
@@ -62,17 +89,45 @@ impl Monitor {
     /// holds every event from the first on (none is lost to a subscriber
     /// that comes a moment late).
     pub fn connect(stream: UnixStream) -> Result<(Monitor, Receiver<Event>)> {
+        Self::connect_within(stream, Timeouts::default())
+    }
+
+    /// Dials the QMP socket at `path` and connects, all within
+    /// `timeouts.connect` (a full backlog, a QEMU that never greets).
+    pub fn dial(path: &Path, timeouts: Timeouts) -> Result<(Monitor, Receiver<Event>)> {
+        let start = Instant::now();
+        let stream = dial(path, timeouts.connect)?;
+        let left = timeouts.connect.saturating_sub(start.elapsed());
+        Self::connect_within(
+            stream,
+            Timeouts {
+                connect: left,
+                ..timeouts
+            },
+        )
+    }
+
+    /// [`Monitor::connect`] with deadlines: the greeting and
+    /// `qmp_capabilities` within `timeouts.connect`, then each command
+    /// within `timeouts.reply`.
+    pub fn connect_within(
+        stream: UnixStream,
+        timeouts: Timeouts,
+    ) -> Result<(Monitor, Receiver<Event>)> {
+        let deadline = Instant::now() + timeouts.connect;
         let mut reader = BufReader::new(stream.try_clone()?);
-        let greeting = read_message(&mut reader)?;
+        let greeting = read_before(&mut reader, deadline, "the QMP greeting")?;
         if greeting.get("QMP").is_none() {
             return Err(Error::Protocol(format!(
                 "expected greeting, got {greeting}"
             )));
         }
         let mut writer = stream;
+        // A write into a QEMU that does not read fails instead of blocking.
+        writer.set_write_timeout(Some(nonzero(timeouts.reply)))?;
         writeln!(writer, r#"{{"execute": "qmp_capabilities"}}"#)?;
         loop {
-            let m = read_message(&mut reader)?;
+            let m = read_before(&mut reader, deadline, "the answer to qmp_capabilities")?;
             if m.get("return").is_some() {
                 break;
             }
@@ -80,9 +135,12 @@ impl Monitor {
                 return Err(Error::Protocol(format!("qmp_capabilities: {e}")));
             }
         }
+        // The reader thread waits for events as long as the connection lasts.
+        reader.get_ref().set_read_timeout(None)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             writer: Mutex::new((writer, 1)),
+            timeouts,
             state: Mutex::new(State {
                 subscribers: vec![tx],
                 ..State::default()
@@ -121,7 +179,17 @@ impl Monitor {
 
     /// Runs `command` and returns its `return` value.
     pub fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        self.call(command, arguments, None, REPLY_TIMEOUT)
+        self.call(command, arguments, None, self.shared.timeouts.reply)
+    }
+
+    /// Runs `command`, waiting at most `timeout` for its reply.
+    pub fn execute_within(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        self.call(command, arguments, None, timeout)
     }
 
     /// Runs `command` with `fd` passed alongside (`SCM_RIGHTS`), as
@@ -132,7 +200,7 @@ impl Monitor {
         arguments: Option<Value>,
         fd: BorrowedFd<'_>,
     ) -> Result<Value> {
-        self.call(command, arguments, Some(fd), REPLY_TIMEOUT)
+        self.call(command, arguments, Some(fd), self.shared.timeouts.reply)
     }
 
     fn call(
@@ -154,16 +222,27 @@ impl Monitor {
             msg.insert("id".into(), json!(id));
             let mut line = Value::Object(msg).to_string();
             line.push('\n');
-            if let Some(closed) = self.closed() {
-                return Err(gone(&closed));
+            {
+                let mut st = self.shared.state();
+                if let Some(closed) = &st.closed {
+                    return Err(gone(closed));
+                }
+                st.waiting.insert(id);
             }
-            send(&w.0, line.as_bytes(), fd)?;
+            if let Err(e) = send(&w.0, line.as_bytes(), fd) {
+                // Part of a line may have gone out: nothing after it could
+                // be parsed by QEMU. The connection ends; the caller redials.
+                let _ = w.0.shutdown(std::net::Shutdown::Both);
+                self.shared.state().waiting.remove(&id);
+                return Err(e);
+            }
             id
         };
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.state();
         loop {
             if let Some(r) = st.replies.remove(&id) {
+                st.waiting.remove(&id);
                 return r.map_err(|(class, desc)| Error::Command {
                     command: command.to_string(),
                     class,
@@ -175,6 +254,8 @@ impl Monitor {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // Its reply, if it ever comes, is dropped on arrival.
+                st.waiting.remove(&id);
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no reply to '{command}' within {timeout:?}"),
@@ -255,13 +336,70 @@ fn read_loop(shared: &Shared, mut reader: BufReader<UnixStream>) {
             }
             (None, None) => continue,
         };
-        st.replies.insert(id, reply);
-        shared.replied.notify_all();
+        if st.waiting.contains(&id) {
+            st.replies.insert(id, reply);
+            shared.replied.notify_all();
+        }
     };
     let mut st = shared.state();
     st.closed = Some(why);
     st.subscribers.clear();
     shared.replied.notify_all();
+}
+
+/// Reads one message before `deadline`; `what` names it in the error.
+fn read_before(reader: &mut BufReader<UnixStream>, deadline: Instant, what: &str) -> Result<Value> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    reader.get_ref().set_read_timeout(Some(nonzero(left)))?;
+    read_message(reader).map_err(|e| match e {
+        Error::Io(e) if timed_out(&e) => Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no {what} in time: QEMU serves one QMP client per socket; \
+                 is another one connected?"
+            ),
+        )),
+        e => e,
+    })
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A socket timeout of zero means none at all: the least is 1 ms.
+fn nonzero(d: Duration) -> Duration {
+    d.max(Duration::from_millis(1))
+}
+
+/// Connects to `path` within `timeout`: a listener whose backlog is full
+/// makes connect(2) wait, as long as the socket's send timeout allows.
+fn dial(path: &Path, timeout: Duration) -> Result<UnixStream> {
+    use rustix::net::{sockopt, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(nonzero(timeout)))
+        .map_err(io::Error::from)?;
+    let addr = SocketAddrUnix::new(path).map_err(io::Error::from)?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) => Ok(UnixStream::from(fd)),
+        Err(rustix::io::Errno::AGAIN) => Err(Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{} did not accept within {timeout:?} (its backlog is full)",
+                path.display()
+            ),
+        ))),
+        Err(e) => Err(Error::Io(e.into())),
+    }
 }
 
 fn read_message(reader: &mut BufReader<UnixStream>) -> Result<Value> {
@@ -358,6 +496,96 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_socket_that_never_greets_fails_within_the_deadline() {
+        let dir = std::env::temp_dir().join(format!("qmp-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qmp.sock");
+        // Never accepted: the dial lands in the backlog, as a second
+        // client of a QEMU does.
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let t = Instant::now();
+        let limits = Timeouts {
+            connect: Duration::from_millis(200),
+            reply: Duration::from_secs(1),
+        };
+        let e = Monitor::dial(&path, limits).err().expect("no greeting");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(
+            matches!(&e, Error::Io(io) if io.kind() == io::ErrorKind::TimedOut),
+            "{e}"
+        );
+        assert!(e.to_string().contains("greeting"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_backlog_fails_the_dial_within_the_deadline() {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+        let dir = std::env::temp_dir().join(format!("qmp-backlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qmp.sock");
+        let l = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+        rustix::net::bind(&l, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        // A backlog of none: the first client waits unaccepted, the next
+        // cannot even connect (a QEMU whose main loop is stuck).
+        rustix::net::listen(&l, 0).unwrap();
+        let mut first = Vec::new();
+        let mut dialled = 0;
+        let t = Instant::now();
+        let e = loop {
+            match dial(&path, Duration::from_millis(200)) {
+                Ok(s) => first.push(s),
+                Err(e) => break e,
+            }
+            dialled += 1;
+            assert!(dialled < 100, "the backlog never filled");
+        };
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(e.to_string().contains("did not accept"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_late_reply_is_dropped_not_returned_for_the_next_command() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        thread::spawn(move || {
+            let mut w = theirs.try_clone().unwrap();
+            let mut r = BufReader::new(theirs);
+            writeln!(w, r#"{{"QMP": {{}}}}"#).unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            writeln!(w, r#"{{"return": {{}}}}"#).unwrap();
+            let mut next = || {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                serde_json::from_str::<Value>(&line).unwrap()
+            };
+            // The first command's answer comes only after the second was
+            // sent, and before the second's: too late for the first.
+            let slow = next();
+            let fast = next();
+            writeln!(w, "{}", json!({"return": "slow", "id": slow["id"]})).unwrap();
+            writeln!(w, "{}", json!({"return": "fast", "id": fast["id"]})).unwrap();
+            let _ = next();
+        });
+        let m = Monitor::handshake(ours).unwrap();
+        let e = m
+            .execute_within("slow", None, Duration::from_millis(100))
+            .unwrap_err();
+        assert!(e.to_string().contains("no reply to 'slow'"), "{e}");
+        assert_eq!(m.execute("fast", None).unwrap(), "fast");
+        let st = m.shared.state();
+        assert!(
+            st.replies.is_empty() && st.waiting.is_empty(),
+            "stale replies kept"
+        );
     }
 
     #[test]

@@ -13,8 +13,6 @@ use miglock_abi::wire::{self, Header, Message, Notice};
 use miglock_qmp::{Event, Monitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
@@ -67,6 +65,12 @@ pub struct Config {
     /// When written records reach the disk.
     #[serde(default)]
     pub storage: crate::commit::Storage,
+    /// The deadlines of every QMP step.
+    #[serde(default)]
+    pub qmp: QmpOptions,
+    /// Pauses before a switchover that nobody owns.
+    #[serde(default)]
+    pub switchover: SwitchoverOptions,
     /// The VMs.
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmConfig>,
@@ -142,6 +146,12 @@ pub struct Limits {
     /// and tell it after (`Held`, audited as "held"); false: every hold is
     /// decided here.
     pub held: bool,
+    /// Frames that may wait for a guest to read them; one more drops the
+    /// link (a guest that does not drain its UART).
+    pub send_queue: usize,
+    /// Longest a guest may take to accept one frame, ms, before its link
+    /// is dropped.
+    pub send_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -156,6 +166,8 @@ impl Default for Limits {
             blocker_rate: 10.0,
             blocker_burst: 20.0,
             held: true,
+            send_queue: 64,
+            send_timeout_ms: 2000,
         }
     }
 }
@@ -177,6 +189,56 @@ impl Default for BlockerOptions {
     }
 }
 
+/// `[qmp]` in the configuration: no QMP step waits longer than these.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QmpOptions {
+    /// Dialling, the greeting and `qmp_capabilities`, ms. QEMU greets only
+    /// the one client it serves: a socket another client holds (a debugging
+    /// `socat`, a second agent) or a stuck main loop fails the dial here.
+    pub connect_timeout_ms: u64,
+    /// Each command's reply, ms.
+    pub reply_timeout_ms: u64,
+}
+
+impl Default for QmpOptions {
+    fn default() -> Self {
+        QmpOptions {
+            connect_timeout_ms: miglock_qmp::CONNECT_TIMEOUT.as_millis() as u64,
+            reply_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl QmpOptions {
+    /// As the QMP client takes them.
+    pub fn timeouts(&self) -> miglock_qmp::Timeouts {
+        miglock_qmp::Timeouts {
+            connect: std::time::Duration::from_millis(self.connect_timeout_ms),
+            reply: std::time::Duration::from_millis(self.reply_timeout_ms),
+        }
+    }
+}
+
+/// `[switchover]` in the configuration.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwitchoverOptions {
+    /// How long a migration may stay paused at "pre-switchover" with no
+    /// gate of this agent owning it before the agent continues it (an
+    /// unlocked VM), ms; a locked VM's is cancelled at once. Clients that
+    /// pause there themselves (libvirt, with storage) continue well within.
+    pub orphan_continue_ms: u64,
+}
+
+impl Default for SwitchoverOptions {
+    fn default() -> Self {
+        SwitchoverOptions {
+            orphan_continue_ms: 5000,
+        }
+    }
+}
+
 /// A guest link's counters.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct LinkStats {
@@ -188,13 +250,16 @@ pub struct LinkStats {
     pub rate_dropped: u64,
     /// Times the link was cut for misbehaving.
     pub cut: u64,
+    /// Times the link was dropped because the guest did not read it.
+    pub undrained: u64,
 }
 
 /// The live connection to one VM's guest.
 #[derive(Default)]
 pub struct Link {
-    /// Writes to the guest (notices from other threads go here too).
-    pub writer: Option<UnixStream>,
+    /// Writes to the guest (notices from other threads go here too),
+    /// never blocking: see [`crate::outbox`].
+    pub writer: Option<crate::outbox::Outbox>,
     seq: u32,
     /// Counters.
     pub stats: LinkStats,
@@ -216,9 +281,10 @@ pub struct Link {
 pub const OWED: usize = 8;
 
 impl Link {
-    /// Sends `msg` answering `reply_to`; false if there is no connection.
+    /// Queues `msg` answering `reply_to`; false if there is no connection
+    /// (or it was dropped now, its guest not draining). Never blocks.
     pub fn send(&mut self, msg: &Message<'_>, reply_to: u32) -> bool {
-        let Some(w) = self.writer.as_mut() else {
+        let Some(w) = self.writer.as_ref() else {
             return false;
         };
         self.seq = self.seq.wrapping_add(1).max(1);
@@ -233,7 +299,7 @@ impl Link {
         ) else {
             return false;
         };
-        w.write_all(&buf[..n]).is_ok()
+        w.send(&buf[..n])
     }
 }
 
@@ -254,6 +320,9 @@ pub struct Vm {
     /// The migration blocker in this VM's QEMU. Held across the QMP calls
     /// that change it, so they never interleave.
     pub blocker: Mutex<crate::blocker::Blocker>,
+    /// The blocker's node as its last change left it, for `status`, which
+    /// must not wait behind a QMP call that holds `blocker`.
+    pub shown_blocker: Mutex<Option<String>>,
     /// Tells the libvirt metadata publisher whether the VM is blocked.
     pub published: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
     /// Paces the blocker installs its guest's locks cause.
@@ -268,6 +337,14 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reasons(now_ms())
+    }
+
+    /// The blocker's node, without waiting for QEMU (see `shown_blocker`).
+    pub fn blocker_node(&self) -> Option<String> {
+        self.shown_blocker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Says whether the VM is blocked to whoever follows it (the libvirt
@@ -298,6 +375,10 @@ pub struct Agent {
     pub planner: crate::planner::Options,
     /// How the lock is enforced in QEMU.
     pub blocker: BlockerOptions,
+    /// The deadlines of QMP steps.
+    pub qmp: QmpOptions,
+    /// Pauses before a switchover that nobody owns.
+    pub switchover: SwitchoverOptions,
     /// The state's journal.
     pub journal: crate::journal::Journal,
     /// Syncs the audit log and the journal in batches.
@@ -419,6 +500,7 @@ impl Agent {
                 changed: Condvar::new(),
                 monitor: Mutex::new(None),
                 blocker: Mutex::new(crate::blocker::Blocker::default()),
+                shown_blocker: Mutex::new(None),
                 published: Mutex::new(None),
                 installs: Mutex::new(crate::bucket::Bucket::new(
                     config.limits.blocker_rate,
@@ -444,6 +526,8 @@ impl Agent {
             limits: config.limits,
             planner: config.planner,
             blocker: config.blocker,
+            qmp: config.qmp,
+            switchover: config.switchover,
             journal,
             commit,
             _instance: instance,
@@ -452,7 +536,10 @@ impl Agent {
     }
 
     /// The agent's QMP connection to `vm`'s QEMU, dialled if there is none
-    /// or the last one closed (a new QEMU process).
+    /// or the last one closed (a new QEMU process). A dial takes at most
+    /// `[qmp] connect_timeout_ms`; it holds `vm.monitor` meanwhile (two
+    /// dials at once would be two clients, and QEMU serves one), a lock
+    /// `status` never takes.
     pub fn monitor(&self, vm: &Vm) -> Result<Monitor, String> {
         let Some(path) = vm.config.qmp.as_ref() else {
             return Err(format!(
@@ -464,9 +551,7 @@ impl Agent {
         if let Some((mon, _)) = m.as_ref().filter(|(m, _)| m.closed().is_none()) {
             return Ok(mon.clone());
         }
-        let (mon, events) = UnixStream::connect(path)
-            .map_err(miglock_qmp::Error::from)
-            .and_then(Monitor::connect)
+        let (mon, events) = Monitor::dial(path, self.qmp.timeouts())
             .map_err(|e| format!("QMP {}: {e}", path.display()))?;
         *m = Some((mon.clone(), Some(events)));
         Ok(mon)

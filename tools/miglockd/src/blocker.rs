@@ -201,11 +201,14 @@ pub fn install(mon: &Monitor, node: &str) -> Result<u64, InstallError> {
         Ok(_) => Ok(fdset),
         Err(e) => {
             let _ = mon.execute("remove-fd", Some(json!({ "fdset-id": fdset })));
-            Err(match &e {
-                QmpError::Command { desc, .. } if desc.contains("in progress") => {
-                    InstallError::MigrationInProgress
-                }
-                _ => fail(&e),
+            // QEMU takes no blocker while a migration runs. Its error text
+            // is no API (it changed between versions): ask QEMU instead.
+            let busy = matches!(&e, QmpError::Command { .. })
+                && migration_status(mon).is_ok_and(|s| migrating(&s));
+            Err(if busy {
+                InstallError::MigrationInProgress
+            } else {
+                fail(&e)
             })
         }
     }
@@ -250,6 +253,12 @@ pub fn find(mon: &Monitor) -> Result<(Vec<String>, Vec<u64>), String> {
         .filter_map(|s| s["fdset-id"].as_u64())
         .collect();
     Ok((names, ours))
+}
+
+/// Whether a `query-migrate` status is a migration (or snapshot) that has
+/// not ended.
+pub fn migrating(status: &str) -> bool {
+    !matches!(status, "none" | "completed" | "failed" | "cancelled" | "")
 }
 
 /// QEMU's migration status (`none` before the first migration).

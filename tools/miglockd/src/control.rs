@@ -107,14 +107,8 @@ fn client(agent: &Agent, conn: UnixStream) -> std::io::Result<()> {
 
 /// One VM's state as miglockctl shows it.
 pub fn vm_status(vm: &Vm) -> Value {
-    // The blocker before the ledger: never the other way round (a lock
-    // decision holds the blocker while it reads the ledger).
-    let blocker = vm
-        .blocker
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .node
-        .clone();
+    // Not `vm.blocker`: a lock decision holds it across QMP calls.
+    let blocker = vm.blocker_node();
     let now = now_ms();
     let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
     let link = vm.link.lock().unwrap_or_else(|e| e.into_inner());

@@ -71,8 +71,41 @@ impl NotEnforced {
     }
 }
 
-fn blocker_of(vm: &Vm) -> MutexGuard<'_, Blocker> {
-    vm.blocker.lock().unwrap_or_else(|e| e.into_inner())
+/// `vm`'s blocker, held across the QMP calls that change it; what it
+/// leaves is shown to `status` when released (`Vm::shown_blocker`).
+fn blocker_of(vm: &Vm) -> BlockerGuard<'_> {
+    BlockerGuard {
+        vm,
+        b: vm.blocker.lock().unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
+struct BlockerGuard<'a> {
+    vm: &'a Vm,
+    b: MutexGuard<'a, Blocker>,
+}
+
+impl std::ops::Deref for BlockerGuard<'_> {
+    type Target = Blocker;
+    fn deref(&self) -> &Blocker {
+        &self.b
+    }
+}
+
+impl std::ops::DerefMut for BlockerGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Blocker {
+        &mut self.b
+    }
+}
+
+impl Drop for BlockerGuard<'_> {
+    fn drop(&mut self) {
+        *self
+            .vm
+            .shown_blocker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.b.node.clone();
+    }
 }
 
 /// [`ensure`] for a guest's lock request: a blocker install is what a lock

@@ -25,6 +25,8 @@ mod journal;
 mod ledger;
 mod libvirt;
 mod log;
+mod outbox;
+mod pause;
 mod planner;
 mod runahead;
 mod session;
@@ -120,9 +122,10 @@ fn serve(config: &agent::Config) -> Result<()> {
 }
 
 /// Waits for signals: SIGHUP reopens the audit log (logrotate moved it);
-/// SIGTERM or SIGINT ends the agent with status 0 once the audit record
-/// being written is whole.
-fn signals(agent: &agent::Agent, control: PathBuf) {
+/// SIGTERM or SIGINT ends the agent with status 0, after ending the
+/// migrations its gates follow (at most `pause::STOP_WAIT`) and once the
+/// audit record being written is whole.
+fn signals(agent: &Arc<agent::Agent>, control: PathBuf) {
     let set = handled();
     loop {
         match set.wait() {
@@ -135,6 +138,9 @@ fn signals(agent: &agent::Agent, control: PathBuf) {
                 let _ = sd_notify::notify(&[NotifyState::Stopping]);
                 // miglockctl then says "not running" rather than hanging.
                 let _ = std::fs::remove_file(&control);
+                // No migration this agent gates may wait at its switchover
+                // for a continue that will never come.
+                pause::on_stop(agent, sig.as_str(), pause::STOP_WAIT);
                 agent.journal.sync();
                 agent
                     .audit

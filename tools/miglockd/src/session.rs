@@ -6,13 +6,15 @@
 //! The guest is untrusted. Every frame is validated by the wire decoder and
 //! again here (reason codes, labels, sizes); a token bucket limits how fast
 //! a guest may talk; a link that keeps sending garbage or floods is cut and
-//! redialled after a pause. Nothing a guest sends can stop the agent or
-//! touch another VM's state.
+//! redialled after a pause; one that stops reading is dropped too (its
+//! frames wait in a bounded queue, `outbox.rs`). Nothing a guest sends, or
+//! fails to read, can stop the agent or touch another VM's state.
 
 use crate::agent::{Agent, Vm};
 use crate::bucket::Bucket;
 use crate::dial::Dial;
 use crate::ledger::{Verdict, REPORTED_HOLD, REPORTED_LABEL};
+use crate::outbox::Outbox;
 use miglock_abi::types::{check_label, Reason};
 use miglock_abi::wire::{self, Decoder, Event, Message, Notice};
 use serde_json::json;
@@ -48,7 +50,19 @@ pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
                     .record(name, "guest-link", json!({"state": "connected"}));
                 was_connected = true;
                 let why = serve(&agent, &vm, s, &stop);
-                vm.link.lock().unwrap_or_else(|e| e.into_inner()).writer = None;
+                let why = match undrained(&vm) {
+                    Some(stall) => {
+                        let stats = vm.link.lock().unwrap_or_else(|e| e.into_inner()).stats;
+                        warn!(vm = name, why = stall, "guest does not drain: link dropped");
+                        agent.audit.record(
+                            name,
+                            "guest-misbehaving",
+                            json!({"action": "link dropped", "why": stall, "stats": stats}),
+                        );
+                        format!("dropped: {stall}")
+                    }
+                    None => why,
+                };
                 info!(vm = name, path, why, "doorbell link ended");
                 agent.audit.record(
                     name,
@@ -80,11 +94,27 @@ pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Ends `vm`'s link on the host side: why it was dropped for not draining,
+/// if it was (then counted).
+fn undrained(vm: &Vm) -> Option<String> {
+    let mut link = vm.link.lock().unwrap_or_else(|e| e.into_inner());
+    let stall = link.writer.take().and_then(|w| w.stalled());
+    if stall.is_some() {
+        link.stats.undrained += 1;
+    }
+    stall
+}
+
 /// Serves one connection; returns why it ended.
 fn serve(agent: &Agent, vm: &Vm, mut stream: UnixStream, stop: &AtomicBool) -> String {
     let name = vm.config.name.as_str();
-    let Ok(writer) = stream.try_clone() else {
-        return "cannot clone socket".into();
+    let timeout = Duration::from_millis(agent.limits.send_timeout_ms);
+    let writer = match stream
+        .try_clone()
+        .and_then(|s| Outbox::start(s, agent.limits.send_queue, timeout))
+    {
+        Ok(w) => w,
+        Err(e) => return format!("cannot start the writer: {e}"),
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     vm.link.lock().unwrap_or_else(|e| e.into_inner()).writer = Some(writer);

@@ -14,6 +14,7 @@ use crate::clock::now_ms;
 use crate::dial::Dial;
 use crate::enforce;
 use crate::ledger::Migration;
+use crate::pause;
 use crate::session::REDIAL;
 use miglock_abi::wire::Notice;
 use miglock_qmp::{Event, Monitor};
@@ -74,7 +75,7 @@ pub fn run(agent: Arc<Agent>, vm: Arc<Vm>, stop: Arc<AtomicBool>) {
 /// Follows one QMP connection until it closes or `stop`.
 fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
     let events = agent.take_events(vm).unwrap_or_else(|| mon.subscribe());
-    on_connect(agent, vm, mon);
+    let status = on_connect(agent, vm, mon);
     // A QEMU started to receive a VM says so until it has: what it reports
     // of a migration until then is the VM arriving.
     let mut direction = enforce::incoming(mon).then_some(Direction::In);
@@ -83,9 +84,13 @@ fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
         arriving: direction.is_some(),
         announced: false,
         checkpoint: false,
+        orphan: pause::Orphan::default(),
     };
+    follows.orphan.seen(&status, Instant::now());
+    let grace = Duration::from_millis(agent.switchover.orphan_continue_ms);
     while !stop.load(Ordering::Relaxed) {
         let due = enforce::reconcile(agent, vm);
+        orphaned(agent, vm, mon, direction, &mut follows, grace);
         let next_end = {
             let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
             let now = now_ms();
@@ -96,7 +101,7 @@ fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
                 .min()
                 .map(|t| Instant::now() + Duration::from_millis(t - now))
         };
-        let wake = [due, next_end]
+        let wake = [due, next_end, follows.orphan.next(grace)]
             .into_iter()
             .flatten()
             .min()
@@ -120,47 +125,66 @@ fn follow(agent: &Agent, vm: &Vm, mon: &Monitor, stop: &AtomicBool) {
     }
 }
 
-/// A new connection: events on, a migration a dead agent left paused is
-/// settled, and the blocker adopted.
-fn on_connect(agent: &Agent, vm: &Vm, mon: &Monitor) {
+/// A new connection: events on, the migration QEMU runs learnt, and the
+/// blocker adopted. Returns the migration's status (a pause a dead agent
+/// left is ended by the loop, see [`orphaned`]).
+fn on_connect(agent: &Agent, vm: &Vm, mon: &Monitor) -> String {
     // MIGRATION events are what every later step follows; QEMU takes the
     // capability only between migrations, and keeps it.
     let _ = mon.execute(
         "migrate-set-capabilities",
         Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
     );
-    // Where a migration is belongs to the QEMU process: learn it afresh.
+    // Where a migration is belongs to the QEMU process: learn it afresh
+    // (asked before taking the ledger: no QMP under its lock).
     let status = crate::blocker::migration_status(mon).unwrap_or_default();
+    let left = enforce::past_switchover(&status) && !enforce::running(mon);
+    let outgoing = enforce::in_flight(&status) && !enforce::incoming(mon);
     agent.update(vm, |l, _| {
-        l.migration = if enforce::past_switchover(&status) && !enforce::running(mon) {
+        l.migration = if left {
             Some(Migration::AfterSwitchover)
-        } else if enforce::in_flight(&status) && !enforce::incoming(mon) {
+        } else if outgoing {
             Some(Migration::BeforeSwitchover)
         } else {
             None
         };
         ((), false)
     });
-    stuck_switchover(agent, vm, mon);
     enforce::adopt(agent, vm, mon);
+    status
 }
 
-/// A migration left paused at "pre-switchover" by an agent that died while
-/// deciding is cancelled if the VM is locked, so the guest runs on here.
-fn stuck_switchover(agent: &Agent, vm: &Vm, mon: &Monitor) {
-    let paused = crate::blocker::migration_status(mon).is_ok_and(|s| s == "pre-switchover");
-    let locked = vm
-        .ledger
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .locked(now_ms());
-    if paused && locked {
-        let _ = mon.execute("migrate_cancel", None);
-        agent.audit.record(
-            &vm.config.name,
-            "migrate-cancelled",
-            json!({"why": "found paused before the switchover of a locked VM"}),
-        );
+/// A migration paused at "pre-switchover" that no live gate owns (an agent
+/// that died while its gate waited, or a client that went away) is ended
+/// ([`pause::settle`]). Seen by its MIGRATION event, at connect, or by
+/// asking while another client's migration copies (an event can be lost).
+fn orphaned(
+    agent: &Agent,
+    vm: &Vm,
+    mon: &Monitor,
+    direction: Option<Direction>,
+    f: &mut Follows,
+    grace: Duration,
+) {
+    if f.checkpoint || direction == Some(Direction::In) {
+        return;
+    }
+    let (gate, locked, copying) = {
+        let l = vm.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let copying = l.migration == Some(Migration::BeforeSwitchover);
+        (l.gate, l.locked(now_ms()), copying)
+    };
+    if !gate && copying && !f.orphan.paused() {
+        if let Ok(status) = crate::blocker::migration_status(mon) {
+            f.orphan.seen(&status, Instant::now());
+        }
+    }
+    if f.orphan.due(gate, locked, Instant::now(), grace) {
+        let why = "found paused before the switchover, owned by no gate";
+        if pause::settle(agent, vm, mon, why).is_some() {
+            info!(vm = vm.config.name, "ended a pause before the switchover");
+        }
+        f.orphan.ended();
     }
 }
 
@@ -176,6 +200,8 @@ struct Follows {
     /// The migration QEMU runs is a checkpoint (background snapshot): the
     /// VM stays, so none of it is an outgoing migration.
     checkpoint: bool,
+    /// A pause at "pre-switchover" seen, and since when.
+    orphan: pause::Orphan,
 }
 
 /// Whether QEMU's migration is a background snapshot (a checkpoint).
@@ -233,6 +259,7 @@ fn on_event(
                 return;
             }
             f.last_status = status.clone();
+            f.orphan.seen(&status, Instant::now());
             if !f.checkpoint && direction.is_none() && !enforce::incoming(mon) {
                 let ours = vm
                     .ledger

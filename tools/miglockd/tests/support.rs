@@ -235,6 +235,12 @@ pub struct FakeQemu {
     /// An older or stripped QEMU: `query-migrate-capabilities` does not
     /// list `auto-converge`.
     pub no_auto_converge: bool,
+    /// The migration status each connection finds ("none": none yet; say
+    /// "pre-switchover": one paused there by a client that went away).
+    pub initial: &'static str,
+    /// While a migration runs, `blockdev-add` fails with this text (QEMU
+    /// takes no blocker then; its wording is not an API).
+    pub busy_error: Option<&'static str>,
 }
 
 impl Default for FakeQemu {
@@ -244,6 +250,8 @@ impl Default for FakeQemu {
             ending: "completed",
             no_snapshot: false,
             no_auto_converge: false,
+            initial: "none",
+            busy_error: None,
         }
     }
 }
@@ -266,7 +274,7 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
         for conn in l.incoming().flatten() {
             let mut w = conn.try_clone().unwrap();
             let _ = writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#);
-            let mut state = "none";
+            let mut state = q.initial;
             let mut nodes = nodes.lock().unwrap();
             let mut caps = caps.lock().unwrap();
             for line in BufReader::new(conn).lines() {
@@ -307,6 +315,12 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
                     "query-named-block-nodes" => json!({ "return": *nodes }),
                     "query-fdsets" => json!({"return": []}),
                     "add-fd" => json!({"return": {"fdset-id": 1, "fd": 3}}),
+                    "blockdev-add"
+                        if q.busy_error.is_some()
+                            && matches!(state, "active" | "pre-switchover" | "continuing") =>
+                    {
+                        json!({"error": {"class": "GenericError", "desc": q.busy_error}})
+                    }
                     "blockdev-add" => {
                         nodes.push(json!({"node-name": v["arguments"]["node-name"]}));
                         json!({"return": {}})
@@ -380,4 +394,46 @@ pub fn fake_qemu(path: &Path, q: FakeQemu) -> Commands {
         }
     });
     commands
+}
+
+/// One control request and how its answer came: the time to its first line
+/// (a progress line, or the answer itself) and the final answer. Panics if
+/// the first line takes longer than `first_within` (a stuck agent) or the
+/// answer longer than `within`.
+pub fn control_timed(
+    dir: &Path,
+    req: Value,
+    first_within: Duration,
+    within: Duration,
+) -> (Duration, Value) {
+    let t = Instant::now();
+    let mut s = UnixStream::connect(dir.join("control.sock")).expect("control socket");
+    s.set_read_timeout(Some(first_within)).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut first = None;
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(n) if n > 0 => {}
+            other => panic!("{req}: no answer after {:?}: {other:?}", t.elapsed()),
+        }
+        let first = *first.get_or_insert_with(|| {
+            let _ = s.set_read_timeout(Some(within));
+            t.elapsed()
+        });
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["kind"] != "progress" {
+            return (first, v);
+        }
+    }
+}
+
+/// The audit log's records so far.
+pub fn audit_records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }

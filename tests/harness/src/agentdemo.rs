@@ -246,6 +246,8 @@ pub enum Story {
     PlanReadMostly,
     /// Every open file hears of a migration, its cancellation, the arrival.
     Notices,
+    /// A guest that stops reading its UART stops nothing else.
+    StuckGuest,
 }
 
 impl Story {
@@ -488,6 +490,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>, deadline: Instant, story: Story) -> Res
         Story::PlanWriteHeavy => crate::advice::plan_write_heavy(&mut h, sc, env, deadline),
         Story::PlanReadMostly => crate::advice::plan_read_mostly(&mut h, sc, deadline),
         Story::Notices => notices(&mut h, sc, deadline),
+        Story::StuckGuest => crate::stuckguest::run(&mut h, sc, env, deadline),
     };
     if env.echo != crate::vm::Echo::Off {
         // The story shows the decisions; -v and the files have everything.

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Wall-clock milliseconds (as the agents' audit logs stamp records).
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -108,7 +108,8 @@ fn start_migration(vm: &mut Vm, uri: &str) -> Result<Option<String>, Failure> {
     }
 }
 
-fn field(line: &str, key: &str) -> Option<f64> {
+/// The number after `key=` among a line's words.
+pub(crate) fn field(line: &str, key: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())

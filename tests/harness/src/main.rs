@@ -20,6 +20,7 @@ mod locking;
 mod pair;
 mod scenario;
 mod stubhost;
+mod stuckguest;
 mod survival;
 mod uffdfaults;
 mod vm;

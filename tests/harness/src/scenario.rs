@@ -383,6 +383,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::Agents(Story::StuckGuest),
+        timeout: secs(180),
+        ..guest(
+            "agent-stuck-guest",
+            "agent-stuck-guest",
+            "a guest that stops reading its UART while the host keeps sending: status, migrate --force of it and a lock in another VM each answer within 1 s; its link is dropped, audited",
+        )
+    },
+    Scenario {
         kind: Kind::Blocker(Blocker::StateBypass),
         timeout: secs(180),
         ..guest(

@@ -57,6 +57,16 @@ fn audit(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// One datagram; a signal that lands meanwhile (seen: EINTR) is no answer.
+fn recv(sock: &UnixDatagram, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 #[test]
 fn runs_as_a_service() {
     let dir = root("service");
@@ -78,7 +88,7 @@ fn runs_as_a_service() {
 
     // Ready once the control socket listens.
     let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("a readiness notification");
+    let n = recv(&notify, &mut buf).expect("a readiness notification");
     let said = String::from_utf8_lossy(&buf[..n]);
     assert!(said.lines().any(|l| l == "READY=1"), "{said:?}");
     assert_eq!(policy(&control)["kind"], "ok");
@@ -158,7 +168,7 @@ fn runs_as_a_service() {
     assert_eq!(last["event"], "agent-stop", "{text}");
     assert_eq!(last["signal"], "SIGTERM");
     assert!(!control.exists(), "the control socket stays behind");
-    let n = notify.recv(&mut buf).expect("a stopping notification");
+    let n = recv(&notify, &mut buf).expect("a stopping notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

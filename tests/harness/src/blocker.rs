@@ -223,26 +223,28 @@ pub fn state_bypass(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
         ),
     )?;
     // The module reports its hold once the new agent greets it.
-    let refused = |a: &[Value]| {
+    let reported = |a: &[Value]| {
         a.iter()
-            .find(|r| r["event"] == "guest-state-lock" && r["granted"] == false)
-            .cloned()
+            .any(|r| r["event"] == "guest-state" && r["holders"].as_u64() > Some(0))
     };
-    let record = loop {
-        if let Some(r) = refused(&h.src_agent.audit()) {
-            break r;
-        }
+    while !reported(&h.src_agent.audit()) {
         if Instant::now() >= deadline {
             return Err(host_fail(
-                "the new agent never audited the guest's report of its hold".into(),
+                "the new agent never heard the guest's report of its hold".into(),
             ));
         }
         std::thread::yield_now();
-    };
+    }
+    let record = h
+        .src_agent
+        .audit()
+        .into_iter()
+        .find(|r| r["event"] == "guest-state-lock" && r["granted"] == false);
+    let audited = record.is_some();
     let st = h.src_agent.ctl(&["--json", "status"])?;
     let st: Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
     let locked = st["data"]["vms"]["guest"]["locked"] != false;
-    eprintln!("  the strict agent refused the reported hold: {record}; locked={locked}");
+    eprintln!("  the strict agent's decision on the reported hold: {record:?}; locked={locked}");
     // The old agent's blocker is still in QEMU: the new one adopts it and,
     // the VM being unlocked, lifts it after the linger (200 ms).
     let since = Instant::now();
@@ -285,7 +287,7 @@ pub fn state_bypass(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
     let bypassed = locked || added || !completed;
     env.write_result(&json!({
         "policy_bypassed": bypassed,
-        "report_refused_audited": true,
+        "report_refused_audited": audited,
         "locked_after_report": locked,
         "blocker_added": added,
         "blocked_reasons": reasons,
@@ -295,6 +297,7 @@ pub fn state_bypass(sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Result<(
     }))?;
     let r = (|| {
         require(!locked, "the agent counts the reported hold as a lock")?;
+        require(audited, "the refused report was not audited")?;
         require(
             !added,
             "the agent installed a blocker for the reported hold",

@@ -93,6 +93,32 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// Sends it SIGTERM (as systemd stopping the service would) and waits
+    /// for it to exit, at most `within`; its exit status, or an error if it
+    /// did not exit in time (it is then killed).
+    pub(crate) fn terminate(
+        &mut self,
+        within: std::time::Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        use rustix::process::{kill_process, Pid, Signal};
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .context("the agent's pid")?;
+        kill_process(pid, Signal::TERM).context("sending SIGTERM")?;
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for miglockd")? {
+                return Ok(status);
+            }
+            if Instant::now() >= until {
+                self.kill();
+                anyhow::bail!("miglockd did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// The `miglockctl` binary.
     pub(crate) fn bin(&self) -> &Path {
         &self.bin
@@ -392,7 +418,7 @@ impl Hosts {
 
     /// `miglockctl migrate` to the destination with `extra`, left running
     /// (its output piped) while the caller acts on the migration.
-    fn migrate_in_background(&self, extra: &[&str]) -> Result<Child, Failure> {
+    pub(crate) fn migrate_in_background(&self, extra: &[&str]) -> Result<Child, Failure> {
         Ok(Command::new(self.src_agent.bin())
             .arg("--socket")
             .arg(self.src_agent.socket())

@@ -18,6 +18,7 @@ mod ktap;
 mod libvirt;
 mod locking;
 mod pair;
+mod paused;
 mod scenario;
 mod stubhost;
 mod stuckguest;

@@ -39,6 +39,8 @@ pub enum Kind {
     Locking(crate::locking::Which),
     /// Live checkpoints and restores through the agents.
     Checkpoint(crate::checkpoint::Which),
+    /// The agent stops while its migration runs; no pause is left.
+    RestartPaused,
 }
 
 /// Which `blocker-*` scenario.
@@ -401,6 +403,15 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
+        kind: Kind::RestartPaused,
+        timeout: secs(300),
+        ..guest(
+            "agent-restart-paused",
+            "agent-restart-paused",
+            "the agent stops (SIGTERM, SIGKILL) while miglockctl migrate runs: the restarted agent ends a pause at pre-switchover (continued unlocked, cancelled locked) and the guest runs",
+        )
+    },
+    Scenario {
         kind: Kind::Blocker(Blocker::Race),
         timeout: secs(420),
         ..guest(
@@ -681,6 +692,7 @@ pub fn run(sc: &Scenario, env: &Env<'_>) -> Result<(), Failure> {
         Kind::Libvirt => crate::libvirt::migrate_locked(env, deadline),
         Kind::Locking(which) => crate::locking::run(sc, env, deadline, which),
         Kind::Checkpoint(which) => crate::checkpoint::run(sc, env, deadline, which),
+        Kind::RestartPaused => crate::paused::run(sc, env, deadline),
     }
 }
 

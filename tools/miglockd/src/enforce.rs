@@ -210,15 +210,33 @@ fn cancel_in_flight(agent: &Agent, vm: &Vm, mon: &Monitor) -> Result<(), NotEnfo
             "the VM is still arriving on this host".into(),
         ));
     }
+    let found = status;
     let status = cancel(mon, &events).map_err(NotEnforced::Unreachable)?;
     if past_switchover(&status) {
         return Err(leaving(agent, name, &status));
     }
+    let why = if found == "pre-switchover" {
+        // A pause ended as `pause::settle` ends one: later migrations by
+        // other clients must not stop there again.
+        let _ = mon.execute(
+            "migrate-set-capabilities",
+            Some(json!({"capabilities": [
+                {"capability": "pause-before-switchover", "state": false}]})),
+        );
+        let gate = vm.ledger.lock().unwrap_or_else(|e| e.into_inner()).gate;
+        if gate {
+            "locked while paused before the switchover"
+        } else {
+            "found paused before the switchover, owned by no gate"
+        }
+    } else {
+        "the guest locked while a migration was copying"
+    };
     let reasons = vm.reasons_now();
     agent.audit.record(
         name,
         "migrate-cancelled",
-        json!({"why": "the guest locked while a migration was copying", "status": status, "locks": reasons}),
+        json!({"why": why, "found": found, "status": status, "ended": status, "locks": reasons}),
     );
     Ok(())
 }

@@ -98,6 +98,41 @@ fn an_unowned_pause_of_a_locked_vm_is_cancelled_at_once() {
     assert!(!sent_any(&sent, "migrate-continue"));
 }
 
+/// The same where QEMU takes no blocker while a migration runs (as real
+/// QEMU does): the locked VM's blocker cancels the pause on the way, and
+/// that must read as the pause ended, with the capability turned off.
+#[test]
+fn an_unowned_pause_cancelled_by_the_blocker_is_audited_as_the_pause() {
+    let q = FakeQemu {
+        initial: "pre-switchover",
+        busy_error: Some("disallowing migration blocker (migration/snapshot in progress)"),
+        ..FakeQemu::default()
+    };
+    let (agent, sent) = start(
+        "cancel-busy",
+        q,
+        "[switchover]\norphan_continue_ms = 600000\n",
+        "migration = false",
+    );
+    let r = record(&agent.dir, "migrate-cancelled", Duration::from_secs(5));
+    assert_eq!(r["found"], "pre-switchover", "{r}");
+    assert_eq!(r["ended"], "cancelled", "{r}");
+    assert!(
+        r["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("owned by no gate")),
+        "{r}"
+    );
+    assert!(sent_any(&sent, "migrate_cancel"));
+    assert!(!sent_any(&sent, "migrate-continue"));
+    let turned_off = sent.lock().unwrap().iter().any(|c| {
+        c["execute"] == "migrate-set-capabilities"
+            && c["arguments"]["capabilities"]
+                == json!([{"capability": "pause-before-switchover", "state": false}])
+    });
+    assert!(turned_off, "pause-before-switchover left on");
+}
+
 /// Copying when the agent connects, paused a moment later (no event: the
 /// agent asks while another client's migration copies).
 #[test]

@@ -96,21 +96,33 @@ pub const STOP_WAIT: Duration = Duration::from_secs(15);
 /// The agent stops: each migration its gate follows is ended now, or it
 /// would wait at its switchover with nobody to continue it. Paused there:
 /// [`settle`]d. Still copying: cancelled (the operator's command ends with
-/// the agent anyway). All VMs at once, for at most `within`.
+/// the agent anyway). A pause no gate owns is settled too, without waiting
+/// out its grace: an agent restarted faster than the grace would otherwise
+/// keep the guest paused for ever. All VMs at once, for at most `within`.
 pub fn on_stop(agent: &Arc<Agent>, signal: &str, within: Duration) {
     let deadline = Instant::now() + within;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut running = 0;
     for vm in agent.vms.values() {
         let gated = vm.ledger.lock().unwrap_or_else(|e| e.into_inner()).gate;
-        if !gated || vm.config.qmp.is_none() {
+        if vm.config.qmp.is_none() {
             continue;
         }
         running += 1;
         let (agent, vm, tx) = (agent.clone(), vm.clone(), tx.clone());
-        let why = format!("the agent stops ({signal}) while its gate follows this migration");
+        let why = if gated {
+            format!("the agent stops ({signal}) while its gate follows this migration")
+        } else {
+            format!(
+                "the agent stops ({signal}); found paused before the switchover, owned by no gate"
+            )
+        };
         std::thread::spawn(move || {
-            end_gated(&agent, &vm, &why);
+            if gated {
+                end_gated(&agent, &vm, &why);
+            } else if let Ok(mon) = agent.monitor(&vm) {
+                settle(&agent, &vm, &mon, &why);
+            }
             let _ = tx.send(());
         });
     }

@@ -182,3 +182,37 @@ fn sigterm_ends_the_migration_the_gate_follows() {
     assert!(sent_any(&sent, "migrate_cancel"));
     assert!(!sent_any(&sent, "migrate-continue"));
 }
+
+/// SIGTERM while an unowned pause waits out its grace: a stopping agent
+/// continues it at once, or an agent restarted faster than the grace
+/// would keep the guest paused for ever.
+#[test]
+fn sigterm_ends_an_unowned_pause_without_its_grace() {
+    let q = FakeQemu {
+        initial: "pre-switchover",
+        ..FakeQemu::default()
+    };
+    let (mut agent, sent) = start(
+        "sigterm-orphan",
+        q,
+        "[switchover]\norphan_continue_ms = 600000\n",
+        "",
+    );
+    // Connected and watching: the pause is seen, its grace running.
+    record(&agent.dir, "qmp-link", Duration::from_secs(10));
+    assert!(!sent_any(&sent, "migrate-continue"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = agent.exit_status(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}: {}", agent.log());
+    let r = record(&agent.dir, "migrate-continued", Duration::ZERO);
+    assert_eq!(r["found"], "pre-switchover", "{r}");
+    assert!(
+        r["why"].as_str().is_some_and(|w| w.contains("SIGTERM")),
+        "{r}"
+    );
+    assert!(sent_any(&sent, "migrate-continue"));
+}

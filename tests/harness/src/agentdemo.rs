@@ -430,6 +430,44 @@ impl Hosts {
             .context("running miglockctl")?)
     }
 
+    /// Waits until the migration `ctl` asked for copies; an error says why
+    /// it ended first, or that it never began.
+    pub(crate) fn until_active(
+        &mut self,
+        ctl: &mut Child,
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        loop {
+            let q = self
+                .src
+                .qmp
+                .execute("query-migrate", None)
+                .context("query-migrate")?;
+            if q["status"] == "active" {
+                return Ok(());
+            }
+            // Refused before it began (e.g. a fenced QEMU): say why now.
+            if ctl.try_wait().context("miglockctl")?.is_some() {
+                let mut err = String::new();
+                if let Some(mut e) = ctl.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(host_fail(format!(
+                    "the migration ended before its copy began: {}",
+                    err.trim()
+                )));
+            }
+            if Instant::now() >= deadline {
+                let _ = ctl.kill();
+                return Err(Failure::new(
+                    FailKind::Timeout,
+                    "the migration never became active",
+                ));
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Waits until the source agent says the VM is (un)locked.
     fn wait_locked(&self, locked: bool, deadline: Instant) -> Result<(), Failure> {
         loop {
@@ -736,32 +774,7 @@ fn relock(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Res
         )
         .context("migrate-set-parameters")?;
     let mut ctl = h.migrate_in_background(&[])?;
-    loop {
-        let q = h
-            .src
-            .qmp
-            .execute("query-migrate", None)
-            .context("query-migrate")?;
-        if q["status"] == "active" {
-            break;
-        }
-        // Refused before it began (e.g. a fenced QEMU): say why now.
-        if ctl.try_wait().context("miglockctl")?.is_some() {
-            let out = ctl.wait_with_output().context("miglockctl")?;
-            return Err(host_fail(format!(
-                "the migration ended before its copy began: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        if Instant::now() >= deadline {
-            let _ = ctl.kill();
-            return Err(Failure::new(
-                FailKind::Timeout,
-                "the migration never became active",
-            ));
-        }
-        std::thread::yield_now();
-    }
+    h.until_active(&mut ctl, deadline)?;
     h.src
         .send_line("lock")
         .context("typing on the guest console")?;

@@ -199,26 +199,8 @@ fn fresh_dst(h: &mut Hosts, sc: &Scenario, env: &Env<'_>) -> Result<(), Failure>
 /// copies.
 fn migrate_slowly(h: &mut Hosts, deadline: Instant) -> Result<Child, Failure> {
     let mut ctl = h.migrate_in_background(&["--bandwidth", "4M"])?;
-    loop {
-        if status(&mut h.src.qmp)? == "active" {
-            return Ok(ctl);
-        }
-        if ctl.try_wait().context("miglockctl")?.is_some() {
-            let out = ctl.wait_with_output().context("miglockctl")?;
-            return Err(host_fail(format!(
-                "the migration ended before its copy began: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        if Instant::now() >= deadline {
-            let _ = ctl.kill();
-            return Err(Failure::new(
-                FailKind::Timeout,
-                "the migration never became active",
-            ));
-        }
-        std::thread::yield_now();
-    }
+    h.until_active(&mut ctl, deadline)?;
+    Ok(ctl)
 }
 
 /// What `miglockctl migrate` said when its agent went.

@@ -71,14 +71,7 @@ pub fn settle(agent: &Agent, vm: &Vm, mon: &Monitor, why: &str) -> Option<End> {
             );
         }
         End::Cancel => {
-            let ended = enforce::cancel(mon, &mon.subscribe())
-                .unwrap_or_else(|e| format!("unconfirmed: {e}"));
-            // Later migrations by other clients must not stop there again.
-            let _ = mon.execute(
-                "migrate-set-capabilities",
-                Some(json!({"capabilities": [
-                    {"capability": "pause-before-switchover", "state": false}]})),
-            );
+            let ended = cancel(mon);
             agent.audit.record(
                 name,
                 "migrate-cancelled",
@@ -88,6 +81,20 @@ pub fn settle(agent: &Agent, vm: &Vm, mon: &Monitor, why: &str) -> Option<End> {
         }
     }
     Some(end)
+}
+
+/// Cancels the migration; how it ended, for the audit. Later migrations by
+/// other clients must not stop at the switchover again: the capability the
+/// gate turned on goes off.
+fn cancel(mon: &Monitor) -> String {
+    let ended =
+        enforce::cancel(mon, &mon.subscribe()).unwrap_or_else(|e| format!("unconfirmed: {e}"));
+    let _ = mon.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [
+            {"capability": "pause-before-switchover", "state": false}]})),
+    );
+    ended
 }
 
 /// Longest the agent spends ending its gates' migrations on SIGTERM.
@@ -153,13 +160,7 @@ fn end_gated(agent: &Agent, vm: &Vm, why: &str) {
     if status == "pre-switchover" {
         settle(agent, vm, &mon, why);
     } else if blocker::migrating(&status) && !enforce::past_switchover(&status) {
-        let ended =
-            enforce::cancel(&mon, &mon.subscribe()).unwrap_or_else(|e| format!("unconfirmed: {e}"));
-        let _ = mon.execute(
-            "migrate-set-capabilities",
-            Some(json!({"capabilities": [
-                {"capability": "pause-before-switchover", "state": false}]})),
-        );
+        let ended = cancel(&mon);
         agent.audit.record(
             name,
             "migrate-cancelled",

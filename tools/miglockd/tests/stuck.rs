@@ -182,14 +182,20 @@ fn a_qmp_socket_that_never_greets_holds_up_nothing() {
         t.elapsed()
     );
 
-    let a = audit_records(&dir.join("audit.jsonl"));
-    let told = a.iter().any(|r| {
-        r["vm"] == "silent"
-            && r["event"] == "qmp-link"
-            && r["state"] == "unreachable"
-            && r["error"].as_str().is_some_and(|e| e.contains("greeting"))
-    });
-    assert!(told, "no qmp-link record naming the greeting: {a:?}");
+    // The watcher's dial records the outage on its own thread: wait for it.
+    let told = |a: &[Value]| {
+        a.iter().any(|r| {
+            r["vm"] == "silent"
+                && r["event"] == "qmp-link"
+                && r["state"] == "unreachable"
+                && r["error"].as_str().is_some_and(|e| e.contains("greeting"))
+        })
+    };
+    wait_for(
+        Duration::from_secs(5),
+        "a qmp-link record naming the greeting",
+        || told(&audit_records(&dir.join("audit.jsonl"))),
+    );
 }
 
 /// QEMU refuses a blocker while a migration runs, in words that changed

@@ -726,8 +726,11 @@ fn restart(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Re
     wait_for(&mut h.src, deadline, "@@MIGLOCK locked@@")?;
     h.wait_locked(true, deadline)?;
     // Kill the source agent mid-lock and start a new one on the same state.
+    // The old one first: a second agent on its state directory refuses to
+    // start (the directory's lock).
+    h.src_agent.kill();
     let bins = h.bins.clone();
-    h.src_agent = Agent::start(&bins, &env.dir, "src")?; // the old one is dropped: killed
+    h.src_agent = Agent::start(&bins, &env.dir, "src")?;
     h.wait_locked(true, deadline)?;
     refused_until_unlocked(h, sc, deadline, "restart test", &[])?;
     require(
@@ -747,6 +750,7 @@ fn relock(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Res
         // destination's memory, which a cancelled migration never uses:
         // the source's agent is restarted with it lifted.
         let bins = h.bins.clone();
+        h.src_agent.kill();
         h.src_agent =
             Agent::start_with(&bins, &env.dir, "src", "[planner]\nallow_fenced = true\n")?;
         // Until the new agent (the second to start) has reached QEMU.

@@ -270,9 +270,7 @@ fn handle(agent: &Agent, vm: &Vm, hdr: wire::Header, msg: Message<'_>) -> bool {
             // and a grant only once QEMU enforces it.
             let verdict = match (Reason::from_u32(reason), text) {
                 (Some(_), Some(text)) if hold != REPORTED_HOLD => {
-                    let prev = prior(vm, hold);
-                    let v = lock_enforced(agent, vm, hold, reason, text, lease_ms);
-                    decide(agent, vm, "lock", hold, reason, text, lease_ms, v, prev)
+                    lock_recorded(agent, vm, "lock", hold, reason, text, lease_ms)
                 }
                 _ => {
                     let v = Verdict::Refused(wire::REFUSE_INVALID);
@@ -430,19 +428,7 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
         agent.unrecorded();
         agent.update(vm, |l, _| (l.revoke(hold), true));
     }
-    let prev = prior(vm, hold);
-    let v = lock_enforced(agent, vm, hold, reason, label, lease_ms);
-    let v = decide(
-        agent,
-        vm,
-        "held-uncovered",
-        hold,
-        reason,
-        label,
-        lease_ms,
-        v,
-        prev,
-    );
+    let v = lock_recorded(agent, vm, "held-uncovered", hold, reason, label, lease_ms);
     if let Verdict::Refused(_) = v {
         agent.notify(
             vm,
@@ -459,9 +445,7 @@ fn held(agent: &Agent, vm: &Vm, hold: u32, reason: u32, label: &str, lease_ms: u
 /// granted false) and the guest told its holds are void.
 fn reported(agent: &Agent, vm: &Vm, lease_ms: u32) {
     let reason = Reason::Other as u32;
-    let prev = prior(vm, REPORTED_HOLD);
-    let v = lock_enforced(agent, vm, REPORTED_HOLD, reason, REPORTED_LABEL, lease_ms);
-    let v = decide(
+    let v = lock_recorded(
         agent,
         vm,
         "guest-state-lock",
@@ -469,8 +453,6 @@ fn reported(agent: &Agent, vm: &Vm, lease_ms: u32) {
         reason,
         REPORTED_LABEL,
         lease_ms,
-        v,
-        prev,
     );
     vm.link
         .lock()
@@ -508,6 +490,22 @@ fn lock_fields(msg: Message<'_>) -> Option<(u32, u32, u32, [u8; wire::LABEL_LEN]
         }
         _ => None,
     }
+}
+
+/// A lock of `hold` decided, enforced and recorded (audited as `event`):
+/// the same path for a request, an uncovered hold and a reported one.
+fn lock_recorded(
+    agent: &Agent,
+    vm: &Vm,
+    event: &str,
+    hold: u32,
+    reason: u32,
+    label: &str,
+    lease_ms: u32,
+) -> Verdict {
+    let prev = prior(vm, hold);
+    let v = lock_enforced(agent, vm, hold, reason, label, lease_ms);
+    decide(agent, vm, event, hold, reason, label, lease_ms, v, prev)
 }
 
 /// Decides a lock of `hold` in the ledger; a grant stands once QEMU

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 #[path = "support.rs"]
 mod support;
-use support::{audit_records, fake_qemu, listen, wait_for, Agent, Commands, FakeQemu};
+use support::{
+    audit_records, fake_qemu, listen, wait_for, write_config, Agent, Commands, FakeQemu,
+};
 
 /// An agent with one VM, "vm", on a fake QEMU `q`; `extra` goes into the
 /// configuration, `policy` into the VM's.
@@ -25,16 +27,14 @@ fn start(name: &str, q: FakeQemu, extra: &str, policy: &str) -> (Agent, Commands
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.display();
     let sent = fake_qemu(&dir.join("qmp.sock"), q);
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
-             control = \"{d}/control.sock\"\n{extra}\n\
+    write_config(
+        &dir,
+        &format!(
+            "{extra}\n\
              [[vm]]\nname = \"vm\"\ndoorbell = \"{d}/vm.sock\"\nqmp = \"{d}/qmp.sock\"\n\
              [vm.policy]\n{policy}\n"
         ),
-    )
-    .unwrap();
+    );
     // A doorbell that answers nothing: no guest is needed here.
     std::mem::forget(listen(&dir.join("vm.sock")));
     (Agent::start(&dir), sent)

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 #[path = "support.rs"]
 mod support;
-use support::{audit_records, control_timed, fake_qemu, listen, wait_for, Agent, FakeQemu, Guest};
+use support::{
+    audit_records, control_timed, fake_qemu, listen, wait_for, write_config, Agent, FakeQemu, Guest,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -25,15 +27,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn configure(dir: &Path, extra: &str, vms: &str) {
-    let d = dir.display();
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
-             control = \"{d}/control.sock\"\n{extra}\n{vms}"
-        ),
-    )
-    .unwrap();
+    write_config(dir, &format!("{extra}\n{vms}"));
 }
 
 fn vm(dir: &Path, name: &str) -> String {

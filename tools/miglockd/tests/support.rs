@@ -437,3 +437,17 @@ pub fn audit_records(path: &Path) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// Writes `dir/agent.toml`: state, audit and control socket in `dir`, then
+/// `rest` (top-level tables, then the `[[vm]]`s).
+pub fn write_config(dir: &Path, rest: &str) {
+    let d = dir.display();
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "state = \"{d}/state.json\"\naudit = \"{d}/audit.jsonl\"\n\
+             control = \"{d}/control.sock\"\n{rest}"
+        ),
+    )
+    .unwrap();
+}

@@ -28,7 +28,6 @@ const FLOOD: usize = 1000;
 /// Long enough a stall to measure inside it; the queue is deep enough that
 /// this timeout, not a full queue, ends the link.
 const STALL_MS: u64 = 8000;
-const LIMITS: &str = "[limits]\nsend_queue = 100000\nsend_timeout_ms = 8000\n";
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -48,7 +47,11 @@ pub fn run(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Re
         &h.bins,
         &env.dir,
         "src-two",
-        &format!("{LIMITS}{}{}", vm("guest", "src"), vm("other", "other")),
+        &format!(
+            "[limits]\nsend_queue = 100000\nsend_timeout_ms = {STALL_MS}\n{}{}",
+            vm("guest", "src"),
+            vm("other", "other")
+        ),
     )?;
     wait_for(&mut other, deadline, "@@MIGLOCK ready@@")?;
     let before = match h.src.wait_line(deadline, |l| tick_of(l).is_some()) {
@@ -184,9 +187,9 @@ pub fn run(h: &mut Hosts, sc: &Scenario, env: &Env<'_>, deadline: Instant) -> Re
         }
         Ok(())
     })();
-    other.send_line("finish").ok();
-    crate::scenario::finish_guest(sc, &mut other, deadline).ok();
-    r
+    r?;
+    // The second VM's script ends after its lock: judged as any guest's.
+    crate::scenario::finish_guest(sc, &mut other, deadline)
 }
 
 /// Sends `n` policy changes for VM `guest` down one control connection and
